@@ -1,0 +1,1 @@
+"""artist_actor package."""

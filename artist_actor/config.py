@@ -1,0 +1,47 @@
+"""Configuration section ``artist``: which artist model to load and how its sampler actors edit photos.
+
+Owns the Photographic Artist's sampling side (model, latent codec, conditioning, ODE sampler, replicas).
+Its training knobs live in ``learner.config`` (section ``learner.artist``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rollout.config_base import ConfigModel
+
+
+class ArtistConfig(ConfigModel):
+    """The Photographic Artist (a Qwen-Image-Edit-class flow-matching DiT) and its sampler actors."""
+
+    model: str = "embedded"
+    """``embedded`` for the tiny artist built by ``photocrafter init-models``, or a local Qwen-Image-Edit
+    directory in the diffusers layout (``transformer/``, ``vae/``, ``scheduler/``)."""
+    codec: Literal["auto", "vae", "pixel_unshuffle"] = "auto"
+    """Latent codec: the model's VAE, or the lossless pixel-unshuffle codec. ``auto`` = pixel_unshuffle for the
+    embedded artist (a tiny random VAE cannot preserve photos), the VAE for real checkpoints."""
+    num_samplers: int = Field(1, ge=1, le=1024)
+    """Number of ArtistSamplerActor replicas."""
+    gpus_per_sampler: float = Field(0.0, ge=0.0, le=8.0)
+    """GPUs per sampler replica; 0 runs on CPU."""
+    cpus_per_sampler: float = Field(1.0, gt=0.0, le=64.0)
+    """CPU cores reserved per sampler replica."""
+    edits_per_critique: int = Field(4, ge=1, le=64)
+    """K: edits sampled per (photo, critique) with different seeds (the artist's group)."""
+    num_steps: int = Field(6, ge=1, le=200)
+    """ODE steps per edit during training rollouts."""
+    solver: Literal["euler", "dpm2"] = "dpm2"
+    """Deterministic ODE solver: flow-matching Euler or DPM-Solver-2 (DiffusionNFT's rollout default)."""
+    resolution: int = Field(512, ge=32, le=2048, multiple_of=16)
+    """Long side, in pixels, that inputs are resized to for the artist (multiple of 16)."""
+    guidance_scale: float = Field(1.0, ge=1.0, le=20.0)
+    """Classifier-free guidance; 1.0 disables it (DiffusionNFT samples CFG-free)."""
+    drop_prefix_tokens: int = Field(0, ge=0, le=4096)
+    """Leading H_c positions dropped before conditioning (0 as in the released SmartPhotoCrafter model; the
+    stock Qwen-Image-Edit pipeline drops 64, its system header)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """``auto`` = bfloat16 on GPU, float32 on CPU."""
+    seed: int = Field(0, ge=0)
+    """Base seed of edit noise; each edit's seed is derived from it, the step and its indices."""

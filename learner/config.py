@@ -1,0 +1,107 @@
+"""Configuration section ``learner``: the critic's GRPO learner and the artist's DiffusionNFT learner.
+
+Owns every optimisation knob of both models (ALGORITHMS.md §1.6, §2.4, §7). Defaults follow the reference
+implementations named there.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rollout.config_base import ConfigModel
+
+
+class LoraConfig(ConfigModel):
+    """A LoRA adapter (peft)."""
+
+    enabled: bool = True
+    """Train a LoRA adapter instead of the full weights."""
+    rank: int = Field(32, ge=1, le=1024)
+    """LoRA rank r."""
+    alpha: float = Field(64.0, gt=0.0, le=4096.0)
+    """LoRA scaling numerator α (the update is scaled by α / r)."""
+    target_modules: list[str] = Field(default_factory=list)
+    """Module names to adapt; empty = the role's default (the DiT's 8 attention projections for the artist,
+    all linear layers of the language model for the critic)."""
+
+
+class CriticLearnerConfig(ConfigModel):
+    """GRPO for the Image Critic, as verl implements it (ALGORITHMS.md §2)."""
+
+    lr: float = Field(1e-6, gt=0.0, le=1.0)
+    """AdamW learning rate (verl's full fine-tune default; ~3e-6 with LoRA)."""
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    """AdamW weight decay."""
+    grad_clip: float = Field(1.0, gt=0.0, le=1e4)
+    """Gradient-norm clip."""
+    clip_ratio_low: float = Field(0.2, ge=0.0, le=1.0)
+    """PPO ratio clip below 1 (ratio ≥ 1 − clip_ratio_low)."""
+    clip_ratio_high: float = Field(0.2, ge=0.0, le=10.0)
+    """PPO ratio clip above 1 (0.28 = DAPO clip-higher)."""
+    clip_ratio_c: float = Field(3.0, gt=1.0, le=100.0)
+    """Dual-clip bound for negative advantages."""
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                           "seq-mean-token-sum-norm"] = "token-mean"
+    """How per-token losses are reduced over the batch."""
+    kl_coef: float = Field(0.01, ge=0.0, le=10.0)
+    """Coefficient of the k3 (low-variance) KL to the reference policy; 0 disables the reference forward."""
+    entropy_coef: float = Field(0.0, ge=0.0, le=1.0)
+    """Entropy bonus coefficient."""
+    norm_adv_by_std: bool = True
+    """Divide group-centred rewards by the group std (False = Dr.GRPO)."""
+    filter_zero_variance_groups: bool = False
+    """Drop groups whose rewards are all equal (DAPO dynamic sampling, without resampling)."""
+    overlong_buffer: int = Field(0, ge=0, le=8192)
+    """DAPO overlong shaping buffer in tokens (0 = off)."""
+    overlong_penalty: float = Field(1.0, ge=0.0, le=10.0)
+    """Penalty reached at max_new_tokens when overlong shaping is on."""
+    micro_batch_size: int = Field(4, ge=1, le=1024)
+    """Sequences per forward/backward pass."""
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(enabled=False, rank=64, alpha=32.0))
+    """LoRA for the critic (off = full fine-tune; reference = a frozen copy, or adapters disabled with LoRA)."""
+    gpus: float = Field(0.0, ge=0.0, le=8.0)
+    """GPUs of the critic learner actor."""
+
+
+class ArtistLearnerConfig(ConfigModel):
+    """DiffusionNFT for the Photographic Artist, as the official code does it (ALGORITHMS.md §1)."""
+
+    lr: float = Field(3e-4, gt=0.0, le=1.0)
+    """AdamW learning rate of the LoRA."""
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    """AdamW weight decay."""
+    grad_clip: float = Field(1.0, gt=0.0, le=1e4)
+    """Gradient-norm clip."""
+    beta: float = Field(1.0, gt=0.0, le=10.0)
+    """NFT guidance strength β in v± = (1∓β)·v_old ± β·v_θ (ALGORITHMS.md §1.3)."""
+    kl_coef: float = Field(1e-4, ge=0.0, le=10.0)
+    """Coefficient of ‖v_θ − v_ref‖²."""
+    adv_clip_max: float = Field(5.0, gt=0.0, le=100.0)
+    """Advantage clip before mapping to an optimality probability."""
+    old_decay_type: Literal[0, 1, 2] = 1
+    """Old-policy soft-update schedule: 0 on-policy, 1 min(0.001·step, 0.5), 2 delayed (OCR)."""
+    ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
+    """Cap of the EMA decay min((1+step)/(10+step), ema_decay) used for eval and checkpoints."""
+    timestep_fraction: float = Field(0.99, gt=0.0, le=1.0)
+    """Fraction of the sampler's schedule points used as training timesteps per sample."""
+    group_by: Literal["critique", "photo"] = "critique"
+    """Reward normalisation group: per (photo, critique) or per photo."""
+    mask_std_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    """Mask groups whose reward std is ≤ this (0 = off; Edit-R1 uses 0.05)."""
+    micro_batch_size: int = Field(4, ge=1, le=1024)
+    """Edits per forward/backward pass."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """The artist LoRA (DiffusionNFT default r32 α64 on the 8 attention projections)."""
+    gpus: float = Field(0.0, ge=0.0, le=8.0)
+    """GPUs of the artist learner actor."""
+
+
+class LearnerConfig(ConfigModel):
+    """Both learners."""
+
+    critic: CriticLearnerConfig = Field(default_factory=CriticLearnerConfig)
+    """GRPO learner of the Image Critic."""
+    artist: ArtistLearnerConfig = Field(default_factory=ArtistLearnerConfig)
+    """DiffusionNFT learner of the Photographic Artist."""

@@ -1,0 +1,251 @@
+"""Root run configuration: composes every package's section and loads it from YAML plus overrides.
+
+Owns the ``trainer``, ``data``, ``cluster`` and ``tracking`` sections, the root :class:`TrainConfig`, YAML
+loading, ``--set dotted.path=value`` overrides and the one-line-per-error messages users see. It must not
+evaluate config values as code: YAML is read with ``safe_load`` and overrides are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from artist_actor.config import ArtistConfig
+from critic_actor.config import CriticConfig
+from learner.config import LearnerConfig
+from rewards.config import RewardsConfig
+from rollout.config_base import ConfigModel
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "embedded.yaml"
+
+
+def default_cache_dir() -> Path:
+    """Where built tiny models and synthetic data are cached (``$PHOTOCRAFTER_CACHE`` overrides)."""
+    return Path(os.environ.get("PHOTOCRAFTER_CACHE", Path.home() / ".cache" / "photocrafter"))
+
+
+class DataConfig(ConfigModel):
+    """Where training and evaluation photos come from."""
+
+    source: Literal["embedded", "manifest"] = "embedded"
+    """``embedded``: synthetic pairs made from the colour photos scikit-image ships (no download);
+    ``manifest``: a JSONL manifest (see docs/data.md)."""
+    train_manifest: str = ""
+    """JSONL manifest of training pairs (required when source is ``manifest``)."""
+    eval_manifest: str = ""
+    """JSONL manifest of held-out pairs for ``evaluate`` (empty = the embedded held-out split)."""
+    image_size: int = Field(64, ge=16, le=4096)
+    """Long side, in pixels, of embedded crops."""
+    num_train: int = Field(48, ge=1, le=10_000_000)
+    """Embedded training pairs to synthesise."""
+    num_eval: int = Field(12, ge=1, le=1_000_000)
+    """Embedded held-out pairs to synthesise (from photos/crops not used for training)."""
+    restoration_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    """Fraction of embedded pairs that are restoration (blur/noise/haze/low-light) rather than retouch."""
+    max_image_pixels: int = Field(64_000_000, ge=1024)
+    """Images above this pixel count are rejected (decompression-bomb guard)."""
+    min_image_side: int = Field(16, ge=1, le=4096)
+    """Images whose short side is below this are rejected."""
+
+
+class TrainerConfig(ConfigModel):
+    """The coordinated loop."""
+
+    steps: int = Field(5, ge=0, le=10_000_000)
+    """Iterations to run (each: critic rollouts, edits, rewards, both updates, weight sync)."""
+    batch_size: int = Field(2, ge=1, le=65536)
+    """B: photos per iteration."""
+    seed: int = Field(0, ge=0)
+    """Global seed (data order, sampling, initialisation)."""
+    train_critic: bool = True
+    """Update the critic with GRPO (False freezes it: joint training can destabilise a VLM)."""
+    train_artist: bool = True
+    """Update the artist with DiffusionNFT."""
+    max_staleness: int = Field(0, ge=0, le=16)
+    """How many policy versions rollouts may lag the learners (0 = synchronous)."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Write a checkpoint every N steps (0 = only at the end and on stop)."""
+    output_dir: str = "runs"
+    """Run directories (checkpoints, local artifacts) are created under this path."""
+    run_name: str = ""
+    """Run name (empty = ``<config stem>-<timestamp>``); also the Ray namespace and MLflow run name."""
+    init_from: str = ""
+    """Warm-start checkpoint directory to initialise both models from (empty = the base models)."""
+    sync_timeout_s: float = Field(120.0, gt=0.0, le=86400.0)
+    """A weight sync that takes longer fails the step loudly instead of serving stale weights."""
+
+
+class ClusterConfig(ConfigModel):
+    """How the job finds or starts its Ray cluster."""
+
+    address: str = "local"
+    """``local`` starts a private local cluster; ``auto`` joins the cluster the job was submitted to; or a
+    ``ray://``/``host:port`` address."""
+    num_cpus: int | None = Field(None, ge=1, le=100_000)
+    """CPUs of the local cluster (None = all cores). Ignored when joining an existing cluster."""
+    num_gpus: int = Field(0, ge=0, le=100_000)
+    """GPUs of the local cluster. On a GPU-less machine a positive number creates logical GPUs, which lets
+    placement be exercised but not CUDA work."""
+    dashboard_host: str = "127.0.0.1"
+    """Interface the local dashboard binds to (keep loopback unless behind an authenticated proxy)."""
+    metrics_export_port: int | None = Field(None, ge=1024, le=65535)
+    """Port where Ray exports Prometheus metrics for the local cluster (None = Ray's random choice)."""
+    namespace: str = ""
+    """Ray namespace of the run's named actors (empty = the run name)."""
+    actor_max_restarts: int = Field(3, ge=0, le=1000)
+    """Restarts allowed for rollout, sampler and reward actors."""
+
+
+class TrackingConfig(ConfigModel):
+    """MLflow tracking and console reporting."""
+
+    mlflow_uri: str = ""
+    """MLflow tracking URI (empty = ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<output_dir>/mlflow.db``)."""
+    experiment: str = "photocrafter"
+    """MLflow experiment name."""
+    sample_grid_every: int = Field(5, ge=0)
+    """Log a sample grid (input | edits | target, critique text, rewards) every N steps (0 = never)."""
+    log_every: int = Field(1, ge=1)
+    """Console and MLflow metrics every N steps."""
+
+
+class TrainConfig(ConfigModel):
+    """The whole run: one section per package."""
+
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    """The Image Critic and its rollout actors."""
+    artist: ArtistConfig = Field(default_factory=ArtistConfig)
+    """The Photographic Artist and its sampler actors."""
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    """Reward functions and the reward-worker pool."""
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    """The GRPO and DiffusionNFT learners."""
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    """The coordinated loop."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Training and evaluation photos."""
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    """The Ray cluster."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow and console reporting."""
+
+    @model_validator(mode="after")
+    def _check_cross_section(self) -> "TrainConfig":
+        if self.data.source == "manifest" and not self.data.train_manifest:
+            raise ValueError("data.train_manifest is required when data.source is 'manifest'")
+        if self.critic.max_pixels < self.critic.min_pixels:
+            raise ValueError(
+                f"critic.max_pixels ({self.critic.max_pixels}) is below critic.min_pixels "
+                f"({self.critic.min_pixels})")
+        if not (self.trainer.train_critic or self.trainer.train_artist) and self.trainer.steps > 0:
+            raise ValueError("trainer.train_critic and trainer.train_artist are both false: nothing to train")
+        return self
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``lines`` holds one message per problem (YAML path, value, fix)."""
+
+    def __init__(self, source: str, lines: list[str]):
+        self.source = source
+        self.lines = lines
+        super().__init__("\n".join(f"{source}: {line}" for line in lines))
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at the parent of ``loc`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = annotation
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def _describe_errors(err: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "<root>"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(TrainConfig, loc)
+            hint = f"allowed keys here: {', '.join(allowed)}" if allowed else "remove it"
+            lines.append(f"{path}: unknown key; {hint}")
+        elif e["type"] == "value_error":
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            lines.append(f"{path}: {msg}" if loc else msg)
+        else:
+            shown = repr(value)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            lines.append(f"{path}: got {shown}; {e['msg']}")
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"learner.critic.lr=1e-5"`` → (["learner", "critic", "lr"], 1e-5). Values are YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError("--set", [f"{text!r}: expected dotted.path=value"])
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError("--set", [f"{text!r}: empty key"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", [f"{key}: value {raw!r} is not valid YAML ({exc.problem})"]) from None
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config dict (before validation)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError("--set", [f"{'.'.join(parts)}: {part} is a value, not a section"])
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (default: configs/embedded.yaml), apply overrides, validate.
+
+    Raises :class:`ConfigError` with one line per problem.
+    """
+    source = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(str(source), [f"cannot read config: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(source), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(source), ["top level must be a mapping of sections"])
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(str(source), _describe_errors(exc)) from None
+
+
+def dump_config(config: TrainConfig) -> str:
+    """The resolved config as YAML (every field, defaults included)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,97 @@
+"""Resolving model sources: the embedded tiny models (built once, cached by recipe) or real checkpoints.
+
+Owns the cache of the embedded default. ``critic.model: embedded`` / ``artist.model: embedded`` resolve to
+directories built by ``critic_actor.model.build_tiny_critic`` and ``artist_actor.model.build_tiny_artist``;
+the directory name carries a hash of the recipe, so a changed recipe builds a new model and an unchanged one is
+reused. Builds go to a temporary directory renamed into place, so a crash never leaves a half-written model
+that later runs would load. Actors never see the word "embedded": they receive concrete paths.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollout.config import TrainConfig, default_cache_dir
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedModels:
+    critic: Path
+    """Directory of the tiny critic (transformers layout)."""
+    artist: Path
+    """Directory of the tiny artist (diffusers layout)."""
+
+
+def _recipe_hash(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_embedded_models(cache_dir: Path | None = None, seed: int = 0) -> EmbeddedModels:
+    """Build the tiny critic and artist if their recipe changed; return their directories."""
+    from artist_actor.model import TINY_ARTIST_RECIPE, build_tiny_artist
+    from critic_actor.model import TINY_CRITIC_RECIPE, build_tiny_critic
+
+    root = Path(cache_dir or default_cache_dir()) / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    critic_dir = root / f"critic-{_recipe_hash({**TINY_CRITIC_RECIPE, 'seed': seed})}"
+    with _locked(root / ".lock"):
+        if not critic_dir.exists():
+            _build_atomically(critic_dir, lambda out: build_tiny_critic(out, seed=seed))
+        hidden = json.loads((critic_dir / "config.json").read_text())
+        hidden_size = int(hidden.get("text_config", hidden).get("hidden_size", hidden.get("hidden_size")))
+        artist_recipe = {**TINY_ARTIST_RECIPE, "seed": seed, "critic_hidden_size": hidden_size}
+        artist_dir = root / f"artist-{_recipe_hash(artist_recipe)}"
+        if not artist_dir.exists():
+            _build_atomically(
+                artist_dir, lambda out: build_tiny_artist(out, critic_hidden_size=hidden_size, seed=seed))
+    return EmbeddedModels(critic=critic_dir, artist=artist_dir)
+
+
+def resolve_model_paths(config: TrainConfig) -> tuple[Path, Path]:
+    """Concrete (critic_dir, artist_dir) for a config; checks that real checkpoint directories exist."""
+    embedded = None
+    if "embedded" in (config.critic.model, config.artist.model):
+        embedded = ensure_embedded_models(seed=0)
+    paths = []
+    for section, value in (("critic", config.critic.model), ("artist", config.artist.model)):
+        if value == "embedded":
+            paths.append(getattr(embedded, section))
+            continue
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{section}.model: {value!r} is not a directory; give a local checkpoint "
+                                    f"directory or 'embedded'")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+class _locked:
+    """An exclusive file lock, so parallel test workers or jobs build each model once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.handle = open(self.path, "w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _build_atomically(final_dir: Path, build) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
+    try:
+        build(tmp)
+        tmp.rename(final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
