@@ -7,6 +7,7 @@ evaluate config values as code: YAML is read with ``safe_load`` and overrides ar
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -89,8 +90,11 @@ class ClusterConfig(ConfigModel):
     num_cpus: int | None = Field(None, ge=1, le=100_000)
     """CPUs of the local cluster (None = all cores). Ignored when joining an existing cluster."""
     num_gpus: int = Field(0, ge=0, le=100_000)
-    """GPUs of the local cluster. On a GPU-less machine a positive number creates logical GPUs, which lets
-    placement be exercised but not CUDA work."""
+    """GPUs the run may use: those of the local cluster (on a GPU-less machine a positive number creates
+    logical GPUs, which lets placement be exercised but not CUDA work), or of the existing cluster joined with
+    ``address: auto`` (the resource plan checks the roles fit in them)."""
+    gpu_memory_gib: float = Field(80.0, gt=0.0, le=4096.0)
+    """Memory of one GPU, for the resource plan's fit check."""
     dashboard_host: str = "127.0.0.1"
     """Interface the local dashboard binds to (keep loopback unless behind an authenticated proxy)."""
     metrics_export_port: int | None = Field(None, ge=1024, le=65535)
@@ -177,7 +181,9 @@ def _describe_errors(err: ValidationError) -> list[str]:
         value = e.get("input")
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(TrainConfig, loc)
-            hint = f"allowed keys here: {', '.join(allowed)}" if allowed else "remove it"
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint += f"allowed keys here: {', '.join(allowed)}" if allowed else "remove it"
             lines.append(f"{path}: unknown key; {hint}")
         elif e["type"] == "value_error":
             msg = str(e["msg"]).removeprefix("Value error, ")
