@@ -103,3 +103,9 @@ def test_check_config_cli_exit_codes(tmp_path):
                          capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "critic.tempreature: unknown key" in bad.stderr
+
+
+def test_config_reference_is_current():
+    from rollout.config_reference import OUTPUT, render
+
+    assert OUTPUT.read_text() == render(), "docs/config.md is stale: run python -m rollout.config_reference"
