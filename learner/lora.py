@@ -1,0 +1,156 @@
+"""The artist's LoRA adapters for DiffusionNFT: trained ("default"), sampling ("old"), reference (none).
+
+Owns how the four parameter sets of ALGORITHMS.md §1.1 live in one network: two peft LoRA adapters with the
+same config injected into the DiT's attention projections, switching between them for a forward pass,
+disabling both for the reference prediction, the soft update old ← d·old + (1 − d)·default, and extracting or
+loading one adapter's tensors by adapter-free names. It must not compute losses or step optimizers.
+
+Adapter tensor names follow peft's saved-adapter convention, the adapter name removed:
+``transformer_blocks.0.attn.to_q.lora_A.weight``. That is what :func:`adapter_state` returns, what the
+samplers receive, and what peft's ``set_peft_model_state_dict`` loads into any adapter of the same config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from learner.config import LoraConfig
+
+TRAINED_ADAPTER = "default"
+"""The adapter the optimizer trains (v_θ)."""
+SAMPLING_ADAPTER = "old"
+"""The adapter the samplers run (v_old); a slow copy of the trained one."""
+
+DIT_ATTENTION_PROJECTIONS: tuple[str, ...] = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+)
+"""The eight joint-attention projections DiffusionNFT adapts (image stream and text stream)."""
+
+
+def peft_lora_config(config: LoraConfig, default_targets: Sequence[str] = DIT_ATTENTION_PROJECTIONS):
+    """A ``peft.LoraConfig`` for ``config``: rank r, scale α/r, Gaussian A and zero B (the adapter starts at 0)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    targets = list(config.target_modules) or list(default_targets)
+    return PeftLoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                          target_modules=targets)
+
+
+def attach_nft_adapters(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Inject the trained and sampling adapters into ``model`` in place; return it.
+
+    The base weights are frozen, the sampling adapter starts as an exact copy of the trained one (so the first
+    rollouts come from the base model plus a zero update), and the trained adapter is the active, trainable one.
+    """
+    import warnings
+
+    from peft import inject_adapter_in_model
+
+    if not config.enabled:
+        raise ValueError("learner.artist.lora.enabled is false, but DiffusionNFT trains the artist through "
+                         "its LoRA adapters; set it to true")
+    peft_config = peft_lora_config(config)
+    try:
+        inject_adapter_in_model(peft_config, model, adapter_name=TRAINED_ADAPTER)
+        with warnings.catch_warnings():
+            # Two adapters in one model is the point here; peft warns about it on the second injection.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(peft_config, model, adapter_name=SAMPLING_ADAPTER)
+    except ValueError as error:
+        raise ValueError(f"could not place LoRA on target modules {list(peft_config.target_modules)}: "
+                         f"{error}") from error
+    for param in model.parameters():
+        param.requires_grad_(False)
+    soft_update_adapter(model, source=TRAINED_ADAPTER, target=SAMPLING_ADAPTER, decay=0.0)
+    _activate(model, TRAINED_ADAPTER)
+    return model
+
+
+def _lora_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} carries no LoRA layers; call attach_nft_adapters first")
+    return layers
+
+
+def _activate(model: nn.Module, adapter: str) -> None:
+    # peft's set_adapter also flips requires_grad: the named adapter becomes trainable, the others frozen.
+    # Only the trained adapter may ever end up trainable, so the sampling adapter is set in inference mode.
+    for layer in _lora_layers(model):
+        layer.set_adapter(adapter, inference_mode=adapter != TRAINED_ADAPTER)
+
+
+def adapter_parameters(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
+    """The live parameters of one adapter, keyed by adapter-free names (see the module docstring)."""
+    marker = f".{adapter}."
+    found = {name.replace(marker, ".", 1): param for name, param in model.named_parameters()
+             if marker in name and ".lora_" in name}
+    if not found:
+        raise KeyError(f"model has no LoRA adapter named {adapter!r}")
+    return found
+
+
+def adapter_state(model: nn.Module, adapter: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of one adapter's tensors (optionally cast, e.g. to bf16 to halve sync bytes)."""
+    return {name: param.detach().to("cpu", dtype=dtype or param.dtype, copy=True).contiguous()
+            for name, param in adapter_parameters(model, adapter).items()}
+
+
+@torch.no_grad()
+def load_adapter_state(model: nn.Module, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` (adapter-free names) into one adapter; every tensor must match by name and shape."""
+    params = adapter_parameters(model, adapter)
+    missing, unknown = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unknown:
+        raise KeyError(f"adapter {adapter!r} state does not match the model: missing {missing[:3]}, "
+                       f"unknown {unknown[:3]} ({len(missing)} missing, {len(unknown)} unknown)")
+    for name, param in params.items():
+        value = state[name]
+        if value.shape != param.shape:
+            raise ValueError(f"{name}: state has shape {tuple(value.shape)}, adapter has {tuple(param.shape)}")
+        param.copy_(value.to(param.device, param.dtype))
+
+
+@torch.no_grad()
+def soft_update_adapter(model: nn.Module, *, source: str, target: str, decay: float) -> None:
+    """target ← decay·target + (1 − decay)·source, tensor by tensor (decay 0 copies ``source``)."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"soft-update decay must be in [0, 1], got {decay}")
+    sources = adapter_parameters(model, source)
+    for name, param in adapter_parameters(model, target).items():
+        param.mul_(decay).add_(sources[name].detach(), alpha=1.0 - decay)
+
+
+@contextmanager
+def active_adapter(model: nn.Module, adapter: str) -> Iterator[None]:
+    """Forward passes inside run with ``adapter``; afterwards the trained adapter is active again.
+
+    Switch only between whole forward passes: flipping adapters between a forward and its backward would
+    change which parameters require gradients under a live autograd graph.
+    """
+    _activate(model, adapter)
+    try:
+        yield
+    finally:
+        _activate(model, TRAINED_ADAPTER)
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside run the base model alone (the reference policy v_ref)."""
+    layers = _lora_layers(model)
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        _activate(model, TRAINED_ADAPTER)
