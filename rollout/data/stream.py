@@ -1,0 +1,144 @@
+"""The training loop's photo source: an endless, resumable, seeded shuffle over a manifest's tasks.
+
+Owns the data cursor. :class:`PhotoTaskStream` walks the tasks of one manifest in a permutation drawn from
+``(seed, epoch)``, crosses epoch boundaries inside a batch when it has to (a batch is never short and the loop
+never sees an empty epoch), loads each task's images as uint8 arrays through :mod:`rollout.images`, and
+skips records whose images are refused — each is counted once as a :class:`~rollout.types.RejectedRecord`
+and never retried. ``state_dict()`` / ``load_state_dict()`` carry ``(epoch, position)`` so a checkpoint
+resumes the exact same sequence. It must not synthesise data or know about models.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rollout.data.manifest import read_manifest
+from rollout.images import ImageLimits, ImageRejected, check_array, check_same_size, read_image
+from rollout.types import PhotoTask, RejectedRecord
+
+
+class NoUsableRecordsError(RuntimeError):
+    """Every record of the stream was refused, so no batch can ever be produced."""
+
+
+def load_task_images(task: PhotoTask, limits: ImageLimits) -> PhotoTask:
+    """A copy of ``task`` whose ``input`` and ``target`` are uint8 ``[H, W, 3]`` arrays.
+
+    Path strings are read with :func:`rollout.images.read_image`; arrays are checked and converted with the
+    same rules. Raises :class:`~rollout.images.ImageRejected` naming the side (input/target) that failed.
+    """
+    images = {}
+    for side in ("input", "target"):
+        handle = getattr(task, side)
+        try:
+            if isinstance(handle, np.ndarray):
+                images[side] = check_array(handle, limits)
+            elif isinstance(handle, (str, os.PathLike)):
+                images[side] = read_image(handle, limits)
+            else:
+                raise ImageRejected(f"is a {type(handle).__name__}; expected a path or a numpy array")
+        except ImageRejected as exc:
+            raise ImageRejected(f"{side} {exc.reason}") from None
+    check_same_size(images["input"], images["target"])
+    return replace(task, input=images["input"], target=images["target"])
+
+
+class PhotoTaskStream:
+    """Seeded, endless, resumable batches of :class:`PhotoTask` with images loaded as arrays."""
+
+    def __init__(self, tasks: Sequence[PhotoTask], *, seed: int = 0, shuffle: bool = True,
+                 limits: ImageLimits = ImageLimits(), rejected: Sequence[RejectedRecord] = ()):
+        if not tasks:
+            raise NoUsableRecordsError("the stream has no records (empty manifest or every line was malformed)")
+        self.tasks = list(tasks)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.limits = limits
+        self.rejected: list[RejectedRecord] = list(rejected)
+        """Every record refused so far (manifest lines given at construction, then images as they fail)."""
+        self._refused_indices: set[int] = set()
+        self._epoch = 0
+        self._position = 0
+        self._order = self._permutation(0)
+
+    @classmethod
+    def from_manifest(cls, path: str | os.PathLike[str], *, seed: int = 0, shuffle: bool = True,
+                      limits: ImageLimits = ImageLimits()) -> "PhotoTaskStream":
+        """A stream over a JSONL manifest; malformed lines start out in :attr:`rejected`."""
+        contents = read_manifest(path)
+        if not contents.tasks:
+            reasons = "; ".join(r.reason for r in contents.rejected[:3])
+            raise NoUsableRecordsError(f"manifest {Path(path)} has no valid records"
+                                       + (f" ({len(contents.rejected)} rejected: {reasons})" if reasons else ""))
+        return cls(contents.tasks, seed=seed, shuffle=shuffle, limits=limits, rejected=contents.rejected)
+
+    def __len__(self) -> int:
+        """Records per epoch (refused records included until they are found to be bad)."""
+        return len(self.tasks)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.tasks))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.tasks))
+
+    def _advance(self) -> int:
+        """The index of the next task in the walk, moving the cursor (and the epoch at its end)."""
+        if self._position >= len(self._order):
+            self._epoch += 1
+            self._position = 0
+            self._order = self._permutation(self._epoch)
+        index = int(self._order[self._position])
+        self._position += 1
+        return index
+
+    def next_batch(self, batch_size: int) -> list[PhotoTask]:
+        """The next ``batch_size`` usable tasks with images loaded, crossing epochs as needed.
+
+        Raises :class:`NoUsableRecordsError` once every record has been refused (never loops forever).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batch: list[PhotoTask] = []
+        while len(batch) < batch_size:
+            if len(self._refused_indices) == len(self.tasks):
+                reasons = "; ".join(r.reason for r in self.rejected[-3:])
+                raise NoUsableRecordsError(
+                    f"all {len(self.tasks)} records were refused, so no batch can be made (last reasons: {reasons})")
+            index = self._advance()
+            if index in self._refused_indices:
+                continue
+            task = self.tasks[index]
+            try:
+                batch.append(load_task_images(task, self.limits))
+            except ImageRejected as exc:
+                self._refused_indices.add(index)
+                self.rejected.append(RejectedRecord(record_id=task.task_id, stage="data", reason=exc.reason))
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cursor as plain JSON-able values (stored in checkpoints)."""
+        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
+                "num_records": len(self.tasks), "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a cursor from :meth:`state_dict`; refuses a cursor that belongs to different data."""
+        expected = {"seed": self.seed, "num_records": len(self.tasks), "shuffle": self.shuffle}
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise ValueError(
+                    f"data cursor does not match this stream: {key} is {state.get(key)!r} in the checkpoint "
+                    f"but {value!r} now (did the manifest or data seed change?)")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= len(self.tasks):
+            raise ValueError(f"data cursor out of range: epoch {epoch}, position {position} of {len(self.tasks)}")
+        self._epoch, self._position = epoch, position
+        self._order = self._permutation(epoch)
