@@ -30,3 +30,19 @@ class RewardsConfig(ConfigModel):
     """Long side images are downsampled to before computing Lab attributes."""
     lpips_resolution: int = Field(256, ge=32, le=2048)
     """Long side images are resized to before LPIPS."""
+    require_real_lpips: bool = False
+    """Refuse to start when no real AlexNet weights are found (instead of running LPIPS on a random
+    backbone with a loud warning and an MLflow tag)."""
+    compliance_margin: float = Field(0.5, ge=0.0, le=10.0)
+    """A tone suggestion counts as followed when the edit moved the attribute in the asked direction by
+    more than this fraction of its negligible-change tolerance τ_k."""
+    format_weight: float = Field(1.0, ge=0.0, le=10.0)
+    """Critic reward: weight of the format term; r_C = r_fmt · (w_fmt + w_rank·r_rank + w_sugg·r_sugg)."""
+    rank_weight: float = Field(1.0, ge=0.0, le=10.0)
+    """Critic reward: weight of r_rank (the critic scores its edit above the input)."""
+    suggestion_weight: float = Field(1.0, ge=0.0, le=10.0)
+    """Critic reward: weight of r_sugg (the rule-based pseudo-edit moves toward the target)."""
+    batch_size: int = Field(8, ge=1, le=4096)
+    """Records per call to one reward worker (LPIPS runs them as one batch)."""
+    max_inflight_per_worker: int = Field(2, ge=1, le=64)
+    """Batches queued on each worker at once (2 keeps a worker busy while its last result travels)."""

@@ -206,6 +206,9 @@ class CritiqueReward:
     suggestion: float
     """r_sugg ∈ {0, 1}: whether the suggestions move the photo toward its target."""
     error: str = ""
+    reasons: dict[str, str] = field(default_factory=dict)
+    """Why a component is 0 for a reason other than the critique's quality, keyed by component
+    (e.g. ``{"rank": "no re-score of the edits parsed"}``)."""
 
 
 @dataclass(kw_only=True, slots=True)
