@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from rewards.attributes import NEGLIGIBLE_CHANGE, compute_attributes
+from rewards.attributes import NEGLIGIBLE_CHANGE, attribute_distance, compute_attributes
 from rewards.operators import apply_edit_ops, invert_op
 from rollout.data.degradations import degrade, random_degradation_labels
 from rollout.data.manifest import write_manifest
@@ -79,12 +79,23 @@ def random_edit_ops(rng: np.random.Generator, max_ops: int = 3) -> tuple[EditOp,
         for i in sorted(chosen))
 
 
-def unverified_ops(source: np.ndarray, target: np.ndarray, known_ops: Iterable[EditOp]) -> list[EditOp]:
-    """The known ops whose attribute does *not* move from ``source`` toward ``target`` by the margin."""
+def retouch_pair_problem(source: np.ndarray, target: np.ndarray, known_ops: Sequence[EditOp]) -> str:
+    """Why ``known_ops`` are not a truthful label for the pair ``source → target`` ("" when they are).
+
+    Two checks, both measured with ``rewards.attributes``: every op's attribute must differ between source
+    and target in the op's direction by more than ``VERIFY_MARGIN × τ_k`` (what the compliance reward asks
+    of an edit), and applying the ops to the source must bring its attributes closer to the target's (what
+    the suggestion reward asks of a critique) — so the known ops always earn the suggestion reward.
+    """
     before, after = compute_attributes(source), compute_attributes(target)
-    return [op for op in known_ops
-            if op.direction * (after[op.attribute] - before[op.attribute])
-            <= VERIFY_MARGIN * NEGLIGIBLE_CHANGE[op.attribute]]
+    for op in known_ops:
+        change = after[op.attribute] - before[op.attribute]
+        if op.direction * change <= VERIFY_MARGIN * NEGLIGIBLE_CHANGE[op.attribute]:
+            return f"{op.attribute} changes by {change:+.2f} from input to target, not in direction {op.direction:+d}"
+    fixed = compute_attributes(apply_edit_ops(source, list(known_ops)))
+    if attribute_distance(fixed, after) >= attribute_distance(before, after):
+        return "applying the known ops to the input does not bring it closer to the target"
+    return ""
 
 
 def make_retouch_pair(good: np.ndarray, rng: np.random.Generator,
@@ -94,7 +105,7 @@ def make_retouch_pair(good: np.ndarray, rng: np.random.Generator,
         perturbation = random_edit_ops(rng)
         degraded = apply_edit_ops(good, list(perturbation))
         known_ops = tuple(invert_op(op) for op in perturbation)
-        if not unverified_ops(degraded, good, known_ops):
+        if not retouch_pair_problem(degraded, good, known_ops):
             return degraded, known_ops
     return None
 
