@@ -5,7 +5,8 @@ Modules, one role each:
 - :mod:`rollout.data.pairs` — a folder of existing input/target pairs → tasks;
 - :mod:`rollout.data.degradations` — labelled restoration degradations (blur, noise, haze, low light);
 - :mod:`rollout.data.synthesis` — synthetic retouch/restoration pairs, the embedded dataset, ``make-data``;
-- :mod:`rollout.data.stream` — :class:`PhotoTaskStream`, the seeded, resumable batch source.
+- :mod:`rollout.data.stream` — :class:`PhotoTaskStream`, the seeded, resumable batch source;
+- :mod:`rollout.data.sources` — the ``data`` config section → manifests and streams for train/evaluate.
 Images are read and validated only through :mod:`rollout.images`. See docs/data.md.
 
 This package only re-exports; importing it does not import the synthesis code (and through it the reward
@@ -18,13 +19,15 @@ from typing import Any
 
 from rollout.data.manifest import ManifestContents, read_manifest, write_manifest
 from rollout.data.pairs import tasks_from_pair_folder
+from rollout.data.sources import evaluation_stream, image_limits, manifest_paths, training_stream
 from rollout.data.stream import NoUsableRecordsError, PhotoTaskStream, load_task_images
 
 _SYNTHESIS_NAMES = ("build_embedded_dataset", "ensure_embedded_dataset", "synthesise_from_folder",
                     "SynthesisReport", "make_retouch_pair", "make_restoration_pair")
 
-__all__ = ["ManifestContents", "NoUsableRecordsError", "PhotoTaskStream", "load_task_images", "read_manifest",
-           "tasks_from_pair_folder", "write_manifest", *_SYNTHESIS_NAMES]
+__all__ = ["ManifestContents", "NoUsableRecordsError", "PhotoTaskStream", "evaluation_stream", "image_limits",
+           "load_task_images", "manifest_paths", "read_manifest", "tasks_from_pair_folder", "training_stream",
+           "write_manifest", *_SYNTHESIS_NAMES]
 
 
 def __getattr__(name: str) -> Any:

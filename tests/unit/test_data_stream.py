@@ -109,3 +109,20 @@ def test_a_stream_of_only_bad_records_fails_clearly_instead_of_spinning(tmp_path
     empty.write_text("# nothing here\n")
     with pytest.raises(NoUsableRecordsError, match="has no valid records"):
         PhotoTaskStream.from_manifest(empty)
+
+
+def test_config_sections_become_streams(tmp_path):
+    from rollout.config import DataConfig
+    from rollout.data.sources import evaluation_stream, training_stream
+
+    config = DataConfig(image_size=32, num_train=4, num_eval=2, min_image_side=16)
+    train = training_stream(config, seed=0, cache_dir=tmp_path)
+    held_out = evaluation_stream(config, seed=0, cache_dir=tmp_path)
+    assert len(train) == 4 and len(held_out) == 2
+    assert train.next_batch(2)[0].input.shape == (32, 32, 3)
+    assert [t.task_id for t in held_out.next_batch(2)] == ["eval-00000-chelsea", "eval-00001-coffee"]
+    assert len(list(tmp_path.glob("embedded-*"))) == 1, "both streams share one cached build"
+
+    missing = DataConfig(source="manifest", train_manifest=str(tmp_path / "absent.jsonl"))
+    with pytest.raises(FileNotFoundError, match="absent.jsonl: no such file"):
+        training_stream(missing, seed=0)
