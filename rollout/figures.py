@@ -199,6 +199,8 @@ class CurvePanel:
     keys: tuple[str, ...]
     band: dict[str, str] = field(default_factory=dict)
     """``mean key → std key``: draw mean ± std as a shaded band when the std was logged."""
+    ylim: tuple[float, float] | None = None
+    """Fixed y range for bounded quantities (fractions), so a flat line is not magnified into noise."""
 
 
 REWARD_PANELS: tuple[CurvePanel, ...] = (
@@ -210,7 +212,7 @@ REWARD_PANELS: tuple[CurvePanel, ...] = (
                ("reward/critic/total/mean", "reward/critic/format/mean", "reward/critic/rank/mean",
                 "reward/critic/suggestion/mean", "reward/critic/score/mean")),
     CurvePanel("groups with zero reward variance",
-               ("groups/critic/zero_variance_frac", "groups/artist/zero_variance_frac")),
+               ("groups/critic/zero_variance_frac", "groups/artist/zero_variance_frac"), ylim=(-0.02, 1.02)),
 )
 """What the reward-curve figure shows; keys that were never logged are left out of the legend."""
 
@@ -227,6 +229,7 @@ def render_reward_curves(history: Mapping[str, Mapping[int, float]], *,
     # without a display.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(5.0 * len(panels), 3.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
@@ -253,6 +256,9 @@ def render_reward_curves(history: Mapping[str, Mapping[int, float]], *,
                                     color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if panel.ylim is not None:
+            ax.set_ylim(*panel.ylim)
         ax.grid(True, alpha=0.3)
         if drawn:
             ax.legend(fontsize=7, loc="best")
