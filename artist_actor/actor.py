@@ -1,0 +1,225 @@
+"""ArtistSamplerActor: one sampler replica that turns (photo, critique conditioning) records into K edits each.
+
+Owns one loaded artist, its sampling ("old") LoRA adapter and the policy version it serves. Records in,
+records out: ``sample`` resolves image / H_c handles, derives each edit's seed from (base seed, step, task,
+critique, edit index), runs :class:`artist_actor.sampler.FlowMatchSampler`, and returns ``Edit`` records tagged
+with the artist and critic versions, plus a ``RejectedRecord`` for every critique it could not use (so one bad
+record never stops a run). ``set_weights`` loads the old-policy adapter tensors the learner sends.
+
+A plain class: ``ArtistSamplerGroup`` applies ``ray.remote``; unit tests construct it directly. It must not
+train, score or talk to other actors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from artist_actor.config import ArtistConfig
+from rollout.types import Conditioning, Edit, PhotoTask, RejectedRecord
+
+SAMPLING_ADAPTER = "old"
+"""Name of the LoRA adapter the sampler runs (DiffusionNFT's sampling policy v_old)."""
+
+DIT_ATTENTION_PROJECTIONS: tuple[str, ...] = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+)
+"""QwenImageTransformer2DModel's joint-attention projections (image stream, then text stream) that carry LoRA."""
+
+
+@dataclass(slots=True)
+class ArtistSampleResult:
+    """What one ``sample`` call produced."""
+
+    edits: list[Edit] = field(default_factory=list)
+    """K edits per usable critique, in input order (critique-major, then edit index)."""
+    rejected: list[RejectedRecord] = field(default_factory=list)
+    """Critiques that could not be sampled, with the reason."""
+
+
+def edit_seed(base_seed: int, step: int, task_id: str, critique_index: int, edit_index: int) -> int:
+    """A stable 63-bit seed per edit: the same record at the same step always gets the same noise."""
+    key = f"{base_seed}:{step}:{task_id}:{critique_index}:{edit_index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def resolve_handle(handle: Any) -> Any:
+    """An array from an ImageHandle-style value: the array itself, a ``ray.ObjectRef``, or an image path."""
+    if isinstance(handle, np.ndarray):
+        return handle
+    if isinstance(handle, str):
+        from PIL import Image
+
+        with Image.open(handle) as image:
+            return np.asarray(image.convert("RGB"))
+    if type(handle).__name__ == "ObjectRef":
+        import ray
+
+        return ray.get(handle)
+    if hasattr(handle, "numpy"):  # a torch tensor
+        return handle.detach().cpu().numpy()
+    raise TypeError(f"cannot resolve a {type(handle).__name__} into an array")
+
+
+class ArtistSamplerActor:
+    """One artist sampler replica (dashboard name ``artist-sampler-<index>``)."""
+
+    def __init__(
+        self,
+        index: int,
+        artist_path: str,
+        config: ArtistConfig | Mapping[str, Any],
+        *,
+        lora_alpha: float = 64.0,
+        lora_targets: Sequence[str] = DIT_ATTENTION_PROJECTIONS,
+        device: str | None = None,
+        num_threads: int | None = None,
+        images_as_refs: bool = False,
+        max_batch_size: int = 8,
+    ):
+        import torch
+
+        from artist_actor.model import load_artist
+        from artist_actor.sampler import FlowMatchSampler
+
+        if num_threads:
+            # Replicas share cores; unpinned torch threads oversubscribe them (measured 10× slowdowns).
+            torch.set_num_threads(int(num_threads))
+        self.index = index
+        self.config = config if isinstance(config, ArtistConfig) else ArtistConfig.model_validate(dict(config))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() and self.config.gpus_per_sampler > 0 else "cpu"
+        cfg = self.config
+        self.model = load_artist(artist_path, dtype=cfg.dtype, device=device, codec=cfg.codec)
+        self.sampler = FlowMatchSampler(self.model, num_steps=cfg.num_steps, solver=cfg.solver,
+                                        guidance_scale=cfg.guidance_scale, drop_prefix_tokens=cfg.drop_prefix_tokens,
+                                        resolution=cfg.resolution, max_batch_size=max_batch_size)
+        self.lora_alpha = float(lora_alpha)
+        self.lora_targets = tuple(lora_targets)
+        self.images_as_refs = images_as_refs
+        self._version = 0
+        self._lora_rank: int | None = None
+
+    def ready(self) -> dict[str, Any]:
+        """Identity and what the replica serves; returns once the model is loaded."""
+        return {"role": "artist-sampler", "index": self.index, "policy_version": self._version,
+                "hidden_size": self.model.hidden_size, "codec": self.model.codec.name,
+                "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+    def policy_version(self) -> int:
+        return self._version
+
+    def sample(
+        self,
+        tasks: Sequence[PhotoTask],
+        conditioning: Sequence[Conditioning],
+        k: int | None = None,
+        step: int = 0,
+    ) -> ArtistSampleResult:
+        """K edits for every conditioning record (its photo is the task with the same ``task_id``)."""
+        from artist_actor.sampler import EditRequest
+
+        k = int(k or self.config.edits_per_critique)
+        photos = {task.task_id: task for task in tasks}
+        result = ArtistSampleResult()
+        requests: list[EditRequest] = []
+        owners: list[tuple[Conditioning, int]] = []
+        for record in conditioning:
+            record_id = f"{record.task_id}#{record.critique_index}"
+            try:
+                task = photos[record.task_id]
+                image = np.asarray(resolve_handle(task.input))
+                hidden = np.asarray(resolve_handle(record.hidden), dtype=np.float32)
+            except (KeyError, TypeError, OSError, ValueError) as error:
+                reason = (f"no task {record.task_id!r} in this batch" if isinstance(error, KeyError)
+                          else f"could not read the photo or H_c: {error}")
+                result.rejected.append(RejectedRecord(record_id=record_id, stage="artist", reason=reason))
+                continue
+            first = EditRequest(condition_image=image, hidden=hidden, mask=record.mask,
+                                seed=edit_seed(self.config.seed, step, record.task_id, record.critique_index, 0))
+            problem = self.sampler.check(first)
+            if problem:
+                result.rejected.append(RejectedRecord(record_id=record_id, stage="artist", reason=problem))
+                continue
+            for edit_index in range(k):
+                seed = edit_seed(self.config.seed, step, record.task_id, record.critique_index, edit_index)
+                requests.append(EditRequest(condition_image=image, hidden=hidden, mask=record.mask, seed=seed))
+                owners.append((record, edit_index))
+        for (record, edit_index), sampled in zip(owners, self.sampler.sample(requests)):
+            result.edits.append(Edit(
+                task_id=record.task_id, critique_index=record.critique_index, edit_index=edit_index,
+                seed=sampled.seed, image=self._publish(sampled.image), x0=sampled.x0, sigmas=sampled.sigmas,
+                artist_version=self._version, critic_version=record.critic_version))
+        return result
+
+    def _publish(self, image: np.ndarray) -> Any:
+        if not self.images_as_refs:
+            return image
+        import ray
+
+        # Edits travel by reference: the controller routes refs, the reward workers fetch the pixels.
+        return ray.put(image)
+
+    def set_weights(self, version: int, lora_state: Mapping[str, Any]) -> int:
+        """Serve ``version``: load the sampling adapter's tensors; returns the number of tensors loaded.
+
+        ``lora_state`` maps adapter-free peft names (``transformer_blocks.0.attn.to_q.lora_A.weight``; a
+        ``base_model.model.`` prefix is accepted) to tensors or arrays. The adapter (rank from the tensors,
+        α from the constructor) is injected on first use; an empty state keeps the base model. Any name or
+        shape that does not match the adapter raises, leaving the previous weights and version in place.
+        """
+        import torch
+
+        state = {_adapter_free(name): torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
+                 for name, value in lora_state.items()}
+        if state:
+            params = self._adapter_parameters(_rank_of(state))
+            missing, unknown = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            if missing or unknown:
+                raise KeyError(f"{self!r}: LoRA state does not match the sampling adapter: {len(missing)} missing "
+                               f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]})")
+            for name, param in params.items():
+                if tuple(state[name].shape) != tuple(param.shape):
+                    raise ValueError(f"{self!r}: {name} has shape {tuple(state[name].shape)}, the adapter "
+                                     f"expects {tuple(param.shape)}")
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(state[name].to(param.device, param.dtype))
+        self._version = int(version)
+        return len(state)
+
+    def _adapter_parameters(self, rank: int) -> dict[str, Any]:
+        transformer = self.model.transformer
+        if self._lora_rank is None:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            config = LoraConfig(r=rank, lora_alpha=self.lora_alpha, target_modules=list(self.lora_targets),
+                                init_lora_weights=False)
+            inject_adapter_in_model(config, transformer, adapter_name=SAMPLING_ADAPTER)
+            transformer.requires_grad_(False)
+            self._lora_rank = rank
+        elif rank != self._lora_rank:
+            raise ValueError(f"{self!r}: LoRA rank changed from {self._lora_rank} to {rank}; restart the samplers "
+                             f"with the new adapter config")
+        marker = f".{SAMPLING_ADAPTER}."
+        return {name.replace(marker, ".", 1): param for name, param in transformer.named_parameters()
+                if marker in name and ".lora_" in name}
+
+    def __repr__(self) -> str:
+        return f"ArtistSamplerActor(artist-sampler-{self.index}, policy_version={self._version})"
+
+
+def _adapter_free(name: str) -> str:
+    return name.removeprefix("base_model.model.")
+
+
+def _rank_of(state: Mapping[str, Any]) -> int:
+    for name, tensor in state.items():
+        if name.endswith("lora_A.weight"):
+            return int(tensor.shape[0])
+    raise KeyError("LoRA state has no lora_A.weight tensors")

@@ -1,0 +1,116 @@
+"""ArtistSamplerActor without Ray: records in, versioned Edit records out; weight sync of the sampling LoRA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from artist_actor.actor import ArtistSamplerActor, edit_seed
+from artist_actor.model import build_tiny_artist
+from rollout.types import Conditioning, PhotoTask
+
+HIDDEN = 64
+CONFIG = {"num_steps": 3, "solver": "dpm2", "resolution": 64, "edits_per_critique": 2, "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def artist_path(tmp_path_factory):
+    return str(build_tiny_artist(tmp_path_factory.mktemp("artist"), critic_hidden_size=HIDDEN))
+
+
+@pytest.fixture(scope="module")
+def actor(artist_path):
+    return ArtistSamplerActor(0, artist_path, CONFIG, lora_alpha=16.0, num_threads=1)
+
+
+def records(tokens=(7, 4)):
+    rng = np.random.default_rng(0)
+    tasks = [PhotoTask(task_id="photo-a", input=rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+                       target=np.zeros((64, 64, 3), np.uint8))]
+    conditioning = [Conditioning(task_id="photo-a", critique_index=i, critic_version=3,
+                                 hidden=rng.standard_normal((t, HIDDEN)).astype(np.float32))
+                    for i, t in enumerate(tokens)]
+    return tasks, conditioning
+
+
+def lora_state(actor_or_rank, scale: float, seed: int = 0):
+    """Adapter-free peft names for rank 4 on every attention projection of the tiny DiT."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for block in range(2):
+        for proj in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
+            prefix = f"transformer_blocks.{block}.attn.{proj}"
+            state[f"{prefix}.lora_A.weight"] = torch.randn(4, 64, generator=generator) * scale
+            state[f"{prefix}.lora_B.weight"] = torch.randn(64, 4, generator=generator) * scale
+    return state
+
+
+def test_sample_returns_k_versioned_edits_per_critique(actor):
+    tasks, conditioning = records()
+    result = actor.sample(tasks, conditioning, k=2, step=5)
+    assert not result.rejected
+    assert [(e.critique_index, e.edit_index) for e in result.edits] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    edit = result.edits[0]
+    assert edit.image.shape == (64, 64, 3) and edit.image.dtype == np.uint8
+    assert edit.x0.shape == (16, 768) and edit.sigmas.shape == (4,)
+    assert edit.critic_version == 3 and edit.artist_version == actor.policy_version()
+    assert edit.seed == edit_seed(0, 5, "photo-a", 0, 0)
+    assert len({e.seed for e in result.edits}) == 4
+    again = actor.sample(tasks, conditioning, k=2, step=5)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(result.edits, again.edits))
+
+
+def test_unusable_records_are_rejected_not_fatal(actor):
+    tasks, conditioning = records()
+    conditioning.append(Conditioning(task_id="photo-a", critique_index=2, hidden=np.zeros((5000, HIDDEN), np.float32)))
+    conditioning.append(Conditioning(task_id="missing", critique_index=0, hidden=np.zeros((3, HIDDEN), np.float32)))
+    result = actor.sample(tasks, conditioning, k=1)
+    assert len(result.edits) == 2
+    reasons = {r.record_id: r.reason for r in result.rejected}
+    assert "at most" in reasons["photo-a#2"] and "no task 'missing'" in reasons["missing#0"]
+
+
+def test_set_weights_changes_the_policy_and_bad_state_is_refused(artist_path):
+    actor = ArtistSamplerActor(1, artist_path, CONFIG, lora_alpha=8.0)
+    tasks, conditioning = records((5,))
+    base = actor.sample(tasks, conditioning, k=1).edits[0]
+    zero = {name: torch.zeros_like(value) if "lora_B" in name else value
+            for name, value in lora_state(actor, 0.5).items()}
+    assert actor.set_weights(1, zero) == 32
+    same = actor.sample(tasks, conditioning, k=1).edits[0]
+    np.testing.assert_allclose(same.x0, base.x0, atol=1e-6)  # B = 0: the adapter adds nothing
+    assert same.artist_version == 1
+    actor.set_weights(2, {name: value.numpy() for name, value in lora_state(actor, 0.5).items()})
+    moved = actor.sample(tasks, conditioning, k=1).edits[0]
+    assert moved.artist_version == 2 and np.abs(moved.x0 - base.x0).max() > 1e-3
+    with pytest.raises(KeyError, match="missing"):
+        actor.set_weights(3, dict(list(lora_state(actor, 0.5).items())[:-1]))
+    with pytest.raises(ValueError, match="rank changed"):
+        actor.set_weights(3, {k: v[:2] if "lora_A" in k else v[:, :2] for k, v in lora_state(actor, 0.5).items()})
+    assert actor.policy_version() == 2
+    assert repr(actor) == "ArtistSamplerActor(artist-sampler-1, policy_version=2)"
+
+
+def test_learner_adapter_state_loads_and_reproduces_the_learner_velocity(artist_path):
+    from artist_actor.conditioning import build_conditioning, predict_velocity
+    from artist_actor.model import load_artist
+    from learner.config import LoraConfig
+    from learner.lora import SAMPLING_ADAPTER, active_adapter, adapter_state, attach_nft_adapters
+
+    learner_model = load_artist(artist_path)
+    attach_nft_adapters(learner_model.transformer, LoraConfig(rank=4, alpha=8.0))
+    with torch.no_grad():
+        for name, param in learner_model.transformer.named_parameters():
+            if ".lora_" in name:
+                param.normal_(0, 0.3)
+    actor = ArtistSamplerActor(2, artist_path, CONFIG, lora_alpha=8.0)
+    actor.set_weights(7, adapter_state(learner_model.transformer, SAMPLING_ADAPTER))
+    latents = torch.randn(1, 192, 8, 8)
+    cond = build_conditioning([np.ones((4, HIDDEN), np.float32)], latents, hidden_size=HIDDEN)
+    x_t = torch.randn(1, 16, 768)
+    with torch.no_grad(), active_adapter(learner_model.transformer, SAMPLING_ADAPTER):
+        expected = predict_velocity(learner_model.transformer, x_t, 0.5, cond)
+    with torch.no_grad():
+        served = predict_velocity(actor.model.transformer, x_t, 0.5, cond)
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
