@@ -91,3 +91,16 @@ def test_make_data_rejects_bad_arguments_with_a_message(tmp_path, capsys):
     assert "--per-photo must be at least 1" in err and "--restoration-fraction must be in [0, 1]" in err
     assert main(["make-data", "--pairs", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
     assert "missing input/, target/" in capsys.readouterr().err
+
+
+def test_make_data_embedded_and_all_bad_folder(tmp_path, capsys):
+    assert main(["make-data", "--embedded", "--out", str(tmp_path / "emb"), "--size", "32",
+                 "--num-train", "4", "--num-eval", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "train/manifest.jsonl: 4 accepted (3 retouch, 1 restoration)" in printed
+    assert "eval/manifest.jsonl: 2 accepted" in printed
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"nope")
+    assert main(["make-data", "--from", str(tmp_path / "bad"), "--out", str(tmp_path / "o")]) == 1
+    assert "0 accepted" in capsys.readouterr().out
