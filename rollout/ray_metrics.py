@@ -28,10 +28,19 @@ COUNT_KEYS: dict[str, str] = {
     "count/critiques": "critiques_total",
     "count/tokens": "tokens_total",
 }
-"""Controller keys holding per-step counts → the counter each one increments."""
+"""Controller keys holding this step's counts → the counter each one increments."""
 
+RATE_FALLBACKS: dict[str, tuple[str, str]] = {
+    "count/edits": ("perf/edits_per_s", "time/stage/artist_sample_s"),
+    "count/tokens": ("perf/tokens_per_s", "time/stage/critic_rollout_s"),
+}
+"""When a count is not emitted, it is recovered from its rate and the stage time the rate is defined over
+(docs/metrics.md: edits_per_s = edits / artist_sample time, tokens_per_s = tokens / critic_rollout time)."""
+
+REJECTED_KEY = "data/rejected"
+"""Run total of rejected input records (cumulative, as the controller reports it)."""
 REJECTED_PREFIX = "data/rejected/"
-"""``data/rejected/<stage>``: records rejected at ``stage`` this step (``data/rejected`` alone: stage unknown)."""
+"""``data/rejected/<stage>``: run total of records rejected at ``stage`` (cumulative)."""
 STAGE_PREFIX, STAGE_SUFFIX = "time/stage/", "_s"
 MODELS = ("critic", "artist")
 
@@ -56,26 +65,43 @@ def _finite(metrics: Mapping[str, float], key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def plan_updates(metrics: Mapping[str, float]) -> list[MetricUpdate]:
+def _step_count(metrics: Mapping[str, float], key: str) -> float | None:
+    count = _finite(metrics, key)
+    if count is None and key in RATE_FALLBACKS:
+        rate_key, seconds_key = RATE_FALLBACKS[key]
+        rate, seconds = _finite(metrics, rate_key), _finite(metrics, seconds_key)
+        if rate is not None and seconds is not None:
+            count = float(round(rate * seconds))
+    return count
+
+
+def rejected_totals(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Run totals of rejected records by stage (``unspecified`` when only ``data/rejected`` is given)."""
+    per_stage = {k.removeprefix(REJECTED_PREFIX): v for k in metrics
+                 if k.startswith(REJECTED_PREFIX) and (v := _finite(metrics, k)) is not None}
+    if per_stage:
+        return per_stage
+    total = _finite(metrics, REJECTED_KEY)
+    return {} if total is None else {"unspecified": total}
+
+
+def plan_updates(metrics: Mapping[str, float],
+                 previous_rejected: Mapping[str, float] | None = None) -> list[MetricUpdate]:
     """The Ray metric updates one step's metric dict implies (missing or non-finite values are skipped).
 
-    Counters only move forward, so zero or negative counts are not recorded.
+    ``previous_rejected``: the rejected-record totals of the last recorded step; counters move by the
+    difference (counters only move forward, so zero or negative changes are not recorded).
     """
     updates: list[MetricUpdate] = []
     for key, metric in COUNT_KEYS.items():
-        value = _finite(metrics, key)
+        value = _step_count(metrics, key)
         if value is not None and value > 0:
             updates.append(MetricUpdate(metric, "inc", value))
-    per_stage = [k for k in metrics if k.startswith(REJECTED_PREFIX)]
-    for key in per_stage:
-        value = _finite(metrics, key)
-        if value is not None and value > 0:
-            updates.append(MetricUpdate("rejected_records_total", "inc", value,
-                                        (("stage", key.removeprefix(REJECTED_PREFIX)),)))
-    if not per_stage:
-        value = _finite(metrics, "data/rejected")
-        if value is not None and value > 0:
-            updates.append(MetricUpdate("rejected_records_total", "inc", value, (("stage", "unspecified"),)))
+    previous_rejected = previous_rejected or {}
+    for stage, total in rejected_totals(metrics).items():
+        delta = total - previous_rejected.get(stage, 0.0)
+        if delta > 0:
+            updates.append(MetricUpdate("rejected_records_total", "inc", delta, (("stage", stage),)))
     for model in MODELS:
         reward = _finite(metrics, f"reward/{model}/total/mean")
         if reward is not None:
@@ -120,10 +146,12 @@ class RayMetrics:
         }
         for metric in self._metrics.values():
             metric.set_default_tags({"run": run_name})
+        self._rejected_totals: dict[str, float] = {}
 
     def record_step(self, metrics: Mapping[str, float]) -> int:
         """Apply one step's metric dict to the Ray metrics; returns how many updates were made."""
-        updates = plan_updates(metrics)
+        updates = plan_updates(metrics, self._rejected_totals)
+        self._rejected_totals.update(rejected_totals(metrics))
         for update in updates:
             metric = self._metrics[update.metric]
             tags = dict(update.tags) or None

@@ -37,8 +37,25 @@ def test_plan_maps_counts_gauges_and_stage_times():
         MetricUpdate("stage_seconds", "observe", 4.0, (("stage", "step"),)),
     }
     assert plan_updates({}) == []
+
+
+def test_rejected_totals_become_counter_increments():
     assert plan_updates({"data/rejected": 5}) == [
         MetricUpdate("rejected_records_total", "inc", 5.0, (("stage", "unspecified"),))]
+    # The controller reports run totals; the counter moves by what changed since the last step.
+    assert plan_updates({"data/rejected": 5}, {"unspecified": 5.0}) == []
+    assert plan_updates({"data/rejected/load": 7, "data/rejected/reward": 1},
+                        {"load": 5.0, "reward": 1.0}) == [
+        MetricUpdate("rejected_records_total", "inc", 2.0, (("stage", "load"),))]
+
+
+def test_counts_fall_back_to_rate_times_stage_time():
+    updates = plan_updates({"perf/edits_per_s": 2.5, "time/stage/artist_sample_s": 3.2,
+                            "perf/tokens_per_s": 100.0, "time/stage/critic_rollout_s": float("nan")})
+    assert MetricUpdate("edits_total", "inc", 8.0) in updates
+    assert not any(u.metric == "tokens_total" for u in updates)
+    assert MetricUpdate("edits_total", "inc", 3.0) in plan_updates(
+        {"count/edits": 3, "perf/edits_per_s": 2.5, "time/stage/artist_sample_s": 3.2})
     assert list(STAGE_SECONDS_BOUNDARIES) == sorted(STAGE_SECONDS_BOUNDARIES)
 
 
@@ -61,12 +78,13 @@ def test_recorded_step_appears_on_the_metrics_export_port(ray_local):
     metrics = RayMetrics(run)
     assert all(_PROM_NAME.match(m._name) and m._name.startswith(PREFIX) for m in metrics._metrics.values())
     assert metrics.record_step(STEP) == 10
-    assert metrics.record_step({"count/edits": 4.0, "time/stage/critic_rollout_s": 0.02}) == 2
+    assert metrics.record_step({"count/edits": 4.0, "time/stage/critic_rollout_s": 0.02,
+                                "data/rejected/load": 5.0}) == 3
 
     port = ray_local.nodes()[0]["MetricsExportPort"]
     wanted = {
         "ray_photocrafter_edits_total": "12.0", "ray_photocrafter_tokens_total": "192.0",
-        "ray_photocrafter_critiques_total": "4.0", "ray_photocrafter_rejected_records_total": "2.0",
+        "ray_photocrafter_critiques_total": "4.0", "ray_photocrafter_rejected_records_total": "5.0",
         "ray_photocrafter_reward_mean": None, "ray_photocrafter_policy_version": None,
         "ray_photocrafter_stage_seconds_count": None,
     }
