@@ -1,0 +1,137 @@
+"""ArtistLearner on the tiny real artist: one DiffusionNFT step, old-policy publishing, masking, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from artist_actor.conditioning import flow_match_sigmas
+from artist_actor.model import QWEN_IMAGE_SCHEDULER_CONFIG, build_tiny_artist
+from learner.artist_learner import ArtistLearner
+from learner.config import ArtistLearnerConfig, LoraConfig
+from learner.nft import optimality_probabilities
+from rollout.types import ArtistGroup, Conditioning, Edit
+
+HIDDEN = 32
+SIZE = 32  # pixels: a 2 × 2 packed latent grid of 768 features per token
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread: tiny matmuls on a shared 2-core machine are ~10× slower with two spinning threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def artist_dir(tmp_path_factory):
+    return build_tiny_artist(tmp_path_factory.mktemp("artist"), critic_hidden_size=HIDDEN, seed=0)
+
+
+def _config(**overrides) -> ArtistLearnerConfig:
+    return ArtistLearnerConfig(lora=LoraConfig(rank=4, alpha=8.0), micro_batch_size=2, **overrides)
+
+
+def _groups(seed: int = 0, num_groups: int = 2, k: int = 3, rewards=None) -> list[ArtistGroup]:
+    rng = np.random.default_rng(seed)
+    sigmas = flow_match_sigmas(STEPS, (SIZE // 16) ** 2, QWEN_IMAGE_SCHEDULER_CONFIG)
+    groups = []
+    for g in range(num_groups):
+        tokens = int(rng.integers(3, 7))
+        conditioning = Conditioning(task_id=f"photo{g}", critique_index=0,
+                                    hidden=rng.standard_normal((tokens, HIDDEN)).astype(np.float32))
+        edits = [Edit(task_id=f"photo{g}", critique_index=0, edit_index=e, seed=e, image=None,
+                      x0=rng.uniform(-1, 1, ((SIZE // 16) ** 2, 768)).astype(np.float32), sigmas=sigmas,
+                      artist_version=0, critic_version=0) for e in range(k)]
+        group_rewards = (np.asarray(rewards[g], dtype=np.float32) if rewards is not None
+                         else rng.uniform(0, 1, k).astype(np.float32))
+        groups.append(ArtistGroup(task_id=f"photo{g}", critique_index=0, conditioning=conditioning,
+                                  condition_image=rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
+                                  edits=edits, rewards=group_rewards, optimality=np.zeros(k, np.float32)))
+    return groups
+
+
+def test_one_update_trains_default_and_soft_updates_the_published_old_adapter(artist_dir):
+    learner = ArtistLearner(artist_dir, _config())
+    version, before = learner.get_sampler_weights()
+    assert version == 0
+    assert learner.ready()["sync_bytes"] == sum(t.numel() * 4 for t in before.values())
+    groups = _groups()
+    metrics = learner.update(groups)
+
+    assert metrics["nft/skipped"] == 0.0 and metrics["nft/version"] == 1.0 and metrics["nft/step"] == 1.0
+    for key in ("nft/loss", "nft/policy_loss", "nft/kl_loss", "nft/grad_norm", "nft/r_mean", "nft/r_std"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["nft/grad_norm"] > 0 and metrics["nft/old_decay"] == pytest.approx(0.001)
+    # θ = old at the first step: v⁺ = v⁻ = v_old, so ℓ⁺ = ℓ⁻ and the policy loss is 5·mean(ℓ) whatever r is.
+    assert metrics["nft/positive_loss"] == pytest.approx(metrics["nft/negative_loss"], rel=1e-5)
+
+    state = learner.get_state()
+    version, after = learner.get_sampler_weights()
+    assert version == 1
+    changed = [name for name in after if not torch.equal(after[name], before[name])]
+    assert changed, "the published sampling adapter did not move"
+    for name in after:  # old ← 0.001·old + 0.999·θ
+        assert torch.allclose(after[name], 0.001 * before[name] + 0.999 * state["trained"][name], atol=1e-7)
+
+    # r was computed here, once, from the raw rewards (per-group mean, global std) and written back.
+    rewards = np.concatenate([g.rewards for g in groups])
+    expected = optimality_probabilities(rewards, [g.task_id for g in groups for _ in g.edits], 5.0)
+    assert np.concatenate([g.optimality for g in groups]) == pytest.approx(expected)
+
+
+def test_masked_groups_and_bad_rewards_skip_the_step_without_touching_weights(artist_dir):
+    learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05))
+    _, before = learner.get_sampler_weights()
+    flat = _groups(rewards=[[0.5, 0.5, 0.5], [0.2, 0.2, 0.21]])
+    metrics = learner.update(flat)
+    assert metrics["nft/skipped"] == 1.0 and metrics["nft/masked_fraction"] == 1.0
+    assert [g.valid for g in flat] == [False, False]
+    invalid = _groups()
+    for group in invalid:
+        group.valid = False
+    assert learner.update(invalid)["nft/skipped"] == 1.0
+    broken = _groups(rewards=[[0.1, float("nan"), 0.3], [0.2, 0.4, 0.6]])
+    assert learner.update(broken)["nft/skipped"] == 1.0
+    version, after = learner.get_sampler_weights()
+    assert version == 0 and learner.step == 0
+    assert all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_only_the_unmasked_group_is_trained_on(artist_dir):
+    learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05))
+    groups = _groups(rewards=[[0.5, 0.5, 0.5], [0.1, 0.5, 0.9]])
+    metrics = learner.update(groups)
+    assert metrics["nft/skipped"] == 0.0 and metrics["nft/num_samples"] == 3.0
+    assert [g.valid for g in groups] == [False, True]
+
+
+def test_state_round_trip_resumes_identically(artist_dir):
+    first = ArtistLearner(artist_dir, _config(), seed=3)
+    first.update(_groups(seed=1))
+    resumed = ArtistLearner(artist_dir, _config(), seed=3)
+    resumed.set_state(first.get_state())
+    assert (resumed.step, resumed.version) == (1, 1)
+    metrics_a = first.update(_groups(seed=2))
+    metrics_b = resumed.update(_groups(seed=2))
+    assert metrics_a["nft/loss"] == pytest.approx(metrics_b["nft/loss"], rel=1e-6)
+    (_, weights_a), (_, weights_b) = first.get_sampler_weights(), resumed.get_sampler_weights()
+    assert all(torch.allclose(weights_a[name], weights_b[name], atol=1e-7) for name in weights_a)
+    _, ema = first.get_ema_weights()
+    assert set(ema) == set(weights_a)
+
+
+def test_bad_latents_are_rejected_with_a_clear_message(artist_dir):
+    learner = ArtistLearner(artist_dir, _config())
+    groups = _groups(num_groups=1)
+    groups[0].edits[0].x0 = np.zeros((4, 16), np.float32)
+    with pytest.raises(ValueError, match=r"x0 has shape \(4, 16\)"):
+        learner.update(groups)
+    groups = _groups(num_groups=1)
+    groups[0].condition_image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="condition_image"):
+        learner.update(groups)
