@@ -48,3 +48,8 @@ class CriticConfig(ConfigModel):
     """Run vLLM without CUDA graphs / torch.compile (faster start; required on CPU)."""
     seed: int = Field(0, ge=0)
     """Base seed of rollout sampling; each replica and step derive their own from it."""
+    rescore_max_new_tokens: int | None = Field(None, ge=8, le=8192)
+    """Longest greedy response when re-scoring edits for the ranking reward (None = ``max_new_tokens``): the
+    score is read from ``<answer>``, which comes last in the grammar."""
+    max_model_len: int | None = Field(None, ge=256, le=131072)
+    """vLLM context length (prompt with vision tokens + response); None = the checkpoint's maximum."""

@@ -1,0 +1,256 @@
+"""Critic generation engines: vLLM (default) and transformers ``generate``, behind one small interface.
+
+Owns turning (prompt text, pixel-bounded image, sampling settings) into :class:`EngineSample` records — token
+ids, the log-prob of every sampled token under the engine's *raw* distribution (full softmax of the model's
+logits at temperature 1, before suppression, top-p or temperature; exactly what the learner's teacher-forced
+forward recomputes), finish reason — and loading new weights into the engine in place. It must not know about
+tasks, records or Ray: :mod:`critic_actor.actor` does that.
+
+vLLM is imported only inside :class:`VLLMCriticEngine`. With ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` the engine
+core and its model live in this process, so weights are loaded with ``LLM.apply_model`` (no restart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+SUPPRESSED_LOGIT_BIAS = -100.0
+"""vLLM clamps logit_bias to ±100; at -100 a suppressed token's probability is ~e^-100 (never sampled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSpec:
+    """Sampling settings of one generate call."""
+
+    n: int
+    """Responses per prompt."""
+    temperature: float
+    """0 = greedy."""
+    top_p: float
+    max_new_tokens: int
+    seeds: tuple[int, ...]
+    """One seed per prompt (same length as the prompts), so a prompt's samples do not depend on its batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePrompt:
+    """One prompt: chat-formatted text with one image placeholder, and the pixel-bounded image."""
+
+    text: str
+    image: np.ndarray
+
+
+@dataclass(slots=True)
+class EngineSample:
+    """One generated response."""
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: np.ndarray
+    text: str
+    finish_reason: str
+
+
+class CriticEngine(Protocol):
+    def generate(self, prompts: list[EnginePrompt], spec: SamplingSpec) -> list[list[EngineSample]]: ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, "object"]]) -> None: ...
+
+    def weight_fingerprint(self) -> dict[str, float]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def weight_fingerprint(tensors: Iterable) -> dict[str, float]:
+    """(sum, sum of squares, sum of |x|) over all weight elements, in float64.
+
+    Invariant to parameter names and to concatenation. Replicas of one engine kind holding the same weights
+    give equal fingerprints up to float64 summation order (compare with :func:`fingerprints_match`); vLLM's
+    CPU kernels repack some weights after loading, so a vLLM fingerprint is not comparable with the HF state
+    dict's — compare replicas with each other, and the received state with :func:`state_checksum`.
+    """
+    import torch
+
+    total = total_sq = total_abs = 0.0
+    for tensor in tensors:
+        t = torch.as_tensor(tensor).detach().to(torch.float64)
+        total += float(t.sum())
+        total_sq += float((t * t).sum())
+        total_abs += float(t.abs().sum())
+    return {"sum": total, "sum_sq": total_sq, "sum_abs": total_abs}
+
+
+def state_checksum(state: dict) -> str:
+    """sha256 over (name, dtype, shape, bytes) of a state dict in name order: what the learner sent."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        array = value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else np.ascontiguousarray(value)
+        if isinstance(array, torch.Tensor):
+            array = array.view(torch.uint8).numpy() if array.dtype == torch.bfloat16 else array.numpy()
+        digest.update(f"{name}|{array.dtype}|{tuple(array.shape)}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprints_match(a: dict[str, float], b: dict[str, float], rtol: float = 1e-7) -> bool:
+    """True when two fingerprints agree up to float64 summation-order noise."""
+    return all(abs(a[k] - b[k]) <= rtol * max(1.0, abs(a[k]), abs(b[k])) for k in ("sum", "sum_sq", "sum_abs"))
+
+
+class VLLMCriticEngine:
+    """A ``vllm.LLM`` on the critic checkpoint, one image per prompt, pixel bounds from config."""
+
+    def __init__(self, model_path: str | Path, *, dtype: str, min_pixels: int, max_pixels: int,
+                 suppressed_token_ids: list[int], seed: int = 0, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, max_model_len: int | None = None):
+        from vllm import LLM
+
+        from critic_actor.model import resolve_dtype
+
+        torch_dtype = resolve_dtype(dtype)
+        self._suppressed = {int(i): SUPPRESSED_LOGIT_BIAS for i in suppressed_token_ids}
+        self.llm = LLM(
+            model=str(model_path),
+            dtype=str(torch_dtype).removeprefix("torch."),
+            seed=seed,
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            mm_processor_kwargs={"size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}},
+            logprobs_mode="raw_logprobs",
+            disable_log_stats=True,
+        )
+
+    def generate(self, prompts: list[EnginePrompt], spec: SamplingSpec) -> list[list[EngineSample]]:
+        from PIL import Image
+        from vllm import SamplingParams
+
+        requests, params = [], []
+        for prompt, seed in zip(prompts, spec.seeds, strict=True):
+            requests.append({"prompt": prompt.text, "multi_modal_data": {"image": Image.fromarray(prompt.image)}})
+            params.append(SamplingParams(
+                n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens,
+                seed=seed, logprobs=0, logit_bias=dict(self._suppressed) or None, skip_special_tokens=True,
+            ))
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            samples = []
+            for completion in output.outputs:
+                token_ids = list(completion.token_ids)
+                logprobs = np.array([step[token].logprob for step, token in zip(completion.logprobs, token_ids)],
+                                    dtype=np.float32)
+                samples.append(EngineSample(prompt_token_ids=list(output.prompt_token_ids), token_ids=token_ids,
+                                            logprobs=logprobs, text=completion.text,
+                                            finish_reason="length" if completion.finish_reason == "length" else "stop"))
+            results.append(samples)
+        return results
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, object]]) -> None:
+        import torch
+
+        tensors = [(name, torch.as_tensor(value)) for name, value in named_tensors]
+        # The worker's reload path maps HF names to vLLM's fused parameters and re-runs the post-load
+        # processing (CPU kernels repack weights after the first load, so a plain model.load_weights fails).
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
+        # Every cache derived from the old weights must go, on the scheduler side as well as in the worker
+        # (the worker alone dropping its vision encoder outputs makes the scheduler report cache misses):
+        # cached prefix KV blocks, vision encoder outputs, and the processed multi-modal items.
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
+
+    def weight_fingerprint(self) -> dict[str, float]:
+        return self.llm.apply_model(lambda model: weight_fingerprint(p for _, p in model.named_parameters()))[0]
+
+    def shutdown(self) -> None:
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is not None:
+            del llm
+            import gc
+
+            gc.collect()
+
+
+class TransformersCriticEngine:
+    """``generate`` of the transformers model: slower, but runs wherever transformers does."""
+
+    def __init__(self, model_path: str | Path, *, dtype: str, min_pixels: int, max_pixels: int,
+                 suppressed_token_ids: list[int], device: str | None = None):
+        from critic_actor.model import load_critic, load_critic_processor
+
+        self.model, _ = load_critic(model_path, dtype=dtype, device=device)
+        self.processor = load_critic_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        self._suppressed = list(suppressed_token_ids)
+        eos = self.model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos])
+        self._pad = self.model.generation_config.pad_token_id
+
+    def generate(self, prompts: list[EnginePrompt], spec: SamplingSpec) -> list[list[EngineSample]]:
+        import torch
+        from PIL import Image
+
+        results = []
+        for prompt, seed in zip(prompts, spec.seeds, strict=True):
+            inputs = self.processor(text=[prompt.text], images=[Image.fromarray(prompt.image)], return_tensors="pt",
+                                    return_mm_token_type_ids=True).to(self.model.device)
+            prompt_ids = inputs["input_ids"][0].tolist()
+            sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p, "top_k": None} \
+                if spec.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                out = self.model.generate(**inputs, **sampling, max_new_tokens=spec.max_new_tokens,
+                                          num_return_sequences=spec.n, suppress_tokens=self._suppressed or None,
+                                          output_logits=True, return_dict_in_generate=True, pad_token_id=self._pad)
+            generated = out.sequences[:, len(prompt_ids):]
+            # Raw logits (before suppression/temperature), the same distribution the vLLM engine reports.
+            logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+            token_logprobs = logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
+            samples = []
+            for row in range(generated.shape[0]):
+                ids = generated[row].tolist()
+                length, finish = len(ids), "length"
+                for position, token in enumerate(ids):
+                    if token in self._eos:
+                        length, finish = position + 1, "stop"
+                        break
+                ids = ids[:length]
+                samples.append(EngineSample(
+                    prompt_token_ids=prompt_ids, token_ids=ids,
+                    logprobs=token_logprobs[row, :length].cpu().numpy().astype(np.float32),
+                    text=self.processor.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=finish))
+            results.append(samples)
+        return results
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, object]]) -> None:
+        import torch
+
+        own = self.model.state_dict()
+        unknown = []
+        with torch.no_grad():
+            for name, value in named_tensors:
+                if name not in own:
+                    unknown.append(name)
+                    continue
+                own[name].copy_(torch.as_tensor(value).to(own[name].dtype))
+        if unknown:
+            raise KeyError(f"{len(unknown)} weight names are not parameters of the critic, e.g. {unknown[:3]}")
+
+    def weight_fingerprint(self) -> dict[str, float]:
+        return weight_fingerprint(p for _, p in self.model.named_parameters())
+
+    def shutdown(self) -> None:
+        self.model = None
