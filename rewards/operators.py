@@ -94,28 +94,39 @@ def apply_edit_ops(image: np.ndarray, ops: Sequence[EditOp]) -> np.ndarray:
     their order in ``ops``. No ops returns an unchanged copy. Raises
     :class:`rewards.images.InvalidImageError` for images that are not 3-channel 8-bit sRGB.
     """
+    return _apply_steps(image, [(op.attribute, op.direction * magnitude(op)) for op in ops])
+
+
+def apply_adjustments(image: np.ndarray, amounts: Mapping[ToneAttribute, float]) -> np.ndarray:
+    """Apply continuous signed amounts per attribute (EV for exposure, fractions for contrast/saturation,
+    gain for warmth) with the same operators and order as :func:`apply_edit_ops`.
+
+    For calibration and tests that need an edit of an exact size between the discrete levels.
+    """
+    return _apply_steps(image, [(attribute, float(amount)) for attribute, amount in amounts.items()])
+
+
+def _apply_steps(image: np.ndarray, steps: Sequence[tuple[ToneAttribute, float]]) -> np.ndarray:
     import cv2
 
     rgb = as_rgb_uint8(image, "image")
-    ordered = sorted(ops, key=lambda op: OPERATION_ORDER.index(op.attribute))
+    ordered = sorted(steps, key=lambda step: OPERATION_ORDER.index(step[0]))
     if not ordered:
         return rgb.copy()
     encoded = rgb.astype(np.float32) / np.float32(255.0)
-    linear_ops = [op for op in ordered if op.attribute in ("warmth", "exposure")]
-    lab_ops = [op for op in ordered if op.attribute in ("contrast", "saturation")]
-    if linear_ops:
+    linear_steps = [step for step in ordered if step[0] in ("warmth", "exposure")]
+    lab_steps = [step for step in ordered if step[0] in ("contrast", "saturation")]
+    if linear_steps:
         linear = _srgb_decode(encoded)
-        for op in linear_ops:
-            signed = op.direction * magnitude(op)
-            if op.attribute == "warmth":
+        for attribute, signed in linear_steps:
+            if attribute == "warmth":
                 linear = _apply_warmth(linear, signed)
             else:
                 linear = linear * np.float32(2.0 ** signed)
         encoded = _srgb_encode(linear)
-    if lab_ops:
+    if lab_steps:
         lab = cv2.cvtColor(encoded, cv2.COLOR_RGB2Lab)
-        for op in lab_ops:
-            signed = op.direction * magnitude(op)
-            lab = _apply_contrast(lab, signed) if op.attribute == "contrast" else _apply_saturation(lab, signed)
+        for attribute, signed in lab_steps:
+            lab = _apply_contrast(lab, signed) if attribute == "contrast" else _apply_saturation(lab, signed)
         encoded = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0)
     return np.rint(encoded * np.float32(255.0)).astype(np.uint8)
