@@ -103,3 +103,23 @@ def test_mismatched_pair_is_refused(tmp_path):
 def test_float_arrays_are_refused_not_guessed():
     with pytest.raises(ImageRejected, match="sample type float32"):
         to_rgb8(np.zeros((20, 20, 3), dtype=np.float32))
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width × height`` RGB pixels but carries no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [9_000, 20_000])
+def test_header_claiming_a_gigantic_image_is_refused_without_allocating_it(tmp_path, side):
+    _png_header_only(tmp_path / "bomb.png", side, side)
+    # 81 Mpx passes Pillow's own guard and is refused by ours; 400 Mpx is refused by Pillow's guard first.
+    with pytest.raises(ImageRejected, match="above the limit of 64000000|decompression bomb"):
+        read_image(tmp_path / "bomb.png", ImageLimits())
