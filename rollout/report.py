@@ -18,10 +18,11 @@ from typing import TextIO
 _REWARDS = (("r_artist", "reward/artist/total/mean", ".3f"), ("r_critic", "reward/critic/total/mean", ".3f"))
 _KL = (("kl", "learner/grpo/kl", ".4f"),)
 _LOSSES = (("L_grpo", "learner/grpo/loss", ".3f"), ("L_nft", "learner/nft/loss", ".3g"))
-_STAGES = (("crit", "time/stage/critic_rollout_s"), ("prep", "time/stage/prepare_s"),
-           ("art", "time/stage/artist_sample_s"), ("rew", "time/stage/rewards_s"),
-           ("rescore", "time/stage/rescore_s"), ("upd_c", "time/stage/critic_update_s"),
-           ("upd_a", "time/stage/artist_update_s"), ("sync", "time/stage/sync_s"))
+_STAGES = (("data", "time/stage/data_s"), ("crit", "time/stage/critic_rollout_s"),
+           ("prep", "time/stage/prepare_s"), ("art", "time/stage/artist_sample_s"),
+           ("rescore", "time/stage/rescore_s"), ("rew", "time/stage/rewards_s"), ("upd", "time/stage/update_s"),
+           ("upd_c", "time/stage/critic_update_s"), ("upd_a", "time/stage/artist_update_s"),
+           ("sync", "time/stage/sync_s"))
 _STEP_TIME = "time/stage/step_s"
 _THROUGHPUT = (("edits/s", "perf/edits_per_s", ".1f"), ("tok/s", "perf/tokens_per_s", ".0f"))
 _ALERTS = (("skipped", "skipped/nonfinite_steps"), ("rejected", "data/rejected"),

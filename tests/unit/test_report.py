@@ -55,3 +55,10 @@ def test_progress_bar_advances_to_the_reported_step_when_enabled():
     progress.close()
     out = stream.getvalue()
     assert "step 6/10" in out and "6/10" in out.rsplit("step 6/10", 1)[1]
+
+
+def test_stage_times_follow_the_order_of_a_step():
+    line = format_step_line(1, 1, {"time/stage/sync_s": 0.1, "time/stage/update_s": 2.0,
+                                   "time/stage/rewards_s": 0.5, "time/stage/rescore_s": 0.3,
+                                   "time/stage/data_s": 0.06, "time/stage/step_s": 3.0})
+    assert line == "step 1/1 | t 3.0s (data 0.1 rescore 0.3 rew 0.5 upd 2.0 sync 0.1)"
