@@ -229,12 +229,16 @@ def synthesise_from_folder(source: str | os.PathLike[str], out_dir: str | os.Pat
         good = resize_to_long_side(photo, size) if max(photo.shape[:2]) > size else photo
         target_path = images_dir / f"{base_id}-target.png"
         write_png(target_path, good)
+        accepted = 0
         for k in range(per_photo):
             outcome = _synthesise_pair(
                 good, relative, is_restoration_slot(pair_index, restoration_fraction),
                 _pair_rng(seed, relative, k), None, images_dir, f"{base_id}-{k:03d}", target_path)
+            accepted += isinstance(outcome, PhotoTask)
             (report.tasks if isinstance(outcome, PhotoTask) else report.rejected).append(outcome)
             pair_index += 1
+        if not accepted:
+            target_path.unlink()  # no manifest line refers to it
         if progress:
             progress(f"{relative}: {per_photo} pairs")
     write_manifest(report.manifest, report.tasks)
