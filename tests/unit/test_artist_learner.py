@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from artist_actor.conditioning import flow_match_sigmas
-from artist_actor.model import QWEN_IMAGE_SCHEDULER_CONFIG, build_tiny_artist
+from artist_actor.model import PROJECT_FILE, QWEN_IMAGE_SCHEDULER_CONFIG
 from learner.artist_learner import ArtistLearner
 from learner.config import ArtistLearnerConfig, LoraConfig
 from learner.nft import optimality_probabilities
 from rollout.types import ArtistGroup, Conditioning, Edit
 
-HIDDEN = 32
 SIZE = 32  # pixels: a 2 × 2 packed latent grid of 768 features per token
 STEPS = 4
 
@@ -28,22 +29,29 @@ def single_thread():
 
 
 @pytest.fixture(scope="module")
-def artist_dir(tmp_path_factory):
-    return build_tiny_artist(tmp_path_factory.mktemp("artist"), critic_hidden_size=HIDDEN, seed=0)
+def artist_dir(embedded_models):
+    return embedded_models.artist
+
+
+@pytest.fixture(scope="module")
+def make_groups(artist_dir):
+    """Synthetic groups whose H_c width matches the embedded artist (its critic's hidden size)."""
+    hidden = json.loads((artist_dir / PROJECT_FILE).read_text())["critic_hidden_size"]
+    return lambda **kwargs: _groups(hidden=hidden, **kwargs)
 
 
 def _config(**overrides) -> ArtistLearnerConfig:
     return ArtistLearnerConfig(lora=LoraConfig(rank=4, alpha=8.0), micro_batch_size=2, **overrides)
 
 
-def _groups(seed: int = 0, num_groups: int = 2, k: int = 3, rewards=None) -> list[ArtistGroup]:
+def _groups(hidden: int, seed: int = 0, num_groups: int = 2, k: int = 3, rewards=None) -> list[ArtistGroup]:
     rng = np.random.default_rng(seed)
     sigmas = flow_match_sigmas(STEPS, (SIZE // 16) ** 2, QWEN_IMAGE_SCHEDULER_CONFIG)
     groups = []
     for g in range(num_groups):
         tokens = int(rng.integers(3, 7))
         conditioning = Conditioning(task_id=f"photo{g}", critique_index=0,
-                                    hidden=rng.standard_normal((tokens, HIDDEN)).astype(np.float32))
+                                    hidden=rng.standard_normal((tokens, hidden)).astype(np.float32))
         edits = [Edit(task_id=f"photo{g}", critique_index=0, edit_index=e, seed=e, image=None,
                       x0=rng.uniform(-1, 1, ((SIZE // 16) ** 2, 768)).astype(np.float32), sigmas=sigmas,
                       artist_version=0, critic_version=0) for e in range(k)]
@@ -55,12 +63,12 @@ def _groups(seed: int = 0, num_groups: int = 2, k: int = 3, rewards=None) -> lis
     return groups
 
 
-def test_one_update_trains_default_and_soft_updates_the_published_old_adapter(artist_dir):
+def test_one_update_trains_default_and_soft_updates_the_published_old_adapter(artist_dir, make_groups):
     learner = ArtistLearner(artist_dir, _config())
     version, before = learner.get_sampler_weights()
     assert version == 0
     assert learner.ready()["sync_bytes"] == sum(t.numel() * 4 for t in before.values())
-    groups = _groups()
+    groups = make_groups()
     metrics = learner.update(groups)
 
     assert metrics["nft/skipped"] == 0.0 and metrics["nft/version"] == 1.0 and metrics["nft/step"] == 1.0
@@ -84,40 +92,40 @@ def test_one_update_trains_default_and_soft_updates_the_published_old_adapter(ar
     assert np.concatenate([g.optimality for g in groups]) == pytest.approx(expected)
 
 
-def test_masked_groups_and_bad_rewards_skip_the_step_without_touching_weights(artist_dir):
+def test_masked_groups_and_bad_rewards_skip_the_step_without_touching_weights(artist_dir, make_groups):
     learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05))
     _, before = learner.get_sampler_weights()
-    flat = _groups(rewards=[[0.5, 0.5, 0.5], [0.2, 0.2, 0.21]])
+    flat = make_groups(rewards=[[0.5, 0.5, 0.5], [0.2, 0.2, 0.21]])
     metrics = learner.update(flat)
     assert metrics["nft/skipped"] == 1.0 and metrics["nft/masked_fraction"] == 1.0
     assert [g.valid for g in flat] == [False, False]
-    invalid = _groups()
+    invalid = make_groups()
     for group in invalid:
         group.valid = False
     assert learner.update(invalid)["nft/skipped"] == 1.0
-    broken = _groups(rewards=[[0.1, float("nan"), 0.3], [0.2, 0.4, 0.6]])
+    broken = make_groups(rewards=[[0.1, float("nan"), 0.3], [0.2, 0.4, 0.6]])
     assert learner.update(broken)["nft/skipped"] == 1.0
     version, after = learner.get_sampler_weights()
     assert version == 0 and learner.step == 0
     assert all(torch.equal(after[name], before[name]) for name in before)
 
 
-def test_only_the_unmasked_group_is_trained_on(artist_dir):
+def test_only_the_unmasked_group_is_trained_on(artist_dir, make_groups):
     learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05))
-    groups = _groups(rewards=[[0.5, 0.5, 0.5], [0.1, 0.5, 0.9]])
+    groups = make_groups(rewards=[[0.5, 0.5, 0.5], [0.1, 0.5, 0.9]])
     metrics = learner.update(groups)
     assert metrics["nft/skipped"] == 0.0 and metrics["nft/num_samples"] == 3.0
     assert [g.valid for g in groups] == [False, True]
 
 
-def test_state_round_trip_resumes_identically(artist_dir):
+def test_state_round_trip_resumes_identically(artist_dir, make_groups):
     first = ArtistLearner(artist_dir, _config(), seed=3)
-    first.update(_groups(seed=1))
+    first.update(make_groups(seed=1))
     resumed = ArtistLearner(artist_dir, _config(), seed=3)
     resumed.set_state(first.get_state())
     assert (resumed.step, resumed.version) == (1, 1)
-    metrics_a = first.update(_groups(seed=2))
-    metrics_b = resumed.update(_groups(seed=2))
+    metrics_a = first.update(make_groups(seed=2))
+    metrics_b = resumed.update(make_groups(seed=2))
     assert metrics_a["nft/loss"] == pytest.approx(metrics_b["nft/loss"], rel=1e-6)
     (_, weights_a), (_, weights_b) = first.get_sampler_weights(), resumed.get_sampler_weights()
     assert all(torch.allclose(weights_a[name], weights_b[name], atol=1e-7) for name in weights_a)
@@ -125,13 +133,13 @@ def test_state_round_trip_resumes_identically(artist_dir):
     assert set(ema) == set(weights_a)
 
 
-def test_bad_latents_are_rejected_with_a_clear_message(artist_dir):
+def test_bad_latents_are_rejected_with_a_clear_message(artist_dir, make_groups):
     learner = ArtistLearner(artist_dir, _config())
-    groups = _groups(num_groups=1)
+    groups = make_groups(num_groups=1)
     groups[0].edits[0].x0 = np.zeros((4, 16), np.float32)
     with pytest.raises(ValueError, match=r"x0 has shape \(4, 16\)"):
         learner.update(groups)
-    groups = _groups(num_groups=1)
+    groups = make_groups(num_groups=1)
     groups[0].condition_image = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="condition_image"):
         learner.update(groups)
