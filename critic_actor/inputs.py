@@ -52,8 +52,9 @@ def pixel_bounded_size(height: int, width: int, min_pixels: int, max_pixels: int
                        factor: int = PATCH_FACTOR) -> tuple[int, int]:
     """(height, width) rounded to multiples of ``factor`` with an area inside [min_pixels, max_pixels].
 
-    Same rule as the Qwen2-VL processor's ``smart_resize`` (aspect ratio kept as well as rounding allows), so
-    the processor leaves an image of this size untouched.
+    Same rule as the Qwen2-VL processor's ``smart_resize`` (aspect ratio kept as well as rounding allows), plus
+    a trim of the long side of very elongated images so the area bound always holds; the processor leaves an
+    image of this size untouched.
     """
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels})")
@@ -69,6 +70,12 @@ def pixel_bounded_size(height: int, width: int, min_pixels: int, max_pixels: int
         beta = math.sqrt(min_pixels / (height * width))
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
+    # Very elongated images: the short side cannot go below one patch, so trim the long side instead.
+    if h * w > max_pixels:
+        if h >= w:
+            h = max(factor, (max_pixels // w) // factor * factor)
+        else:
+            w = max(factor, (max_pixels // h) // factor * factor)
     return h, w
 
 
@@ -80,7 +87,7 @@ def fit_to_pixel_bounds(image: np.ndarray, min_pixels: int, max_pixels: int) -> 
         return image
     from PIL import Image
 
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+    return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
 
 
 def critic_prompt_text(processor, instruction: str = CRITIC_INSTRUCTION) -> str:
