@@ -1,0 +1,79 @@
+"""RewardPool on a local Ray cluster: named workers, completion-order streaming, isolation, restarts."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from rewards.config import RewardsConfig
+from rewards.operators import apply_edit_ops
+from rewards.pool import RewardPool
+from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
+from rollout.types import EditOp, ParsedCritique, Suggestion
+
+NAMESPACE = "reward-pool-test"
+BRIGHTER = EditOp(attribute="exposure", direction=1, level=2)
+CONFIG = RewardsConfig(num_workers=2, attribute_resolution=128, lpips_resolution=64, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local):
+    pool = RewardPool(CONFIG, namespace=NAMESPACE, max_restarts=2)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def triples(ray_local):
+    photo = cv2.resize(data.chelsea(), (96, 64), interpolation=cv2.INTER_AREA)
+    target = apply_edit_ops(photo, [BRIGHTER])
+    half = apply_edit_ops(photo, [EditOp(attribute="exposure", direction=1, level=1)])
+    return {name: ray_local.put(image) for name, image in
+            {"input": photo, "target": target, "half": half, "nan": np.full((64, 96, 3), np.nan, np.float32)}.items()}
+
+
+def _requests(refs, edits):
+    suggestion = (Suggestion(text="brighten", op=BRIGHTER),)
+    return [EditScoringRequest(task_id=f"task-{i}", critique_index=0, edit_index=i, input=refs["input"],
+                               edit=refs[name], target=refs["target"], suggestions=suggestion)
+            for i, name in enumerate(edits)]
+
+
+def test_workers_are_named_in_the_run_namespace(pool, ray_local):
+    for i in range(CONFIG.num_workers):
+        assert ray_local.get_actor(f"reward-{i}", namespace=NAMESPACE) is not None
+    assert pool.tracking_tags()["rewards.lpips_backbone"] == "random"
+    assert pool.backbone_is_random
+
+
+def test_pool_returns_one_result_per_request_matching_a_local_worker(pool, triples, ray_local):
+    edits = ["target", "half", "nan", "input", "target", "half", "target"]
+    requests = _requests(triples, edits)
+    by_index = {r.edit_index: r for r in pool.score_edits(requests)}
+    assert sorted(by_index) == list(range(len(edits)))
+    assert "NaN" in by_index[2].error and by_index[2].total == 0.0
+    local = RewardWorker(CONFIG).score_edits(
+        [EditScoringRequest(task_id=r.task_id, critique_index=0, edit_index=r.edit_index,
+                            input=ray_local.get(r.input), edit=ray_local.get(r.edit), target=ray_local.get(r.target),
+                            suggestions=r.suggestions) for r in requests])
+    for expected in local:
+        assert by_index[expected.edit_index].total == pytest.approx(expected.total, abs=1e-6)
+    assert by_index[0].total > by_index[1].total > by_index[3].total == 0.0
+
+
+def test_pool_scores_critiques(pool, triples):
+    parsed = ParsedCritique(format_ok=True, score=30.0, suggestions=[Suggestion(text="brighten", op=BRIGHTER)])
+    requests = [CritiqueScoringRequest(task_id="task", critique_index=i, parsed=parsed, input=triples["input"],
+                                       target=triples["target"], edit_scores=(score,))
+                for i, score in enumerate([60.0, 10.0, None])]
+    results = {r.critique_index: r for r in pool.score_critiques(requests)}
+    assert [results[i].total for i in range(3)] == [3.0, 2.0, 2.0]
+    assert "rank" in results[2].reasons
+
+
+def test_pool_survives_a_worker_crash(pool, triples, ray_local):
+    ray_local.kill(pool.workers[0], no_restart=False)  # Ray restarts it; queued batches are retried
+    results = list(pool.score_edits(_requests(triples, ["target", "half", "target", "half"])))
+    assert len(results) == 4 and all(r.error == "" for r in results)
