@@ -9,12 +9,14 @@ Owns the command-line surface of :mod:`rollout.data` only: argument parsing, the
 - ``--pairs DIR``: existing pairs laid out as ``DIR/input/NAME.*`` and ``DIR/target/NAME.*`` are matched,
   validated and listed in ``--out``/manifest.jsonl (images are referenced, not copied);
 - ``--embedded``: the embedded dataset (crops of scikit-image's colour photos) in ``--out``.
-Exit status: 0 when at least one pair was accepted, 1 when none was, 2 for unusable arguments.
+Refusals are printed and listed in ``OUT/rejected.jsonl``. Exit status: 0 when at least one pair was
+accepted, 1 when none was, 2 for unusable arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -83,6 +85,13 @@ def _print_summary(manifest: Path, tasks, rejected) -> None:
     print(f"wrote {manifest}: {len(tasks)} accepted "
           f"({kinds.get('retouch', 0)} retouch, {kinds.get('restoration', 0)} restoration), "
           f"{len(rejected)} rejected")
+    listing = manifest.with_name("rejected.jsonl")
+    listing.unlink(missing_ok=True)  # never leave a previous run's refusals beside a new manifest
+    if rejected:
+        # Kept beside the manifest: with thousands of photos the console lines scroll away.
+        listing.write_text("".join(json.dumps({"record_id": r.record_id, "reason": r.reason}) + "\n"
+                                   for r in rejected))
+        print(f"  reasons listed in {listing}")
     for record in rejected:
         # Image reasons already start with the file name; do not print it twice.
         shown = record.reason if record.reason.startswith(record.record_id) else f"{record.record_id}: {record.reason}"

@@ -74,7 +74,7 @@ def add_noise(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def add_haze(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """Atmospheric scattering over a depth ramp: transmission 0.35–0.6 at the top, 0.15–0.35 higher at the bottom."""
+    """Atmospheric scattering over a depth ramp: transmission 0.35–0.6 at the top, 0.15–0.35 more at the bottom."""
     height, width = image.shape[:2]
     t_far = float(rng.uniform(0.35, 0.6))
     # The near rows keep clearly more of the scene than the far ones, so the depth cue is visible.

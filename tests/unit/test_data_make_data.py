@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,6 +79,8 @@ def test_make_data_from_photos_synthesises_pairs_and_skips_bad_files(tmp_path, c
     assert code == 0
     assert "8 accepted (4 retouch, 4 restoration), 2 rejected" in printed
     assert "dot.png" in printed and "empty.jpg" in printed
+    listed = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["record_id"]).name for r in listed) == ["dot.png", "empty.jpg"]
     tasks = read_manifest(tmp_path / "out" / "manifest.jsonl").tasks
     for task in tasks:
         source, target = read_image(task.input), read_image(task.target)
