@@ -123,3 +123,13 @@ def test_header_claiming_a_gigantic_image_is_refused_without_allocating_it(tmp_p
     # 81 Mpx passes Pillow's own guard and is refused by ours; 400 Mpx is refused by Pillow's guard first.
     with pytest.raises(ImageRejected, match="above the limit of 64000000|decompression bomb"):
         read_image(tmp_path / "bomb.png", ImageLimits())
+
+
+def test_exif_orientation_is_applied_so_phone_photos_are_upright(tmp_path):
+    photo = _photo(20, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(photo).save(tmp_path / "phone.png", exif=exif)
+    upright = read_image(tmp_path / "phone.png", LIMITS)
+    assert upright.shape == (40, 20, 3)
+    assert np.array_equal(upright, np.rot90(photo, k=-1))
