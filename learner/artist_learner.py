@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from artist_actor.config import ArtistConfig
 from learner.config import ArtistLearnerConfig
 from learner.ema import AdapterEMA
 from learner.lora import (SAMPLING_ADAPTER, TRAINED_ADAPTER, active_adapter, adapter_parameters, adapter_state,
@@ -64,15 +65,26 @@ class _TrainingSample:
 class ArtistLearner:
     """DiffusionNFT learner of the artist DiT's LoRA (trained, sampling, reference = adapters off, EMA)."""
 
-    def __init__(self, artist_path: str | Path, config: ArtistLearnerConfig | None = None, *,
-                 drop_prefix_tokens: int = 0, dtype: str | torch.dtype = "auto",
-                 device: str | torch.device | None = None, codec: str = "auto", seed: int = 0):
+    def __init__(self, artist_path: str | Path, config: ArtistLearnerConfig | None = None,
+                 artist_config: ArtistConfig | None = None, *, device: str | torch.device | None = None,
+                 seed: int = 0, num_threads: int | None = None):
+        """Load the artist at ``artist_path`` and attach fresh adapters.
+
+        ``artist_config`` must be the samplers' section (resolution, prefix drop, codec, dtype): the learner
+        re-encodes each condition photo exactly as they did. ``num_threads`` pins torch's intra-op threads
+        (learners share cores with samplers; oversubscribed threads were measured 10× slower on tiny models).
+        """
         from artist_actor.model import load_artist
 
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
         self.config = config or ArtistLearnerConfig()
-        self.drop_prefix_tokens = drop_prefix_tokens
+        self.artist_config = artist_config or ArtistConfig()
         self.seed = seed
-        self.artist = load_artist(artist_path, dtype=dtype, device=device, codec=codec)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() and self.config.gpus > 0 else "cpu"
+        self.artist = load_artist(artist_path, dtype=self.artist_config.dtype, device=device,
+                                  codec=self.artist_config.codec)
         self.transformer = attach_nft_adapters(self.artist.transformer, self.config.lora)
         self.transformer.train()
         self.trained_parameters = list(adapter_parameters(self.transformer, TRAINED_ADAPTER).values())
@@ -167,6 +179,7 @@ class ArtistLearner:
     def _prepare_conditioning(self, groups: Sequence[ArtistGroup], indices: Sequence[int]) -> dict[int, tuple]:
         """Per trained group: (H_c array, its mask, packed-grid condition latents ``[1, C, h, w]``)."""
         from artist_actor.codec import images_to_pixels
+        from artist_actor.sampler import artist_size, resize_image
 
         prepared: dict[int, tuple] = {}
         for index in indices:
@@ -174,6 +187,10 @@ class ArtistLearner:
             where = f"group {group.task_id}/{group.critique_index}"
             hidden = resolve_handle(group.conditioning.hidden, f"{where}: conditioning.hidden")
             image = resolve_handle(group.condition_image, f"{where}: condition_image")
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"{where}: condition_image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+            # The samplers edited the photo resized to the artist resolution; encode the very same pixels.
+            image = resize_image(image, artist_size(image.shape[0], image.shape[1], self.artist_config.resolution))
             with torch.no_grad():
                 latents = self.artist.codec.encode(images_to_pixels([image]).to(self.artist.device))
             prepared[index] = (hidden, group.conditioning.mask, latents.float())
@@ -212,7 +229,7 @@ class ArtistLearner:
             masks = [prepared[s.group_index][1] for s in items]
             latents = torch.cat([prepared[s.group_index][2] for s in items])
             cond = build_conditioning(hidden, latents, hidden_size=self.artist.hidden_size,
-                                      drop_prefix_tokens=self.drop_prefix_tokens, masks=masks,
+                                      drop_prefix_tokens=self.artist_config.drop_prefix_tokens, masks=masks,
                                       device=device, dtype=dtype)
             x0 = torch.stack([s.x0 for s in items]).to(device)
             if x0.shape[1] != cond.num_image_tokens:

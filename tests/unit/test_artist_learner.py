@@ -10,6 +10,7 @@ import torch
 
 from artist_actor.conditioning import flow_match_sigmas
 from artist_actor.model import PROJECT_FILE, QWEN_IMAGE_SCHEDULER_CONFIG
+from artist_actor.config import ArtistConfig
 from learner.artist_learner import ArtistLearner
 from learner.config import ArtistLearnerConfig, LoraConfig
 from learner.nft import optimality_probabilities
@@ -40,6 +41,9 @@ def make_groups(artist_dir):
     return lambda **kwargs: _groups(hidden=hidden, **kwargs)
 
 
+ARTIST = ArtistConfig(resolution=SIZE)
+
+
 def _config(**overrides) -> ArtistLearnerConfig:
     return ArtistLearnerConfig(lora=LoraConfig(rank=4, alpha=8.0), micro_batch_size=2, **overrides)
 
@@ -64,7 +68,7 @@ def _groups(hidden: int, seed: int = 0, num_groups: int = 2, k: int = 3, rewards
 
 
 def test_one_update_trains_default_and_soft_updates_the_published_old_adapter(artist_dir, make_groups):
-    learner = ArtistLearner(artist_dir, _config())
+    learner = ArtistLearner(artist_dir, _config(), ARTIST)
     version, before = learner.get_sampler_weights()
     assert version == 0
     assert learner.ready()["sync_bytes"] == sum(t.numel() * 4 for t in before.values())
@@ -93,7 +97,7 @@ def test_one_update_trains_default_and_soft_updates_the_published_old_adapter(ar
 
 
 def test_masked_groups_and_bad_rewards_skip_the_step_without_touching_weights(artist_dir, make_groups):
-    learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05))
+    learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05), ARTIST)
     _, before = learner.get_sampler_weights()
     flat = make_groups(rewards=[[0.5, 0.5, 0.5], [0.2, 0.2, 0.21]])
     metrics = learner.update(flat)
@@ -111,7 +115,7 @@ def test_masked_groups_and_bad_rewards_skip_the_step_without_touching_weights(ar
 
 
 def test_only_the_unmasked_group_is_trained_on(artist_dir, make_groups):
-    learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05))
+    learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05), ARTIST)
     groups = make_groups(rewards=[[0.5, 0.5, 0.5], [0.1, 0.5, 0.9]])
     metrics = learner.update(groups)
     assert metrics["nft/skipped"] == 0.0 and metrics["nft/num_samples"] == 3.0
@@ -119,9 +123,9 @@ def test_only_the_unmasked_group_is_trained_on(artist_dir, make_groups):
 
 
 def test_state_round_trip_resumes_identically(artist_dir, make_groups):
-    first = ArtistLearner(artist_dir, _config(), seed=3)
+    first = ArtistLearner(artist_dir, _config(), ARTIST, seed=3)
     first.update(make_groups(seed=1))
-    resumed = ArtistLearner(artist_dir, _config(), seed=3)
+    resumed = ArtistLearner(artist_dir, _config(), ARTIST, seed=3)
     resumed.set_state(first.get_state())
     assert (resumed.step, resumed.version) == (1, 1)
     metrics_a = first.update(make_groups(seed=2))
@@ -134,12 +138,20 @@ def test_state_round_trip_resumes_identically(artist_dir, make_groups):
 
 
 def test_bad_latents_are_rejected_with_a_clear_message(artist_dir, make_groups):
-    learner = ArtistLearner(artist_dir, _config())
+    learner = ArtistLearner(artist_dir, _config(), ARTIST)
     groups = make_groups(num_groups=1)
     groups[0].edits[0].x0 = np.zeros((4, 16), np.float32)
     with pytest.raises(ValueError, match=r"x0 has shape \(4, 16\)"):
         learner.update(groups)
+    # A full-size photo is resized to the artist resolution exactly as the samplers do, then trained on.
     groups = make_groups(num_groups=1)
-    groups[0].condition_image = np.zeros((64, 64, 3), np.uint8)
+    groups[0].condition_image = np.zeros((96, 96, 3), np.uint8)
+    assert learner.update(groups)["nft/skipped"] == 0.0
+    groups = make_groups(num_groups=1)
+    groups[0].condition_image = np.zeros((32, 64, 3), np.uint8)  # another aspect ratio: another latent grid
     with pytest.raises(ValueError, match="condition_image"):
+        learner.update(groups)
+    groups = make_groups(num_groups=1)
+    groups[0].condition_image = np.zeros((32, 32), np.uint8)
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         learner.update(groups)
