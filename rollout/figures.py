@@ -217,6 +217,11 @@ REWARD_PANELS: tuple[CurvePanel, ...] = (
 """What the reward-curve figure shows; keys that were never logged are left out of the legend."""
 
 
+def curve_keys(panels: Sequence[CurvePanel] = REWARD_PANELS) -> set[str]:
+    """Every metric key the curve panels read (plotted keys and their std bands)."""
+    return {key for panel in panels for key in (*panel.keys, *panel.band.values())}
+
+
 def render_reward_curves(history: Mapping[str, Mapping[int, float]], *,
                          panels: Sequence[CurvePanel] = REWARD_PANELS, title: str = "",
                          dpi: int = 100) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from rollout.figures import SampleRow, render_reward_curves, render_sample_grid
+from rollout.figures import SampleRow, curve_keys, render_reward_curves, render_sample_grid
 
 if TYPE_CHECKING:
     from rollout.config import TrainConfig
@@ -131,7 +131,7 @@ class RunTracker:
         self.artifact_dir = self.run_dir / "artifacts"
         self.tracking_uri = resolve_tracking_uri(config.tracking.mlflow_uri, self.run_dir)
         self.history: dict[str, dict[int, float]] = {}
-        """Every metric logged (or reloaded on resume): key → {step: value}."""
+        """Every metric logged by this process, plus the curve metrics reloaded on resume: key → {step: value}."""
         self._warned_keys: set[str] = set()
         self._resumed_params: dict[str, str] = {}
         self._closed = False
@@ -179,12 +179,13 @@ class RunTracker:
         self._client.update_run(run_id, status="RUNNING")
         resumes = int(run.data.tags.get(TAG_RESUMES, "0") or 0) + 1
         self._client.set_tag(run_id, TAG_RESUMES, str(resumes))
-        for key in run.data.metrics:
+        # Only what the curves draw: one query per key, and a long run has many keys and steps.
+        for key in curve_keys() & set(run.data.metrics):
             points = self._client.get_metric_history(run_id, key)
             self.history[key] = {m.step: m.value for m in points
                                  if resume_step is None or m.step <= resume_step}
         self._resumed_params = dict(run.data.params)
-        log.info("resumed MLflow run %s (resume #%d, %d metric histories reloaded)", run_id, resumes,
+        log.info("resumed MLflow run %s (resume #%d, %d curve histories reloaded)", run_id, resumes,
                  len(self.history))
         return run_id
 
