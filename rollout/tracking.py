@@ -136,10 +136,10 @@ class RunTracker:
         self._resumed_params: dict[str, str] = {}
         self._closed = False
         db_path = _sqlite_path(self.tracking_uri)
-        if db_path is not None:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._client = MlflowClient(tracking_uri=self.tracking_uri)
         try:
+            if db_path is not None:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
             self.experiment_id = self._experiment_id(config.tracking.experiment, db_path)
             if resume_run_id:
                 self.run_id = self._resume(resume_run_id, resume_step)
@@ -147,10 +147,11 @@ class RunTracker:
                 run = self._client.create_run(
                     self.experiment_id, run_name=run_name, tags={TAG_RUN_DIR: str(self.run_dir.resolve())})
                 self.run_id = run.info.run_id
-        except MlflowException as exc:
+        except (MlflowException, OSError) as exc:
+            reason = exc.message if isinstance(exc, MlflowException) else str(exc)
             raise RuntimeError(
                 f"MLflow tracking at {self.tracking_uri!r} (tracking.mlflow_uri or $MLFLOW_TRACKING_URI) "
-                f"failed: {exc.message}") from None
+                f"failed: {reason}") from None
 
     # -- setup ---------------------------------------------------------------------------------------------
 
@@ -265,12 +266,18 @@ class RunTracker:
         return len(entries)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Set run tags (values stringified, cut to MLflow's 8000-character limit)."""
+        """Set run tags (values stringified, cut to MLflow's 8000-character limit); a rejected batch is
+        logged as an error, not raised, since tags are set mid-run too."""
         from mlflow.entities import RunTag
 
+        from mlflow.exceptions import MlflowException
+
         entries = [RunTag(str(k), str(v)[:MAX_TAG_VALUE_CHARS]) for k, v in tags.items()]
-        for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
-            self._client.log_batch(self.run_id, tags=batch)
+        try:
+            for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
+                self._client.log_batch(self.run_id, tags=batch)
+        except (MlflowException, OSError) as exc:
+            log.error("MLflow rejected tags %s: %s", sorted(str(k) for k in tags), exc)
 
     def warn(self, tag: str, message: str) -> None:
         """Say something loudly and keep it on the run: a WARNING log line and the tag ``tag`` = message.

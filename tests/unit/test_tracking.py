@@ -151,3 +151,21 @@ def test_bad_sample_rows_do_not_stop_the_run(config, tmp_path, caplog):
     tracker.close()
     run = _client(tracker.tracking_uri).get_run(tracker.run_id)
     assert run.data.tags["lpips.backbone"].startswith("LPIPS runs on a RANDOM")
+
+
+def test_unusable_tracking_uri_is_named_in_the_error(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    config = load_config(overrides=[f"tracking.mlflow_uri=sqlite:///{blocker / 'mlflow.db'}"])
+    with pytest.raises(RuntimeError, match=r"not-a-dir/mlflow\.db.*tracking\.mlflow_uri"):
+        RunTracker(config, tmp_path / "runs" / "x", "x")
+
+
+def test_bad_tags_do_not_stop_the_run(config, tmp_path, caplog):
+    tracker = RunTracker(config, tmp_path / "runs" / "t", "t")
+    with caplog.at_level(logging.ERROR, logger="rollout.tracking"):
+        tracker.set_tags({"bad tag key!": "x"})
+    assert any("bad tag key!" in r.getMessage() for r in caplog.records)
+    tracker.set_tags({"ok.tag": 3})
+    tracker.close()
+    assert _client(tracker.tracking_uri).get_run(tracker.run_id).data.tags["ok.tag"] == "3"
