@@ -9,12 +9,13 @@ must not load images or models; the reward worker measures, this module only sco
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from rewards.attributes import NEGLIGIBLE_CHANGE, PhotometricAttributes
 from rewards.perceptual import perceptual_reward
-from rollout.types import TONE_ATTRIBUTES, EditReward, Suggestion
+from rollout.types import TONE_ATTRIBUTES, EditOp, EditReward, Suggestion
 
 PROGRESS_EPSILON = 1e-6
 """Guards the progress ratio |d_e| / |d_in| against a zero denominator."""
@@ -48,6 +49,30 @@ def photometric_reward(input_attrs: PhotometricAttributes, edit_attrs: Photometr
     return float(np.mean(list(scores.values())))
 
 
+@dataclass(frozen=True, slots=True)
+class ComplianceCheck:
+    """How one tone suggestion was judged by the compliance gate."""
+
+    op: EditOp
+    change: float
+    """a_k(edit) − a_k(input), in the attribute's unit."""
+    required: float
+    """The signed change the gate needed to exceed (direction · margin · τ_k)."""
+    followed: bool
+
+
+def compliance_checks(suggestions: Sequence[Suggestion], input_attrs: PhotometricAttributes,
+                      edit_attrs: PhotometricAttributes, margin: float = 0.5) -> list[ComplianceCheck]:
+    """One :class:`ComplianceCheck` per tone suggestion (restoration and unrecognised ones are skipped)."""
+    checks = []
+    for op in (s.op for s in suggestions if s.op is not None):
+        change = edit_attrs[op.attribute] - input_attrs[op.attribute]
+        threshold = margin * NEGLIGIBLE_CHANGE[op.attribute]
+        checks.append(ComplianceCheck(op=op, change=float(change), required=op.direction * threshold,
+                                      followed=bool(op.direction * change > threshold)))
+    return checks
+
+
 def compliance_reward(suggestions: Sequence[Suggestion], input_attrs: PhotometricAttributes,
                       edit_attrs: PhotometricAttributes, margin: float = 0.5) -> float:
     """r_comp: fraction of tone suggestions whose attribute moved the asked way by more than margin·τ_k.
@@ -55,14 +80,10 @@ def compliance_reward(suggestions: Sequence[Suggestion], input_attrs: Photometri
     Restoration and unrecognised suggestions do not count; with no tone suggestion at all the gate is
     neutral (1.0), since there was nothing to comply with.
     """
-    tone_ops = [s.op for s in suggestions if s.op is not None]
-    if not tone_ops:
+    checks = compliance_checks(suggestions, input_attrs, edit_attrs, margin)
+    if not checks:
         return 1.0
-    followed = sum(
-        op.direction * (edit_attrs[op.attribute] - input_attrs[op.attribute])
-        > margin * NEGLIGIBLE_CHANGE[op.attribute]
-        for op in tone_ops)
-    return followed / len(tone_ops)
+    return sum(check.followed for check in checks) / len(checks)
 
 
 def artist_reward(*, task_id: str, critique_index: int, edit_index: int,
