@@ -4,8 +4,9 @@ Owns the data cursor. :class:`PhotoTaskStream` walks the tasks of one manifest i
 ``(seed, epoch)``, crosses epoch boundaries inside a batch when it has to (a batch is never short and the loop
 never sees an empty epoch), loads each task's images as uint8 arrays through :mod:`rollout.images`, and
 skips records whose images are refused — each is counted once as a :class:`~rollout.types.RejectedRecord`
-and never retried. ``state_dict()`` / ``load_state_dict()`` carry ``(epoch, position)`` so a checkpoint
-resumes the exact same sequence. It must not synthesise data or know about models.
+and never retried. ``next_records`` / ``refuse`` serve loops that read images elsewhere (in Ray tasks) so
+pixels never pass through the driver. ``state_dict()`` / ``load_state_dict()`` carry ``(epoch, position)`` so
+a checkpoint resumes the exact same sequence. It must not synthesise data or know about models.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class PhotoTaskStream:
         self.rejected: list[RejectedRecord] = list(rejected)
         """Every record refused so far (manifest lines given at construction, then images as they fail)."""
         self._refused_indices: set[int] = set()
+        self._index_of = {task.task_id: index for index, task in enumerate(self.tasks)}
         self._epoch = 0
         self._position = 0
         self._order = self._permutation(0)
@@ -100,6 +102,22 @@ class PhotoTaskStream:
         self._position += 1
         return index
 
+    def _next_usable_index(self) -> int:
+        """Advance to the next record not refused yet; raise once every record has been refused."""
+        while True:
+            if len(self._refused_indices) == len(self.tasks):
+                reasons = "; ".join(r.reason for r in self.rejected[-3:])
+                raise NoUsableRecordsError(
+                    f"all {len(self.tasks)} records were refused, so no batch can be made (last reasons: {reasons})")
+            index = self._advance()
+            if index not in self._refused_indices:
+                return index
+
+    def _refuse_index(self, index: int, reason: str) -> None:
+        if index not in self._refused_indices:
+            self._refused_indices.add(index)
+            self.rejected.append(RejectedRecord(record_id=self.tasks[index].task_id, stage="data", reason=reason))
+
     def next_batch(self, batch_size: int) -> list[PhotoTask]:
         """The next ``batch_size`` usable tasks with images loaded, crossing epochs as needed.
 
@@ -109,20 +127,30 @@ class PhotoTaskStream:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         batch: list[PhotoTask] = []
         while len(batch) < batch_size:
-            if len(self._refused_indices) == len(self.tasks):
-                reasons = "; ".join(r.reason for r in self.rejected[-3:])
-                raise NoUsableRecordsError(
-                    f"all {len(self.tasks)} records were refused, so no batch can be made (last reasons: {reasons})")
-            index = self._advance()
-            if index in self._refused_indices:
-                continue
-            task = self.tasks[index]
+            index = self._next_usable_index()
             try:
-                batch.append(load_task_images(task, self.limits))
+                batch.append(load_task_images(self.tasks[index], self.limits))
             except ImageRejected as exc:
-                self._refused_indices.add(index)
-                self.rejected.append(RejectedRecord(record_id=task.task_id, stage="data", reason=exc.reason))
+                self._refuse_index(index, exc.reason)
         return batch
+
+    def next_records(self, count: int) -> list[PhotoTask]:
+        """The next ``count`` tasks not yet refused, images NOT loaded (handles as in the manifest).
+
+        For loaders that read images elsewhere (the training loop reads them in Ray tasks with
+        :func:`load_task_images`, so the driver never holds them); report records that fail there with
+        :meth:`refuse`. Walks the same cursor as :meth:`next_batch`.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        return [self.tasks[self._next_usable_index()] for _ in range(count)]
+
+    def refuse(self, task: PhotoTask, reason: str) -> None:
+        """Mark a task from :meth:`next_records` as unusable: it is skipped from now on and counted once."""
+        index = self._index_of.get(task.task_id)
+        if index is None:
+            raise KeyError(f"task {task.task_id!r} is not a record of this stream")
+        self._refuse_index(index, reason)
 
     def state_dict(self) -> dict[str, Any]:
         """The cursor as plain JSON-able values (stored in checkpoints)."""

@@ -126,3 +126,21 @@ def test_config_sections_become_streams(tmp_path):
     missing = DataConfig(source="manifest", train_manifest=str(tmp_path / "absent.jsonl"))
     with pytest.raises(FileNotFoundError, match="absent.jsonl: no such file"):
         training_stream(missing, seed=0)
+
+
+def test_records_without_pixels_share_the_cursor_and_refusals(tmp_path):
+    tasks = _write_pairs(tmp_path, 4)
+    loading = PhotoTaskStream(tasks, seed=2, limits=LIMITS)
+    expected = [_ids(loading.next_batch(3)) for _ in range(2)]
+
+    paths_only = PhotoTaskStream(tasks, seed=2, limits=LIMITS)
+    records = paths_only.next_records(3)
+    assert _ids(records) == expected[0]
+    assert all(isinstance(r.input, str) for r in records), "no pixels are read"
+    paths_only.refuse(records[0], "input unreadable in a worker")
+    paths_only.refuse(records[0], "reported twice")
+    assert [r.reason for r in paths_only.rejected] == ["input unreadable in a worker"]
+    following = _ids(paths_only.next_records(6))
+    assert records[0].task_id not in following and len(following) == 6
+    with pytest.raises(KeyError, match="'stranger' is not a record"):
+        paths_only.refuse(PhotoTask(task_id="stranger", input="a", target="b"), "x")
