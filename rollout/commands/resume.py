@@ -1,0 +1,47 @@
+"""``photocrafter resume --run DIR``: continue a stopped run from its newest complete checkpoint.
+
+The run's own resolved config (``DIR/config.yaml``) is reused, so a resumed run is the same run: same MLflow
+run, same data order, same seeds. ``--set`` may change fields that do not alter the run's identity (e.g.
+``trainer.steps`` to train longer, ``tracking.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rollout.config import ConfigError, load_config
+
+# Overrides that would make the resumed run a different run than the checkpoint's.
+_IDENTITY_KEYS = ("critic.model", "artist.model", "data.", "trainer.seed", "trainer.batch_size", "learner.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory (runs/<run-name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="override e.g. trainer.steps=50 to train further")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rollout.checkpoint import latest_checkpoint
+    from rollout.train import train
+
+    run_dir = Path(args.run).expanduser().resolve()
+    if not (run_dir / "run.json").is_file() or not (run_dir / "config.yaml").is_file():
+        print(f"{run_dir}: not a run directory (no run.json/config.yaml)", file=sys.stderr)
+        return 1
+    if latest_checkpoint(run_dir) is None:
+        print(f"{run_dir}: no complete checkpoint to resume from", file=sys.stderr)
+        return 1
+    bad = [o for o in args.overrides if o.split("=", 1)[0].startswith(_IDENTITY_KEYS)]
+    if bad:
+        print(f"cannot change {', '.join(bad)} when resuming: it would no longer be the same run", file=sys.stderr)
+        return 1
+    try:
+        config = load_config(run_dir / "config.yaml", args.overrides)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"{exc.source}: {line}", file=sys.stderr)
+        return 1
+    return train(config, config_source=str(run_dir / "config.yaml"), resume_dir=run_dir)

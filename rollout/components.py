@@ -1,0 +1,296 @@
+"""The run's distributed components, built from config, behind the verbs the controller uses.
+
+Owns creation and teardown of every actor of a run (critic rollout group, artist sampler group, reward pool,
+critic learner, artist learner, and the Ray tasks that load photos), their placement groups, and the
+translation between the controller's records and each component's requests. It adds no learning logic.
+
+Photos are read and validated by Ray tasks (``_load_task_images``) whose results stay in the object store:
+the controller sees only ObjectRefs and the per-record verdict.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rollout.config import TrainConfig
+from rollout.types import Critique, CritiqueReward, Edit, EditReward, PhotoTask
+
+
+def _load_task_images(task: PhotoTask, limits) -> tuple[str, Any, Any]:
+    """Ray task: read + validate a task's images; returns (verdict, input, target)."""
+    from rollout.data.stream import load_task_images
+    from rollout.images import ImageRejected
+
+    try:
+        loaded = load_task_images(task, limits)
+    except ImageRejected as exc:
+        return exc.reason, None, None
+    return "", loaded.input, loaded.target
+
+
+class RemoteTaskSource:
+    """Batches of tasks whose images are loaded by Ray tasks and held as ObjectRefs (never by the driver)."""
+
+    def __init__(self, config: TrainConfig):
+        import ray
+
+        from rollout.data.sources import image_limits, training_stream
+
+        self.stream = training_stream(config.data, seed=config.trainer.seed)
+        self.limits = image_limits(config.data)
+        self._load = ray.remote(num_cpus=0.25, num_returns=3)(_load_task_images)
+
+    def next_batch(self, batch_size: int) -> tuple[list[PhotoTask], int]:
+        """(batch_size tasks with ObjectRef images, records rejected while filling it)."""
+        import ray
+
+        batch: list[PhotoTask] = []
+        rejected_before = len(self.stream.rejected)
+        while len(batch) < batch_size:
+            records = self.stream.next_records(batch_size - len(batch))
+            launched = [(task, *self._load.remote(task, self.limits)) for task in records]
+            verdicts = ray.get([verdict for _, verdict, _, _ in launched])
+            for (task, _, input_ref, target_ref), reason in zip(launched, verdicts):
+                if reason:
+                    self.stream.refuse(task, reason)
+                    print(f"[photocrafter] data: skipped {task.task_id}: {reason}", file=sys.stderr)
+                else:
+                    batch.append(replace(task, input=input_ref, target=target_ref))
+        return batch, len(self.stream.rejected) - rejected_before
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+
+def _is_actor_failure(exc: BaseException) -> bool:
+    import ray
+
+    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+
+
+class Components:
+    """Everything the controller drives. ``build_components`` creates one; ``shutdown`` frees the cluster."""
+
+    def __init__(self, config: TrainConfig, run_name: str):
+        import ray
+
+        from artist_actor.group import ArtistSamplerGroup
+        from critic_actor.group import CriticRolloutGroup
+        from rewards.pool import RewardPool
+        from rollout.learner_actors import ArtistLearnerActor, CriticLearnerActor
+        from rollout.models import resolve_model_paths
+
+        self.config = config
+        critic_path, artist_path = resolve_model_paths(config)
+        self.critic_path, self.artist_path = critic_path, artist_path
+        self.data = RemoteTaskSource(config)
+        restarts = config.cluster.actor_max_restarts
+        timeout = config.trainer.sync_timeout_s
+        self.retried_items = 0
+        self.actor_restarts = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlap")
+        self._lock = threading.Lock()
+
+        # Learners first: they are the source of truth for weights. STRICT_PACK keeps each learner's GPUs on
+        # one node. They do not restart in place; the controller restores them from the last checkpoint.
+        lc, la = config.learner.critic, config.learner.artist
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        def learner_pg(gpus: float):
+            bundle = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
+            pg = placement_group([bundle], strategy="STRICT_PACK")
+            ray.get(pg.ready(), timeout=600)
+            return pg
+
+        self._placement_groups = [learner_pg(lc.gpus), learner_pg(la.gpus)]
+        self.critic_learner = ray.remote(CriticLearnerActor).options(
+            name="critic-learner", num_cpus=1, num_gpus=lc.gpus, max_restarts=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[0], 0),
+        ).remote(str(critic_path), lc, min_pixels=config.critic.min_pixels, max_pixels=config.critic.max_pixels,
+                 temperature=config.critic.temperature, max_new_tokens=config.critic.max_new_tokens,
+                 seed=config.trainer.seed)
+        self.artist_learner = ray.remote(ArtistLearnerActor).options(
+            name="artist-learner", num_cpus=1, num_gpus=la.gpus, max_restarts=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[1], 0),
+        ).remote(str(artist_path), la, config.artist, seed=config.trainer.seed, num_threads=1)
+        self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout)
+        self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
+                                                  sync_timeout_s=timeout, max_restarts=restarts)
+        self.rewards = RewardPool(config.rewards, max_restarts=restarts)
+        self.learner_info = ray.get([self.critic_learner.ready.remote(), self.artist_learner.ready.remote()])
+
+    # ------------------------------------------------------------------------------------ recovery
+    def recover(self, stage: str, items: int, call):
+        """Run ``call``; if a rollout/sampler/reward actor died, wait for its restart, re-sync weights to every
+        replica and run the stage once more (its partial results are discarded, so nothing counts twice)."""
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - only actor deaths are retried; everything else re-raises
+            if not _is_actor_failure(exc):
+                raise
+            self.actor_restarts += 1
+            self.retried_items += items
+            print(f"[photocrafter] {stage}: an actor died ({type(exc).__name__}); waiting for its restart, "
+                  f"re-syncing weights and retrying the {items} lost item(s) once", file=sys.stderr, flush=True)
+            self._wait_for_restarts()
+            self.sync_critic(self.critic_learner_version(), self.config.trainer.sync_timeout_s)
+            self.sync_artist(self.artist_learner_version(), self.config.trainer.sync_timeout_s)
+            return call()
+
+    def _wait_for_restarts(self, timeout_s: float = 300.0) -> None:
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        actors = self.critic_rollout.actors + self.artist_samplers.actors + self.rewards.workers
+        for actor in actors:
+            while True:
+                try:
+                    ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"an actor did not come back within {timeout_s:.0f} s: {exc}") from exc
+                    time.sleep(0.5)
+
+    # ----------------------------------------------------------------------------------- stages
+    def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
+        return self.recover("critic rollout", len(tasks) * n,
+                            lambda: self.critic_rollout.generate(tasks, n=n, step=step))
+
+    def generate_async(self, tasks: list[PhotoTask], n: int, step: int) -> Future:
+        return self._executor.submit(self.generate, tasks, n, step)
+
+    def prepare(self, critiques: list[Critique]):
+        import ray
+
+        conditionings, metrics = ray.get(self.critic_learner.prepare_for_update.remote(critiques))
+        self._actor_seconds = {"time/actor/prepare_s": metrics.pop("time/actor/prepare_s", 0.0)}
+        return conditionings, metrics
+
+    def sample(self, tasks, critiques, conditionings, k: int, step: int) -> list[Edit]:
+        return self.recover("artist sampling", len(conditionings) * k,
+                            lambda: self.artist_samplers.sample(tasks, critiques, conditionings, k=k, step=step))
+
+    def rescore(self, edits: list[Edit]) -> list[float | None]:
+        return self.recover("critic rescoring", len(edits),
+                            lambda: self.critic_rollout.rescore([e.image for e in edits]))
+
+    def score(self, tasks: list[PhotoTask], critiques: list[Critique], edits: list[Edit],
+              edit_scores: list[float | None]) -> tuple[list[EditReward], list[CritiqueReward]]:
+        """r_PA for every edit and r_C for every critique, returned in the order of ``edits``/``critiques``."""
+        from rewards.worker import CritiqueScoringRequest, EditScoringRequest
+
+        task_by_id = {t.task_id: t for t in tasks}
+        critique_by_key = {(c.task_id, c.index): c for c in critiques}
+        edit_requests = [EditScoringRequest(
+            task_id=e.task_id, critique_index=e.critique_index, edit_index=e.edit_index,
+            input=task_by_id[e.task_id].input, edit=e.image, target=task_by_id[e.task_id].target,
+            suggestions=tuple(critique_by_key[(e.task_id, e.critique_index)].parsed.suggestions)) for e in edits]
+        scores_by_key: dict[tuple[str, int], list[float | None]] = {}
+        for edit, score in zip(edits, edit_scores):
+            scores_by_key.setdefault((edit.task_id, edit.critique_index), []).append(score)
+        critique_requests = [CritiqueScoringRequest(
+            task_id=c.task_id, critique_index=c.index, parsed=c.parsed, input=task_by_id[c.task_id].input,
+            target=task_by_id[c.task_id].target, kind=task_by_id[c.task_id].kind,
+            degradations=tuple(task_by_id[c.task_id].degradations),
+            edit_scores=tuple(scores_by_key.get((c.task_id, c.index), ()))) for c in critiques]
+        edit_rewards = {(r.task_id, r.critique_index, r.edit_index): r
+                        for r in self.rewards.score_edits(edit_requests)}
+        critique_rewards = {(r.task_id, r.critique_index): r for r in self.rewards.score_critiques(critique_requests)}
+        return ([edit_rewards[(e.task_id, e.critique_index, e.edit_index)] for e in edits],
+                [critique_rewards[(c.task_id, c.index)] for c in critiques])
+
+    def update(self, critic_groups, artist_groups, *, train_critic: bool, train_artist: bool) -> dict[str, float]:
+        """Both learners update concurrently (two optimizers, one loop)."""
+        import ray
+
+        calls = []
+        if train_critic and critic_groups:
+            calls.append(self.critic_learner.update_prepared.remote(critic_groups))
+        if train_artist and artist_groups:
+            calls.append(self.artist_learner.update_timed.remote(artist_groups))
+        metrics: dict[str, float] = {}
+        for part in ray.get(calls):
+            metrics.update(part)
+        for key in [k for k in metrics if k.startswith("time/actor/")]:
+            self._actor_seconds[key] = metrics.pop(key)
+        return metrics
+
+    def actor_seconds(self) -> dict[str, float]:
+        """Compute time spent inside actors this step (for the orchestration-overhead figure)."""
+        return dict(getattr(self, "_actor_seconds", {}))
+
+    # ------------------------------------------------------------------------------------ weights
+    def critic_learner_version(self) -> int:
+        import ray
+
+        return ray.get(self.critic_learner.version.remote())
+
+    def artist_learner_version(self) -> int:
+        import ray
+
+        return ray.get(self.artist_learner.current_version.remote())
+
+    def sync_critic(self, version: int, timeout_s: float) -> float:
+        import ray
+
+        started = time.perf_counter()
+        learner_version, weights_ref = ray.get(self.critic_learner.weights_ref.remote(), timeout=timeout_s)
+        self.critic_rollout.set_weights(learner_version, ray.get(weights_ref))
+        return time.perf_counter() - started
+
+    def sync_artist(self, version: int, timeout_s: float) -> tuple[float, int]:
+        import ray
+
+        started = time.perf_counter()
+        learner_version, weights_ref, nbytes = ray.get(self.artist_learner.sampler_weights_ref.remote(),
+                                                       timeout=timeout_s)
+        self.artist_samplers.set_weights(learner_version, ray.get(weights_ref))
+        return time.perf_counter() - started, nbytes
+
+    # --------------------------------------------------------------------------------- checkpoints
+    def save_learners(self, directory: Path) -> None:
+        import ray
+
+        ray.get([self.critic_learner.save_checkpoint.remote(str(directory)),
+                 self.artist_learner.save_checkpoint.remote(str(directory))])
+
+    def load_learners(self, directory: Path) -> None:
+        import ray
+
+        ray.get([self.critic_learner.load_checkpoint.remote(str(directory)),
+                 self.artist_learner.load_checkpoint.remote(str(directory))])
+
+    # ------------------------------------------------------------------------------------- misc
+    def tags(self) -> dict[str, str]:
+        return {**self.rewards.tracking_tags(), "critic.path": str(self.critic_path),
+                "artist.path": str(self.artist_path)}
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for owner in (self.critic_rollout, self.artist_samplers, self.rewards):
+            try:
+                owner.shutdown()
+            except Exception as exc:  # noqa: BLE001 - teardown must go on
+                print(f"[photocrafter] shutdown of {owner!r}: {exc}", file=sys.stderr)
+        for actor in (self.critic_learner, self.artist_learner):
+            ray.kill(actor)
+        for pg in self._placement_groups:
+            remove_placement_group(pg)
+
+
+def build_components(config: TrainConfig, run_name: str) -> Components:
+    return Components(config, run_name)

@@ -1,0 +1,441 @@
+"""The coordinated loop: one controller drives critic rollouts, H_c preparation, artist sampling, rewards,
+both learners and weight sync, step after step.
+
+```
+             ┌──────── PhotoTask batch (B photos; images loaded by Ray tasks, held as ObjectRefs) ────────┐
+             ▼                                                                                              │
+  CriticRolloutGroup.generate ─ G critiques per photo (vLLM, rollout policy ψ_k)                          │
+             ▼                                                                                              │
+  critic-learner.prepare ─ old/ref log-probs, agreement with rollout log-probs, H_c (ObjectRefs)          │
+             ▼                                                                                              │
+  ArtistSamplerGroup.sample ─ K edits per critique (ODE sampler, old artist policy θ_old)                 │
+             ▼                                                                                              │
+  CriticRolloutGroup.rescore (edits) ──► RewardPool: r_PA per edit; r_fmt, r_rank, r_sugg per critique     │
+             ▼                                                                                              │
+  groups: CriticGroup per photo (GRPO advantages) · ArtistGroup per (photo, critique) (optimality r)       │
+             ▼                                                                                              │
+  critic-learner.update (GRPO)  ∥  artist-learner.update (DiffusionNFT)                                   │
+             ▼                                                                                              │
+  weight sync: ψ → every vLLM replica · θ_old adapters → every sampler (versioned, timed, checked) ──────────┘
+```
+
+With ``trainer.max_staleness: 1`` the critic rollouts of step k+1 are launched before step k's updates and
+run while the learners train; each record's policy version is checked against the allowed staleness.
+
+Owns: the order of stages, grouping and advantages, stage timing, staleness checks, skipping non-finite
+steps, checkpoints and resume, and what gets logged. It must never hold model weights or images: those move
+between actors as ObjectRefs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rollout.config import TrainConfig, default_cache_dir
+from rollout.types import ArtistGroup, Conditioning, Critique, CriticGroup, CritiqueReward, Edit, EditReward, PhotoTask
+
+
+@dataclass(slots=True)
+class StepRecords:
+    """Everything one iteration produced, kept until its updates are done (refs, not images)."""
+
+    step: int
+    tasks: list[PhotoTask]
+    critiques: list[Critique] = field(default_factory=list)
+    conditionings: list[Conditioning] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+    edit_rewards: list[EditReward] = field(default_factory=list)
+    critique_rewards: list[CritiqueReward] = field(default_factory=list)
+    critic_groups: list[CriticGroup] = field(default_factory=list)
+    artist_groups: list[ArtistGroup] = field(default_factory=list)
+
+
+class StageTimer:
+    """Wall time per stage of one step (``time/stage/<name>_s``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/stage/{name}_s": value for name, value in self.seconds.items()}
+
+
+def summarise(prefix: str, values, stats=("mean", "std", "min", "max")) -> dict[str, float]:
+    """``{prefix/mean: …, prefix/std: …}`` over finite values (empty → nothing)."""
+    array = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if array.size == 0:
+        return {}
+    out = {}
+    for stat in stats:
+        out[f"{prefix}/{stat}"] = float(getattr(np, stat)(array))
+    return out
+
+
+def critic_groups(critiques: list[Critique], rewards: list[CritiqueReward], *, norm_by_std: bool,
+                  filter_zero_variance: bool) -> tuple[list[CriticGroup], float]:
+    """One GRPO group per photo; returns the groups and the fraction with zero reward variance."""
+    from learner.grpo import grpo_advantages
+
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, critique in enumerate(critiques):
+        by_task[critique.task_id].append(i)
+    totals = np.asarray([r.total for r in rewards], dtype=np.float64)
+    advantages = grpo_advantages(totals, [c.task_id for c in critiques], norm_by_std=norm_by_std)
+    groups, zero_var = [], 0
+    for task_id, indices in by_task.items():
+        flat = len(indices) > 1 and float(np.ptp(totals[indices])) == 0.0
+        zero_var += flat
+        if flat and filter_zero_variance:
+            continue
+        groups.append(CriticGroup(task_id=task_id, critiques=[critiques[i] for i in indices],
+                                  rewards=[rewards[i] for i in indices],
+                                  advantages=np.asarray(advantages[indices], dtype=np.float32)))
+    return groups, zero_var / max(1, len(by_task))
+
+
+def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edits: list[Edit],
+                  rewards: list[EditReward], *, group_by: str, adv_clip_max: float,
+                  mask_std_threshold: float) -> tuple[list[ArtistGroup], float]:
+    """One DiffusionNFT group per (photo, critique); optimality r from group mean and global std."""
+    from learner.nft import optimality_probabilities
+
+    task_by_id = {t.task_id: t for t in tasks}
+    cond_by_key = {(c.task_id, c.critique_index): c for c in conditionings}
+    totals = np.asarray([r.total for r in rewards], dtype=np.float64)
+    keys = [(e.task_id, e.critique_index) if group_by == "critique" else (e.task_id,) for e in edits]
+    optimality = np.asarray(optimality_probabilities(totals, keys, adv_clip_max), dtype=np.float32)
+    by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, edit in enumerate(edits):
+        by_key[(edit.task_id, edit.critique_index)].append(i)
+    groups, zero_var = [], 0
+    for (task_id, critique_index), indices in by_key.items():
+        spread = float(np.std(totals[indices]))
+        flat = len(indices) > 1 and spread == 0.0
+        zero_var += flat
+        groups.append(ArtistGroup(
+            task_id=task_id, critique_index=critique_index, conditioning=cond_by_key[(task_id, critique_index)],
+            condition_image=task_by_id[task_id].input, edits=[edits[i] for i in indices],
+            rewards=totals[indices].astype(np.float32), optimality=optimality[indices],
+            valid=not (mask_std_threshold > 0 and spread <= mask_std_threshold)))
+    return groups, zero_var / max(1, len(by_key))
+
+
+def sample_rows(records: StepRecords, max_photos: int = 4) -> list:
+    """Sample-grid rows for the first photos of a step: input | edits of its first critique | target.
+
+    Only these few images are fetched to the driver, for the artifact the driver logs.
+    """
+    import ray
+
+    from rollout.figures import SampleRow
+
+    def fetch(handle):
+        return ray.get(handle) if type(handle).__name__ == "ObjectRef" else handle
+
+    rewards = {(r.task_id, r.critique_index, r.edit_index): r for r in records.edit_rewards}
+    critic_rewards = {(r.task_id, r.critique_index): r for r in records.critique_rewards}
+    rows = []
+    for task in records.tasks[:max_photos]:
+        critique = next((c for c in records.critiques if c.task_id == task.task_id), None)
+        if critique is None:
+            continue
+        edits = [e for e in records.edits if e.task_id == task.task_id and e.critique_index == critique.index]
+        rows.append(SampleRow(
+            task_id=task.task_id, input=fetch(task.input), target=fetch(task.target),
+            edits=[fetch(e.image) for e in edits], critique=critique.text,
+            edit_rewards=[rewards[(e.task_id, e.critique_index, e.edit_index)].total for e in edits],
+            critic_score=critique.parsed.score,
+            critic_reward=getattr(critic_rewards.get((task.task_id, critique.index)), "total", None)))
+    return rows
+
+
+class Controller:
+    """Drives the coordinated loop. Construct, ``start()``, ``run()``, ``shutdown()``."""
+
+    def __init__(self, config: TrainConfig, *, run_dir: Path, run_name: str, stop: Any | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.run_name = run_name
+        self.stop = stop
+        self.step = 0
+        self.critic_version = 0
+        self.artist_version = 0
+        self.rng = np.random.default_rng(config.trainer.seed)
+        self.rejected_total = 0
+        self.nonfinite_skips = 0
+        self._pending_rollout = None  # (step, tasks, future critiques) when overlapping
+        self.tracker = None
+        self.ray_metrics = None
+        self.components = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self, resume: bool = False) -> None:
+        from rollout.components import build_components
+        from rollout.tracking import RunTracker
+
+        random.seed(self.config.trainer.seed)
+        self.components = build_components(self.config, self.run_name)
+        resume_info = None
+        if resume:
+            resume_info = self._restore()
+        self.tracker = RunTracker(self.config, self.run_dir, self.run_name,
+                                  resume_run_id=resume_info.get("mlflow_run_id") if resume_info else None)
+        if not resume:
+            self.tracker.log_params(self.config)
+        self.tracker.set_tags(self.components.tags())
+        try:
+            from rollout.ray_metrics import RayMetrics
+
+            self.ray_metrics = RayMetrics()
+        except Exception as exc:  # metrics are observability, never a reason to stop training
+            print(f"[photocrafter] Ray metrics unavailable: {exc}", file=sys.stderr)
+        # Every rollout/sampler actor must serve the learners' current weights before the first new step
+        # (after a resume their in-memory weights are the base model's).
+        self._sync_weights(force=True)
+
+    def run(self) -> None:
+        from tqdm import tqdm
+
+        total = self.config.trainer.steps
+        bar = tqdm(total=total, initial=self.step, desc="steps", unit="step", file=sys.stderr,
+                   disable=not sys.stderr.isatty())
+        try:
+            while self.step < total:
+                if self.stop is not None and self.stop.requested:
+                    break
+                metrics = self.train_step()
+                self.step += 1
+                bar.update(1)
+                self._report(metrics)
+                every = self.config.trainer.checkpoint_every
+                if every and self.step % every == 0 and self.step < total:
+                    self.checkpoint()
+        finally:
+            bar.close()
+        self.checkpoint()
+        self.tracker.close("KILLED" if (self.stop is not None and self.stop.requested) else "FINISHED")
+
+    def shutdown(self) -> None:
+        if self.components is not None:
+            self.components.shutdown()
+        if self.tracker is not None:
+            self.tracker.close("FAILED")  # no-op when already closed
+
+    # -------------------------------------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, float]:
+        cfg, comp = self.config, self.components
+        timer = StageTimer()
+        step_start = time.perf_counter()
+        compute: dict[str, float] = {}
+
+        with timer.stage("data"):
+            records = StepRecords(step=self.step, tasks=self._next_tasks())
+        with timer.stage("critic_rollout"):
+            records.critiques = self._critiques_for(records)
+        with timer.stage("prepare"):
+            records.conditionings, agreement = comp.prepare(records.critiques)
+        with timer.stage("artist_sample"):
+            records.edits = comp.sample(records.tasks, records.critiques, records.conditionings,
+                                        k=cfg.artist.edits_per_critique, step=self.step)
+        self._check_staleness(records)
+        with timer.stage("rescore"):
+            edit_scores = comp.rescore(records.edits)
+        with timer.stage("rewards"):
+            records.edit_rewards, records.critique_rewards = comp.score(records.tasks, records.critiques,
+                                                                        records.edits, edit_scores)
+        records.critic_groups, critic_zero = critic_groups(
+            records.critiques, records.critique_rewards, norm_by_std=cfg.learner.critic.norm_adv_by_std,
+            filter_zero_variance=cfg.learner.critic.filter_zero_variance_groups)
+        records.artist_groups, artist_zero = artist_groups(
+            records.tasks, records.conditionings, records.edits, records.edit_rewards,
+            group_by=cfg.learner.artist.group_by, adv_clip_max=cfg.learner.artist.adv_clip_max,
+            mask_std_threshold=cfg.learner.artist.mask_std_threshold)
+
+        if cfg.trainer.max_staleness > 0 and self.step + 1 < cfg.trainer.steps:
+            # Overlap: step k+1's critic rollouts run on the current weights while the learners update.
+            next_tasks = self._next_tasks()
+            self._pending_rollout = (self.step + 1, next_tasks,
+                                     comp.generate_async(next_tasks, n=cfg.critic.group_size, step=self.step + 1))
+        with timer.stage("update"):
+            learner_metrics = comp.update(records.critic_groups, records.artist_groups,
+                                          train_critic=cfg.trainer.train_critic,
+                                          train_artist=cfg.trainer.train_artist)
+        skipped = not all(math.isfinite(v) for v in learner_metrics.values())
+        if skipped:
+            self.nonfinite_skips += 1
+            print(f"[photocrafter] step {self.step}: non-finite loss or gradient; the learners left their "
+                  f"weights untouched and the step is skipped", file=sys.stderr)
+        with timer.stage("sync"):
+            sync_metrics = self._sync_weights(force=False)
+
+        step_seconds = time.perf_counter() - step_start
+        metrics = {**timer.metrics(), "time/stage/step_s": step_seconds}
+        metrics.update(learner_metrics if not skipped else {})
+        metrics.update(agreement)
+        metrics.update(sync_metrics)
+        metrics.update(self._reward_metrics(records))
+        metrics.update(comp.actor_seconds())
+        metrics.update({"faults/actor_restarts": float(comp.actor_restarts),
+                        "faults/retried_items": float(comp.retried_items)})
+        metrics.update({
+            "groups/critic/zero_variance_frac": critic_zero,
+            "groups/artist/zero_variance_frac": artist_zero,
+            "policy/critic_version": float(self.critic_version),
+            "policy/artist_version": float(self.artist_version),
+            "data/rejected": float(self.rejected_total),
+            "skipped/nonfinite_steps": float(self.nonfinite_skips),
+        })
+        tokens = sum(len(c.completion_token_ids) for c in records.critiques)
+        rollout_s = max(timer.seconds.get("critic_rollout", 0.0), 1e-9)
+        sample_s = max(timer.seconds.get("artist_sample", 0.0), 1e-9)
+        critic_units = max(cfg.critic.num_replicas * max(cfg.critic.gpus_per_replica, 1.0), 1.0)
+        artist_units = max(cfg.artist.num_samplers * max(cfg.artist.gpus_per_sampler, 1.0), 1.0)
+        metrics.update({
+            "perf/tokens_per_s": tokens / rollout_s,
+            "perf/critic_tokens_per_s_per_gpu": tokens / rollout_s / critic_units,
+            "perf/edits_per_s": len(records.edits) / sample_s,
+            "perf/edits_per_gpu_s": len(records.edits) / sample_s / artist_units,
+            "perf/edits_per_step_s": len(records.edits) / step_seconds,
+        })
+        inside = sum(v for k, v in metrics.items() if k.startswith("time/actor/"))
+        metrics["time/orchestration_frac"] = max(0.0, 1.0 - inside / step_seconds) if inside else float("nan")
+        self._last_records = records
+        return metrics
+
+    # ------------------------------------------------------------------------------------------- stages
+    def _next_tasks(self) -> list[PhotoTask]:
+        tasks, rejected = self.components.data.next_batch(self.config.trainer.batch_size)
+        self.rejected_total += rejected
+        return tasks
+
+    def _critiques_for(self, records: StepRecords) -> list[Critique]:
+        comp, cfg = self.components, self.config
+        if self._pending_rollout is not None and self._pending_rollout[0] == records.step:
+            _, tasks, future = self._pending_rollout
+            self._pending_rollout = None
+            records.tasks = tasks
+            return future.result()
+        return comp.generate(records.tasks, n=cfg.critic.group_size, step=records.step)
+
+    def _check_staleness(self, records: StepRecords) -> None:
+        allowed = self.config.trainer.max_staleness
+        for critique in records.critiques:
+            lag = self.critic_version - critique.policy_version
+            if lag > allowed:
+                raise RuntimeError(f"critique {critique.task_id}/{critique.index} was made by critic version "
+                                   f"{critique.policy_version}, {lag} behind the learner ({self.critic_version}); "
+                                   f"trainer.max_staleness is {allowed}")
+        for edit in records.edits:
+            if edit.artist_version != self.artist_version:
+                raise RuntimeError(f"edit {edit.task_id}/{edit.critique_index}/{edit.edit_index} came from artist "
+                                   f"version {edit.artist_version}, the samplers should serve {self.artist_version}")
+        records_staleness = max((self.critic_version - c.policy_version for c in records.critiques), default=0)
+        self._staleness = records_staleness
+
+    def _sync_weights(self, force: bool) -> dict[str, float]:
+        comp = self.components
+        out = {}
+        critic_version = comp.critic_learner_version()
+        if force or critic_version != self.critic_version:
+            out["sync/critic_s"] = comp.sync_critic(critic_version, timeout_s=self.config.trainer.sync_timeout_s)
+            self.critic_version = critic_version
+        artist_version = comp.artist_learner_version()
+        if force or artist_version != self.artist_version:
+            seconds, nbytes = comp.sync_artist(artist_version, timeout_s=self.config.trainer.sync_timeout_s)
+            out["sync/artist_s"], out["sync/artist_bytes"] = seconds, float(nbytes)
+            self.artist_version = artist_version
+        out["policy/staleness"] = float(getattr(self, "_staleness", 0))
+        return out
+
+    def _reward_metrics(self, records: StepRecords) -> dict[str, float]:
+        m: dict[str, float] = {}
+        er, cr = records.edit_rewards, records.critique_rewards
+        for name in ("total", "compliance", "photometric", "perceptual"):
+            m.update(summarise(f"reward/artist/{name}", [getattr(r, name) for r in er if not r.error]))
+        attributes = defaultdict(list)
+        for r in er:
+            for key, value in r.attribute_scores.items():
+                attributes[key].append(value)
+        for key, values in attributes.items():
+            m.update(summarise(f"reward/artist/attribute/{key}", values, stats=("mean",)))
+        for name in ("total", "format", "rank", "suggestion"):
+            m.update(summarise(f"reward/critic/{name}", [getattr(r, name) for r in cr if not r.error],
+                               stats=("mean", "std")))
+        m.update(summarise("reward/critic/score", [c.parsed.score for c in records.critiques], stats=("mean",)))
+        m["reward/artist/errors"] = float(sum(1 for r in er if r.error))
+        m["reward/critic/errors"] = float(sum(1 for r in cr if r.error))
+        m["critic/response_len/mean"] = float(np.mean([len(c.completion_token_ids) for c in records.critiques]))
+        m["critic/truncated_frac"] = float(np.mean([c.finish_reason == "length" for c in records.critiques]))
+        return m
+
+    # -------------------------------------------------------------------------------------- reporting
+    def _report(self, metrics: dict[str, float]) -> None:
+        from rollout.report import format_step_line
+
+        step = self.step  # number of completed steps
+        if step % self.config.tracking.log_every == 0 or step == self.config.trainer.steps:
+            self.tracker.log_metrics(metrics, step=step)
+            print(format_step_line(step, self.config.trainer.steps, metrics), flush=True)
+        if self.ray_metrics is not None:
+            self.ray_metrics.record_step(metrics)
+        every = self.config.tracking.sample_grid_every
+        if every and (step % every == 0 or step == 1):
+            rows = sample_rows(self._last_records)
+            self.tracker.log_sample_grid(step, rows)
+            self.tracker.log_reward_curves(step)
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def checkpoint(self) -> Path:
+        from rollout.checkpoint import commit_checkpoint, partial_dir, save_state_tree
+
+        partial = partial_dir(self.run_dir, self.step)
+        self.components.save_learners(partial)
+        state = {
+            "step": self.step, "critic_version": self.critic_version, "artist_version": self.artist_version,
+            "data": self.components.data.state_dict(), "rng": self.rng.bit_generator.state,
+            "python_rng": list(random.getstate()[1]), "rejected_total": self.rejected_total,
+            "nonfinite_skips": self.nonfinite_skips,
+        }
+        save_state_tree(state, partial, "controller")
+        final = commit_checkpoint(partial, self.step, {"mlflow_run_id": self.tracker.run_id,
+                                                       "run_name": self.run_name})
+        self.tracker.log_artifact(final / "manifest.json", "checkpoints")
+        print(f"[photocrafter] checkpoint step {self.step}: {final}", flush=True)
+        return final
+
+    def _restore(self) -> dict:
+        from rollout.checkpoint import latest_checkpoint, load_state_tree
+
+        info = latest_checkpoint(self.run_dir)
+        if info is None:
+            raise FileNotFoundError(f"{self.run_dir}: no complete checkpoint to resume from")
+        self.components.load_learners(info.path)
+        state = load_state_tree(info.path, "controller")
+        self.step = int(state["step"])
+        self.critic_version = int(state["critic_version"])
+        self.artist_version = int(state["artist_version"])
+        self.components.data.load_state_dict(state["data"])
+        self.rng.bit_generator.state = state["rng"]
+        random.setstate((3, tuple(state["python_rng"]), None))
+        self.rejected_total = int(state["rejected_total"])
+        self.nonfinite_skips = int(state["nonfinite_skips"])
+        print(f"[photocrafter] resumed from {info.path} at step {self.step}", flush=True)
+        return {"mlflow_run_id": info.manifest.get("mlflow_run_id")}

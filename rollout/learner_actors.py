@@ -1,0 +1,134 @@
+"""The two learners as Ray actors: what the controller adds around ``CriticLearner`` and ``ArtistLearner``.
+
+Owns the actor-side glue that keeps weights and hidden states out of the controller process:
+
+- ``prepare`` keeps the prepared batch (old/reference log-probs) inside the critic learner for the update that
+  follows, and puts each H_c into the object store, returning only ``Conditioning`` records whose ``hidden``
+  is an ObjectRef the samplers fetch directly;
+- weights for sync are put into the object store by the learner and handed out as ObjectRefs;
+- checkpoints are written by the learner process itself into the checkpoint directory (shared storage on a
+  cluster), including the torch RNG state so a resumed CPU run reproduces the uninterrupted one;
+- compute time inside each call is reported, so the controller can measure its own orchestration overhead.
+
+The learning math stays in ``learner/``; this module only wraps it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from learner.artist_learner import ArtistLearner
+from learner.critic_learner import CriticLearner
+
+
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "numpy": {"keys": keys, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    legacy = state["numpy"]
+    np.random.set_state(("MT19937", legacy["keys"], legacy["pos"], legacy["has_gauss"], legacy["cached"]))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+class CriticLearnerActor(CriticLearner):
+    """``CriticLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._prepared = None
+        self.last_compute_s = 0.0
+
+    def prepare_for_update(self, critiques) -> tuple[list, dict[str, float]]:
+        """Prepare the batch, keep its log-probs here, return (conditionings with H_c refs, metrics)."""
+        import ray
+
+        start = time.perf_counter()
+        prepared = self.prepare(critiques)
+        conditionings = [replace(c, hidden=ray.put(c.hidden)) for c in prepared.conditionings]
+        self._prepared = replace(prepared, conditionings=[])
+        self.last_compute_s = time.perf_counter() - start
+        metrics = dict(prepared.metrics)
+        metrics["time/actor/prepare_s"] = self.last_compute_s
+        return conditionings, metrics
+
+    def update_prepared(self, groups) -> dict[str, float]:
+        """GRPO update on the batch the last ``prepare_for_update`` saw."""
+        if self._prepared is None:
+            raise RuntimeError("update_prepared called before prepare_for_update")
+        start = time.perf_counter()
+        metrics = self.update(groups, self._prepared)
+        self._prepared = None
+        metrics["time/actor/critic_update_s"] = time.perf_counter() - start
+        return metrics
+
+    def version(self) -> int:
+        return self.policy_version
+
+    def weights_ref(self) -> tuple[int, Any]:
+        """(version, ObjectRef of the weights the rollout replicas load)."""
+        import ray
+
+        return self.policy_version, ray.put(self.get_weights())
+
+    def save_checkpoint(self, directory: str, name: str = "critic_learner") -> list[str]:
+        from rollout.checkpoint import save_state_tree
+
+        return save_state_tree({"learner": self.get_state(), "rng": _rng_state()}, directory, name)
+
+    def load_checkpoint(self, directory: str, name: str = "critic_learner") -> int:
+        from rollout.checkpoint import load_state_tree
+
+        tree = load_state_tree(directory, name)
+        self.set_state(tree["learner"])
+        _set_rng_state(tree["rng"])
+        return self.policy_version
+
+
+class ArtistLearnerActor(ArtistLearner):
+    """``ArtistLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
+
+    def update_timed(self, groups) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics = self.update(groups)
+        metrics["time/actor/artist_update_s"] = time.perf_counter() - start
+        return metrics
+
+    def current_version(self) -> int:
+        return self.version
+
+    def sampler_weights_ref(self) -> tuple[int, Any, int]:
+        """(version, ObjectRef of the sampling-adapter tensors, their size in bytes)."""
+        import ray
+
+        version, tensors = self.get_sampler_weights()
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return version, ray.put(tensors), nbytes
+
+    def save_checkpoint(self, directory: str, name: str = "artist_learner") -> list[str]:
+        from rollout.checkpoint import save_state_tree
+
+        return save_state_tree({"learner": self.get_state(), "rng": _rng_state()}, directory, name)
+
+    def load_checkpoint(self, directory: str, name: str = "artist_learner") -> int:
+        from rollout.checkpoint import load_state_tree
+
+        tree = load_state_tree(directory, name)
+        self.set_state(tree["learner"])
+        _set_rng_state(tree["rng"])
+        return self.version
