@@ -1,0 +1,138 @@
+"""CriticRolloutGroup: the driver-side owner of N CriticRolloutActor replicas.
+
+Owns creating the replicas as Ray actors (named ``critic-rollout-<i>``, resources from config, packed in one
+placement group), splitting requests across them, broadcasting weights with a timeout and checking that every
+replica holds the same weights afterwards, and reporting health. It must not hold model weights or images
+itself: state and images travel through the object store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from critic_actor.config import CriticConfig
+from critic_actor.engines import fingerprints_match, state_checksum
+from rollout.types import Critique, PhotoTask
+
+_FORWARDED_ENV_PREFIXES = ("VLLM_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "DO_NOT_TRACK",
+                           "OMP_NUM_THREADS")
+
+
+class CriticRolloutGroup:
+    """N critic rollout replicas behind one generate / rescore / set_weights interface."""
+
+    def __init__(self, model_path: str | Path, config: CriticConfig, *, sync_timeout_s: float = 120.0,
+                 namespace_prefix: str = "", start_timeout_s: float = 600.0):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from critic_actor.actor import ROLE, CriticRolloutActor
+
+        self.config = config
+        self.sync_timeout_s = sync_timeout_s
+        bundle = {"CPU": config.cpus_per_replica}
+        if config.gpus_per_replica > 0:
+            bundle["GPU"] = config.gpus_per_replica
+        # PACK keeps replicas (and a replica's tensor-parallel ranks) close without requiring one node.
+        self.placement_group = placement_group([dict(bundle) for _ in range(config.num_replicas)], strategy="PACK")
+        try:
+            ray.get(self.placement_group.ready(), timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"the cluster cannot place {config.num_replicas} critic replicas of {bundle} within "
+                               f"{start_timeout_s:.0f} s; lower critic.num_replicas or the per-replica "
+                               f"resources") from None
+        remote_cls = ray.remote(CriticRolloutActor)
+        # The engine reads these at start (in-process engine core, KV-cache size, offline hub); forward the
+        # driver's values so replicas behave the same wherever Ray starts them.
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV_PREFIXES)}
+        self.actors = [
+            remote_cls.options(
+                name=f"{namespace_prefix}{ROLE}-{i}", num_cpus=config.cpus_per_replica,
+                num_gpus=config.gpus_per_replica, max_restarts=1, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
+                                                                     placement_group_bundle_index=i),
+                runtime_env={"env_vars": env_vars},
+            ).remote(str(model_path), config, i, sync_timeout_s)
+            for i in range(config.num_replicas)
+        ]
+        self.ready_info = ray.get([a.ready.remote() for a in self.actors], timeout=start_timeout_s)
+        self._next = 0
+
+    def _shards(self, count: int) -> list[tuple[int, int, int]]:
+        """(replica, start, stop) contiguous shards of ``count`` items, balanced; the first replica rotates so
+        small batches do not always land on replica 0."""
+        replicas = len(self.actors)
+        base, extra = divmod(count, replicas)
+        shards, start = [], 0
+        for k in range(replicas):
+            size = base + (1 if k < extra else 0)
+            if size:
+                shards.append(((self._next + k) % replicas, start, start + size))
+            start += size
+        self._next = (self._next + 1) % replicas
+        return shards
+
+    def generate(self, tasks: list[PhotoTask], n: int, step: int, greedy: bool = False) -> list[Critique]:
+        """``n`` critiques per task, in task order, from all replicas in parallel."""
+        import ray
+
+        shards = self._shards(len(tasks))
+        refs = [self.actors[r].generate.remote(tasks[a:b], n, step, greedy) for r, a, b in shards]
+        return [critique for part in ray.get(refs) for critique in part]
+
+    def rescore(self, images: list[Any]) -> list[float | None]:
+        import ray
+
+        shards = self._shards(len(images))
+        refs = [self.actors[r].rescore.remote(images[a:b]) for r, a, b in shards]
+        return [score for part in ray.get(refs) for score in part]
+
+    def set_weights(self, version: int, state: dict[str, Any]) -> dict[str, Any]:
+        """Load ``state`` into every replica as ``version``; fail loudly on timeout or disagreement.
+
+        The state is put in the object store once and every replica reads it from there. Returns the seconds
+        the whole sync took, the checksum of the state and each replica's report.
+        """
+        import ray
+
+        started = time.perf_counter()
+        checksum = state_checksum(state)
+        state_ref = ray.put(state)
+        refs = [a.set_weights.remote(version, state_ref, checksum) for a in self.actors]
+        # The replica enforces the same timeout on its own load; the margin covers transfer and queueing.
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.sync_timeout_s + 30.0)
+        if pending:
+            raise TimeoutError(f"critic weight sync to version {version}: {len(pending)} of {len(refs)} replicas "
+                               f"did not answer within {self.sync_timeout_s + 30.0:.0f} s")
+        reports = ray.get(ready)
+        first = reports[0]["fingerprint"]
+        if not all(fingerprints_match(first, r["fingerprint"]) for r in reports[1:]):
+            raise RuntimeError(f"critic replicas hold different weights after sync to version {version}: "
+                               f"{[r['fingerprint'] for r in reports]}")
+        return {"policy_version": version, "checksum": checksum, "seconds": time.perf_counter() - started,
+                "replicas": reports}
+
+    def health(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """One report per replica; an unreachable replica reports ``ok: False`` with the reason."""
+        import ray
+
+        reports = []
+        for i, actor in enumerate(self.actors):
+            try:
+                reports.append(ray.get(actor.health.remote(), timeout=timeout_s))
+            except Exception as exc:  # noqa: BLE001 - health must report, not raise
+                reports.append({"index": i, "ok": False, "problem": f"{type(exc).__name__}: {exc}"})
+        return reports
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        remove_placement_group(self.placement_group)
