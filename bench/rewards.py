@@ -1,0 +1,213 @@
+"""Reward throughput: the photometric part, the full r_PA (with LPIPS), one worker vs the pool.
+
+Measures, at each image size (default 256² and 512²), on edits synthesised from scikit-image's colour photos:
+
+1. attributes of one image: the fast path (OpenCV) vs the colour-science reference path;
+2. the photometric reward of one edit (r_photo + r_comp, input/target attributes cached as the worker does)
+   with each path;
+3. the full r_PA per edit in one in-process RewardWorker (one thread);
+4. the full r_PA through a RewardPool of 1 worker and of N workers on a local Ray cluster.
+
+Prints one table (images/s and ms/image; speed-ups) and optionally writes the numbers as JSON. Timings are
+medians over repeats; torch and OpenCV run one thread per worker, as in training, so the comparison with
+colour-science (single-threaded numpy) is like for like.
+
+    python bench/rewards.py [--sizes 256 512] [--edits 32] [--workers 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from rollout.env import apply_runtime_defaults  # noqa: E402
+
+apply_runtime_defaults()
+
+import numpy as np  # noqa: E402
+
+from rewards.artist import compliance_reward, photometric_reward  # noqa: E402
+from rewards.attributes import compute_attributes, reference_attributes  # noqa: E402
+from rewards.config import RewardsConfig  # noqa: E402
+from rewards.operators import apply_edit_ops  # noqa: E402
+from rewards.worker import EditScoringRequest, RewardWorker  # noqa: E402
+from rollout.types import TONE_ATTRIBUTES, EditOp, Suggestion  # noqa: E402
+
+
+def make_workload(size: int, edits: int, seed: int = 0) -> list[dict]:
+    """``edits`` (input, edit, target, suggestions) records at ``size``², 4 edits per input/target pair."""
+    import cv2
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.stereo_motorcycle()[0]]
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(edits):
+        if i % 4 == 0:
+            photo = cv2.resize(photos[(i // 4) % len(photos)], (size, size), interpolation=cv2.INTER_AREA)
+            fix = [EditOp(attribute=str(a), direction=int(rng.choice([-1, 1])), level=int(rng.integers(1, 4)))
+                   for a in rng.choice(TONE_ATTRIBUTES, size=2, replace=False)]
+            target = apply_edit_ops(photo, fix)
+            suggestions = tuple(Suggestion(text=f"{op.attribute} {op.direction:+d}", op=op) for op in fix)
+        attempt = [EditOp(attribute=op.attribute, direction=op.direction, level=int(rng.integers(1, 4)))
+                   for op in fix]
+        records.append({"input": photo, "edit": apply_edit_ops(photo, attempt), "target": target,
+                        "suggestions": suggestions})
+    return records
+
+
+def per_item_ms(function, items, repeats: int) -> float:
+    """Median over ``repeats`` passes of the mean milliseconds per item."""
+    function(items[0])  # warm caches and lazy imports
+    passes = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for item in items:
+            function(item)
+        passes.append((time.perf_counter() - started) / len(items) * 1e3)
+    return statistics.median(passes)
+
+
+def bench_size(size: int, args: argparse.Namespace, config: RewardsConfig) -> dict:
+    records = make_workload(size, args.edits)
+    images = [r["edit"] for r in records]
+    resolution = config.attribute_resolution
+    results = {
+        "attributes_fast_ms": per_item_ms(lambda im: compute_attributes(im, resolution), images, args.repeats),
+        "attributes_colour_ms": per_item_ms(lambda im: reference_attributes(im, resolution), images[:8],
+                                            max(1, args.repeats // 2)),
+    }
+    # Input/target attributes are measured once per pair in the worker, so the per-edit cost is the edit's.
+    for name, measure in (("fast", compute_attributes), ("colour", reference_attributes)):
+        cached = {}
+
+        def photometric(record, measure=measure, cached=cached):
+            key = id(record["target"])
+            if key not in cached:
+                cached[key] = (measure(record["input"], resolution), measure(record["target"], resolution))
+            input_attrs, target_attrs = cached[key]
+            edit_attrs = measure(record["edit"], resolution)
+            return (photometric_reward(input_attrs, edit_attrs, target_attrs),
+                    compliance_reward(record["suggestions"], input_attrs, edit_attrs))
+
+        subset = records if name == "fast" else records[:8]
+        for record in subset:  # fill the input/target cache outside the timed loop
+            photometric(record)
+        results[f"photometric_{name}_ms"] = per_item_ms(photometric, subset, args.repeats if name == "fast" else 1)
+
+    requests = [EditScoringRequest(task_id=f"t{i // 4}", critique_index=0, edit_index=i % 4, input=r["input"],
+                                   edit=r["edit"], target=r["target"], suggestions=r["suggestions"])
+                for i, r in enumerate(records)]
+    worker = RewardWorker(config)
+    worker.score_edits(requests[:config.batch_size])
+    batches = [requests[i:i + config.batch_size] for i in range(0, len(requests), config.batch_size)]
+    passes = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        for batch in batches:
+            worker.score_edits(batch)
+        passes.append((time.perf_counter() - started) / len(requests) * 1e3)
+    results["full_worker_ms"] = statistics.median(passes)
+    results["requests"] = requests
+    return results
+
+
+def bench_pool(requests: list[EditScoringRequest], workers: int, config: RewardsConfig, repeats: int) -> float:
+    """ms per edit through a RewardPool of ``workers`` workers (images already in the object store)."""
+    import ray
+
+    from rewards.pool import RewardPool
+
+    pool_config = config.model_copy(update={"num_workers": workers})
+    refs: dict[int, object] = {}
+
+    def ref(image):
+        if id(image) not in refs:
+            refs[id(image)] = ray.put(image)
+        return refs[id(image)]
+
+    remote_requests = [EditScoringRequest(task_id=r.task_id, critique_index=r.critique_index, edit_index=r.edit_index,
+                                          input=ref(r.input), edit=ref(r.edit), target=ref(r.target),
+                                          suggestions=r.suggestions) for r in requests]
+    pool = RewardPool(pool_config, name_prefix=f"bench{workers}-")
+    try:
+        list(pool.score_edits(remote_requests[:workers * config.batch_size]))  # warm every worker
+        passes = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            results = list(pool.score_edits(remote_requests))
+            passes.append((time.perf_counter() - started) / len(requests) * 1e3)
+            assert len(results) == len(requests) and not any(r.error for r in results)
+        return statistics.median(passes)
+    finally:
+        pool.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square edit sizes (256 512)")
+    parser.add_argument("--edits", type=int, default=32, help="edits per size (32)")
+    parser.add_argument("--workers", type=int, default=2, help="pool size compared with one worker (2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported (3)")
+    parser.add_argument("--lpips-resolution", type=int, default=256, help="LPIPS long side (256, the default)")
+    parser.add_argument("--no-pool", action="store_true", help="skip the Ray pool measurements")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    args = parser.parse_args(argv)
+
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    config = RewardsConfig(lpips_resolution=args.lpips_resolution, cpus_per_worker=1.0)
+    started = time.perf_counter()
+    if not args.no_pool:
+        import ray
+
+        ray.init(address="local", num_cpus=max(2, args.workers), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    table = {}
+    for size in args.sizes:
+        row = bench_size(size, args, config)
+        requests = row.pop("requests")
+        if not args.no_pool:
+            row["pool_1_ms"] = bench_pool(requests, 1, config, args.repeats)
+            row[f"pool_{args.workers}_ms"] = bench_pool(requests, args.workers, config, args.repeats)
+        table[size] = row
+
+    rate = lambda ms: 1e3 / ms  # noqa: E731
+    print(f"\nreward throughput (images/s; attribute_resolution {config.attribute_resolution}, LPIPS "
+          f"{config.lpips_resolution}, 1 thread per worker, {os.cpu_count()} cores, {args.edits} edits)")
+    header = f"{'size':>5} | {'attr fast':>9} {'attr c-s':>9} {'x':>5} | {'photo fast':>10} {'photo c-s':>9} " \
+             f"{'x':>5} | {'r_PA 1 wkr':>10}"
+    if not args.no_pool:
+        header += f" | {'pool 1':>7} {'pool ' + str(args.workers):>7} {'scale':>5}"
+    print(header)
+    print("-" * len(header))
+    for size, row in table.items():
+        line = (f"{size:>5} | {rate(row['attributes_fast_ms']):9.1f} {rate(row['attributes_colour_ms']):9.1f} "
+                f"{row['attributes_colour_ms'] / row['attributes_fast_ms']:5.1f} | "
+                f"{rate(row['photometric_fast_ms']):10.1f} {rate(row['photometric_colour_ms']):9.1f} "
+                f"{row['photometric_colour_ms'] / row['photometric_fast_ms']:5.1f} | "
+                f"{rate(row['full_worker_ms']):10.1f}")
+        if not args.no_pool:
+            many = row[f"pool_{args.workers}_ms"]
+            line += f" | {rate(row['pool_1_ms']):7.1f} {rate(many):7.1f} {row['pool_1_ms'] / many:5.2f}"
+        print(line)
+    print(f"\n(total bench time {time.perf_counter() - started:.0f} s; load average "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({str(k): v for k, v in table.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
