@@ -208,12 +208,13 @@ class TransformersCriticEngine:
             inputs = self.processor(text=[prompt.text], images=[Image.fromarray(prompt.image)], return_tensors="pt",
                                     return_mm_token_type_ids=True).to(self.model.device)
             prompt_ids = inputs["input_ids"][0].tolist()
+            greedy = spec.temperature <= 0
             sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p, "top_k": None} \
-                if spec.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+                if not greedy else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             torch.manual_seed(seed)
             with torch.no_grad():
                 out = self.model.generate(**inputs, **sampling, max_new_tokens=spec.max_new_tokens,
-                                          num_return_sequences=spec.n, suppress_tokens=self._suppressed or None,
+                                          num_return_sequences=spec.n if greedy is False else 1, suppress_tokens=self._suppressed or None,
                                           output_logits=True, return_dict_in_generate=True, pad_token_id=self._pad)
             generated = out.sequences[:, len(prompt_ids):]
             # Raw logits (before suppression/temperature), the same distribution the vLLM engine reports.
@@ -232,6 +233,8 @@ class TransformersCriticEngine:
                     prompt_token_ids=prompt_ids, token_ids=ids,
                     logprobs=token_logprobs[row, :length].cpu().numpy().astype(np.float32),
                     text=self.processor.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=finish))
+            if greedy:  # transformers refuses n > 1 greedy sequences; they would all be identical anyway
+                samples = [samples[0]] * spec.n
             results.append(samples)
         return results
 
