@@ -13,7 +13,7 @@ core and its model live in this process, so weights are loaded with ``LLM.apply_
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -209,12 +209,16 @@ class TransformersCriticEngine:
                                     return_mm_token_type_ids=True).to(self.model.device)
             prompt_ids = inputs["input_ids"][0].tolist()
             greedy = spec.temperature <= 0
-            sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p, "top_k": None} \
+            # Explicit values for every knob: real checkpoints ship generation configs (Qwen2.5-VL-Instruct:
+            # top_k 1, repetition penalty 1.05) that would otherwise silently change the rollout distribution.
+            sampling = {"do_sample": True, "temperature": spec.temperature, "top_p": spec.top_p, "top_k": 0} \
                 if not greedy else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            sampling["repetition_penalty"] = 1.0
             torch.manual_seed(seed)
             with torch.no_grad():
                 out = self.model.generate(**inputs, **sampling, max_new_tokens=spec.max_new_tokens,
-                                          num_return_sequences=spec.n if greedy is False else 1, suppress_tokens=self._suppressed or None,
+                                          num_return_sequences=1 if greedy else spec.n,
+                                          suppress_tokens=self._suppressed or None,
                                           output_logits=True, return_dict_in_generate=True, pad_token_id=self._pad)
             generated = out.sequences[:, len(prompt_ids):]
             # Raw logits (before suppression/temperature), the same distribution the vLLM engine reports.
@@ -234,7 +238,7 @@ class TransformersCriticEngine:
                     logprobs=token_logprobs[row, :length].cpu().numpy().astype(np.float32),
                     text=self.processor.tokenizer.decode(ids, skip_special_tokens=True), finish_reason=finish))
             if greedy:  # transformers refuses n > 1 greedy sequences; they would all be identical anyway
-                samples = [samples[0]] * spec.n
+                samples = [replace(samples[0], token_ids=list(samples[0].token_ids)) for _ in range(spec.n)]
             results.append(samples)
         return results
 
