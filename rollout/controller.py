@@ -315,8 +315,6 @@ class Controller:
             "perf/edits_per_gpu_s": len(records.edits) / sample_s / artist_units,
             "perf/edits_per_step_s": len(records.edits) / step_seconds,
         })
-        inside = sum(v for k, v in metrics.items() if k.startswith("time/actor/"))
-        metrics["time/orchestration_frac"] = max(0.0, 1.0 - inside / step_seconds) if inside else float("nan")
         self._last_records = records
         return metrics
 

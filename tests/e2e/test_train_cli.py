@@ -1,0 +1,104 @@
+"""The real ``photocrafter train`` / ``resume`` commands on the embedded config, as a user runs them.
+
+One uninterrupted run (A) and one run stopped after step 2 and resumed (B) share the module: A's MLflow run must
+show every reward component, learner metrics, stage times and a sample grid; B must reproduce A's metrics after
+the resume. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits exactly on an
+epoch boundary, where a resume must continue training rather than run zero steps.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout.config import PROJECT_ROOT
+
+STEPS = 4
+COMMON = ["--set", f"trainer.steps={STEPS}", "--set", "data.num_train=4", "--set", "data.num_eval=2",
+          "--set", "tracking.sample_grid_every=2"]
+
+
+def photocrafter(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "rollout.cli", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def metric_history(db: Path, run_name: str) -> tuple[dict[str, dict[int, float]], object]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+            if r.info.run_name == run_name]
+    assert len(runs) == 1, f"expected one MLflow run named {run_name}, found {len(runs)}"
+    run = runs[0]
+    history = {}
+    for key in run.data.metrics:
+        history[key] = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+    return history, run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    a = photocrafter("train", *COMMON, "--set", "trainer.checkpoint_every=2", "--set", f"trainer.output_dir={out}",
+                     "--set", "trainer.run_name=A")
+    assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
+    b = photocrafter("train", *COMMON, "--set", "trainer.steps=2", "--set", f"trainer.output_dir={out}",
+                     "--set", "trainer.run_name=B")
+    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
+    b2 = photocrafter("resume", "--run", str(out / "B"), "--set", f"trainer.steps={STEPS}")
+    assert b2.returncode == 0, b2.stdout[-3000:] + b2.stderr[-3000:]
+    return out, a, b, b2
+
+
+def test_train_logs_every_component_to_mlflow(runs):
+    out, a, _, _ = runs
+    history, run = metric_history(out / "mlflow.db", "A")
+    assert run.info.status == "FINISHED"
+    for key in ["reward/artist/total/mean", "reward/artist/compliance/mean", "reward/artist/photometric/mean",
+                "reward/artist/perceptual/mean", "reward/critic/total/mean", "reward/critic/format/mean",
+                "reward/critic/rank/mean", "reward/critic/suggestion/mean", "learner/grpo/loss", "learner/grpo/kl",
+                "learner/nft/loss", "time/stage/critic_rollout_s", "time/stage/artist_sample_s",
+                "time/stage/rewards_s", "time/stage/update_s", "time/stage/sync_s", "perf/edits_per_s",
+                "policy/critic_version", "policy/artist_version"]:
+        assert key in history, f"{key} missing from the MLflow run"
+        assert sorted(history[key]) == list(range(1, STEPS + 1)), f"{key} not logged at every step"
+    # Both learners published a new version at every step.
+    assert history["policy/artist_version"][STEPS] == STEPS
+    assert history["policy/critic_version"][STEPS] == STEPS
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    samples = [f.path for f in client.list_artifacts(run.info.run_id, "samples")]
+    assert "samples/step_000002.png" in samples
+    assert run.data.tags["rewards.lpips_backbone"] in ("random", "pretrained")
+    console_steps = [line for line in a.stdout.splitlines() if line.startswith("step ")]
+    assert len(console_steps) == STEPS and console_steps[-1].startswith(f"step {STEPS}/{STEPS}")
+    checkpoints = sorted(p.name for p in (out / "A" / "checkpoints").glob("step_*"))
+    assert checkpoints == ["step_00000002", "step_00000004"]
+
+
+def test_resume_at_epoch_boundary_reproduces_uninterrupted_run(runs):
+    out, _, _, b2 = runs
+    assert "resumed from" in b2.stdout and "at step 2" in b2.stdout
+    reference, _ = metric_history(out / "mlflow.db", "A")
+    resumed, run = metric_history(out / "mlflow.db", "B")
+    assert run.info.status == "FINISHED"
+    # The resumed run continued the same MLflow run and trained the steps after the epoch boundary.
+    assert sorted(resumed["reward/artist/total/mean"]) == [1, 2, 3, 4]
+    for key in ["reward/artist/total/mean", "reward/artist/perceptual/mean", "reward/critic/total/mean",
+                "learner/nft/loss", "learner/grpo/loss", "critic/response_len/mean"]:
+        for step in (3, 4):
+            assert resumed[key][step] == pytest.approx(reference[key][step], rel=1e-4, abs=1e-6), (key, step)
+
+
+def test_bad_override_fails_fast_with_one_line():
+    result = photocrafter("train", "--set", "trainer.stepz=3", timeout=120)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "trainer.stepz: unknown key; did you mean 'steps'?" in line
