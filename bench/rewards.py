@@ -15,6 +15,7 @@ medians of the worker and pool timings); torch and OpenCV run one thread per wor
 idle cores to show.
 
     python bench/rewards.py [--sizes 256 512] [--edits 32] [--workers 2] [--json out.json]
+    python bench/rewards.py --sanity      # reward sanity table on real photos (edits of known size)
 """
 
 from __future__ import annotations
@@ -163,6 +164,39 @@ def bench_pool(requests: list[EditScoringRequest], workers: int, config: Rewards
         pool.shutdown()
 
 
+def sanity_table(resolution: int = 512) -> None:
+    """Print r_photo / r_comp / r_perc on real photos for edits of known size (ALGORITHMS.md §5.3).
+
+    Target = the photo +0.5 EV and +0.08 warmth gain; each edit applies a fraction of that change.
+    """
+    import cv2
+    from skimage import data
+
+    from rewards.operators import apply_adjustments
+    from rewards.perceptual import LPIPSScorer, perceptual_reward
+
+    change = {"exposure": 0.5, "warmth": 0.08}
+    suggestions = tuple(Suggestion(text=k, op=EditOp(attribute=k, direction=1, level=2)) for k in change)
+    edits = {"edit = target": 1.0, "no edit": 0.0, "half-way": 0.5, "2x the op amount": 2.0, "wrong direction": -1.0}
+    scorer = LPIPSScorer(resolution=256)
+    print(f"\nsanity table (target = +0.5 EV, +0.08 warmth; LPIPS backbone {scorer.backbone_source})")
+    print(f"{'photo':<10} {'edit':<16} {'r_photo':>7} {'r_comp':>6} {'r_perc':>6}")
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        photo = cv2.resize(getattr(data, name)(), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        target = apply_adjustments(photo, change)
+        input_attrs, target_attrs = compute_attributes(photo, resolution), compute_attributes(target, resolution)
+        for label, fraction in edits.items():
+            edit = apply_adjustments(photo, {k: v * fraction for k, v in change.items()})
+            edit_attrs = compute_attributes(edit, resolution)
+            print(f"{name:<10} {label:<16} {photometric_reward(input_attrs, edit_attrs, target_attrs):7.3f} "
+                  f"{compliance_reward(suggestions, input_attrs, edit_attrs):6.2f} "
+                  f"{perceptual_reward(scorer.distance(edit, target)):6.3f}")
+    blurred = {sigma: cv2.GaussianBlur(target, (0, 0), sigma) for sigma in (1.0, 3.0)}
+    print("LPIPS r_perc of the last target blurred: mild (σ=1) "
+          f"{perceptual_reward(scorer.distance(blurred[1.0], target)):.4f} > strong (σ=3) "
+          f"{perceptual_reward(scorer.distance(blurred[3.0], target)):.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square edit sizes (256 512)")
@@ -172,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lpips-resolution", type=int, default=256, help="LPIPS long side (256, the default)")
     parser.add_argument("--no-pool", action="store_true", help="skip the Ray pool measurements")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    parser.add_argument("--sanity", action="store_true", help="print the reward sanity table on real photos and exit")
     args = parser.parse_args(argv)
+    if args.sanity:
+        sanity_table()
+        return 0
 
     import cv2
     import torch
