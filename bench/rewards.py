@@ -8,11 +8,11 @@ Measures, at each image size (default 256² and 512²), on edits synthesised fro
 3. the full r_PA per edit in one in-process RewardWorker (one thread);
 4. the full r_PA through a RewardPool of 1 worker and of N workers on a local Ray cluster.
 
-Prints one table (images/s; speed-ups by wall and by CPU time) and optionally writes the numbers as JSON. Each timing is the best
-of ``--repeats`` passes — the pass least disturbed by other processes on a shared machine (the JSON also has
-medians of the worker and pool timings); torch and OpenCV run one thread per worker, as in training, so the comparison with colour-science
-(single-threaded numpy) is like for like. The load average is printed with the table: pool scaling needs
-idle cores to show.
+Prints one table (images/s; speed-ups by wall and by CPU time) and optionally writes the numbers as JSON.
+Each timing is the best of ``--repeats`` passes, the pass least disturbed by other processes on a shared
+machine (the JSON also has medians of the worker and pool timings). torch and OpenCV run one thread per
+worker, as in training, so the comparison with colour-science (single-threaded numpy) is like for like.
+The load average is printed with the table: pool scaling needs idle cores to show.
 
     python bench/rewards.py [--sizes 256 512] [--edits 32] [--workers 2] [--json out.json]
     python bench/rewards.py --sanity      # reward sanity table on real photos (edits of known size)

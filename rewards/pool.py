@@ -84,7 +84,9 @@ class RewardPool:
     # ------------------------------------------------------------------ scoring
 
     def score_edits(self, requests: Sequence[EditScoringRequest]) -> Iterator[EditReward]:
-        """One :class:`EditReward` per request, yielded as batches finish (match on task/critique/edit ids)."""
+        """One :class:`EditReward` per request, yielded as batches finish (match on task/critique/edit ids).
+
+        Work starts at the call; the iterator streams results in completion order."""
         def failed(request: EditScoringRequest, reason: str) -> EditReward:
             return failed_edit_reward(task_id=request.task_id, critique_index=request.critique_index,
                                       edit_index=request.edit_index, reason=reason)
@@ -120,26 +122,31 @@ class RewardPool:
                 inflight[ref] = (worker, batch)
                 load[worker] += 1
 
+        def drain() -> Iterator[Result]:
+            while inflight:
+                (ref,), _ = ray.wait(list(inflight), num_returns=1)
+                worker, batch = inflight.pop(ref)
+                load[worker] -= 1
+                try:
+                    results = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a lost batch must not end the caller's iteration
+                    reason = f"reward worker {ROLE}-{worker} failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                    if isinstance(exc, ray.exceptions.RayActorError):
+                        lost.add(worker)
+                    if len(batch) > 1:
+                        logger.warning("%s; retrying its %d records one by one", reason, len(batch))
+                        pending.extend([[request] for request in reversed(batch)])
+                        submit()
+                        continue
+                    logger.warning("%s; record %s gets an error result", reason, batch[0].task_id)
+                    results = [failed(batch[0], reason)]
+                submit()
+                yield from results
+
+        # The first batches are submitted now, not at the first next(): scoring edits and critiques can be
+        # requested back to back and run together while the caller consumes either iterator.
         submit()
-        while inflight:
-            (ref,), _ = ray.wait(list(inflight), num_returns=1)
-            worker, batch = inflight.pop(ref)
-            load[worker] -= 1
-            try:
-                results = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a lost batch must not end the caller's iteration
-                reason = f"reward worker {ROLE}-{worker} failed: {type(exc).__name__}: {exc}".splitlines()[0]
-                if isinstance(exc, ray.exceptions.RayActorError):
-                    lost.add(worker)
-                if len(batch) > 1:
-                    logger.warning("%s; retrying its %d records one by one", reason, len(batch))
-                    pending.extend([[request] for request in reversed(batch)])
-                    submit()
-                    continue
-                logger.warning("%s; record %s gets an error result", reason, batch[0].task_id)
-                results = [failed(batch[0], reason)]
-            submit()
-            yield from results
+        return drain()
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -125,7 +125,8 @@ class RewardWorker:
             return as_rgb_uint8(ray.get(handle), name)
         raise InvalidImageError(f"{name} is a {type(handle).__name__}; expected an array, a path or an ObjectRef")
 
-    def _measure(self, handle: ImageHandle, name: str, cache: dict[Any, Any]) -> tuple[np.ndarray, PhotometricAttributes]:
+    def _measure(self, handle: ImageHandle, name: str,
+                 cache: dict[Any, Any]) -> tuple[np.ndarray, PhotometricAttributes]:
         """Resolve and measure an image once per batch (inputs and targets repeat across edits)."""
         key = handle.hex() if _is_object_ref(handle) else (handle if isinstance(handle, (str, Path)) else id(handle))
         if key not in cache:

@@ -77,3 +77,13 @@ def test_pool_survives_a_worker_crash(pool, triples, ray_local):
     ray_local.kill(pool.workers[0], no_restart=False)  # Ray restarts it; queued batches are retried
     results = list(pool.score_edits(_requests(triples, ["target", "half", "target", "half"])))
     assert len(results) == 4 and all(r.error == "" for r in results)
+
+
+def test_edits_and_critiques_run_together_and_empty_requests_yield_nothing(pool, triples):
+    edits = pool.score_edits(_requests(triples, ["target", "half"]))
+    critiques = pool.score_critiques([CritiqueScoringRequest(
+        task_id="task", critique_index=0, parsed=ParsedCritique(format_ok=True, score=50.0),
+        input=triples["input"], target=triples["target"], edit_scores=(60.0,))])
+    assert [r.total for r in critiques] == [2.0]
+    assert len(list(edits)) == 2
+    assert list(pool.score_edits([])) == []

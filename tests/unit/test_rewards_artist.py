@@ -18,8 +18,10 @@ from rollout.types import EditOp, Suggestion
 
 PHOTOS = {"astronaut": data.astronaut, "chelsea": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}
 TARGET_CHANGE = {"exposure": 0.5, "warmth": 0.08}
-SUGGESTIONS = (Suggestion(text="increase the exposure moderately", op=EditOp(attribute="exposure", direction=1, level=2)),
-               Suggestion(text="make it moderately warmer", op=EditOp(attribute="warmth", direction=1, level=2)))
+SUGGESTIONS = (
+    Suggestion(text="increase the exposure moderately", op=EditOp(attribute="exposure", direction=1, level=2)),
+    Suggestion(text="make it moderately warmer", op=EditOp(attribute="warmth", direction=1, level=2)),
+)
 
 
 def _scaled(photo, fraction):
