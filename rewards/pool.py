@@ -60,7 +60,7 @@ class RewardPool:
                 num_gpus=config.gpus_per_worker, max_restarts=max_restarts, max_task_retries=max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
-            ).remote(config, lpips_device=lpips_device)
+            ).remote(config, index=i, lpips_device=lpips_device)
             for i in range(config.num_workers)
         ]
         self.worker_info: list[dict[str, Any]] = ray.get([w.ready.remote() for w in self.workers],

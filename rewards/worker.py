@@ -93,22 +93,28 @@ class RewardWorker:
     machine do not oversubscribe its cores (unpinned LPIPS was seen to run 10× slower under contention).
     """
 
-    def __init__(self, config: RewardsConfig, *, lpips_device: str = "cpu"):
+    def __init__(self, config: RewardsConfig, *, index: int = 0, lpips_device: str = "cpu"):
         import cv2
         import torch
 
         from rewards.perceptual import LPIPSScorer
 
         self.config = config
+        self.index = index
         self.threads = max(1, int(config.cpus_per_worker))
         torch.set_num_threads(self.threads)
         cv2.setNumThreads(self.threads)
         self.lpips = LPIPSScorer(config.lpips_weights, resolution=config.lpips_resolution, device=lpips_device,
                                  require_real_backbone=config.require_real_lpips)
 
+    def __repr__(self) -> str:
+        # Ray shows this in the dashboard and in log prefixes.
+        backbone = "random" if self.lpips.backbone_is_random else "pretrained"
+        return f"RewardWorker(reward-{self.index}, lpips={backbone}, threads={self.threads})"
+
     def ready(self) -> dict[str, Any]:
         """What this worker runs with (for the pool's start-up report and run tags)."""
-        return {"pid": os.getpid(), "threads": self.threads, "lpips_device": self.lpips.device,
+        return {"index": self.index, "pid": os.getpid(), "threads": self.threads, "lpips_device": self.lpips.device,
                 "backbone_is_random": self.lpips.backbone_is_random,
                 "backbone_source": self.lpips.backbone_source}
 

@@ -44,6 +44,7 @@ def _requests(refs, edits):
 def test_workers_are_named_in_the_run_namespace(pool, ray_local):
     for i in range(CONFIG.num_workers):
         assert ray_local.get_actor(f"reward-{i}", namespace=NAMESPACE) is not None
+    assert [info["index"] for info in pool.worker_info] == list(range(CONFIG.num_workers))
     assert pool.tracking_tags()["rewards.lpips_backbone"] == "random"
     assert pool.backbone_is_random
 
