@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -132,14 +133,17 @@ def bench_size(size: int, args: argparse.Namespace, config: RewardsConfig) -> di
     return results
 
 
-def bench_pool(requests: list[EditScoringRequest], workers: int, config: RewardsConfig,
-               repeats: int) -> tuple[float, float]:
-    """(best, median) ms per edit through a RewardPool of ``workers`` workers (images in the object store)."""
+def bench_pools(requests: list[EditScoringRequest], sizes: Sequence[int], config: RewardsConfig,
+                repeats: int) -> dict[int, tuple[float, float]]:
+    """{pool size: (best, median) ms per edit} for RewardPools of each size (images in the object store).
+
+    All pools exist at once and their passes alternate (1, N, 1, N, …), so a burst of load from other
+    processes hits both sides of the comparison alike.
+    """
     import ray
 
     from rewards.pool import RewardPool
 
-    pool_config = config.model_copy(update={"num_workers": workers})
     refs: dict[int, object] = {}
 
     def ref(image):
@@ -150,18 +154,21 @@ def bench_pool(requests: list[EditScoringRequest], workers: int, config: Rewards
     remote_requests = [EditScoringRequest(task_id=r.task_id, critique_index=r.critique_index, edit_index=r.edit_index,
                                           input=ref(r.input), edit=ref(r.edit), target=ref(r.target),
                                           suggestions=r.suggestions) for r in requests]
-    pool = RewardPool(pool_config, name_prefix=f"bench{workers}-")
+    pools = {n: RewardPool(config.model_copy(update={"num_workers": n}), name_prefix=f"bench{n}-") for n in sizes}
     try:
-        list(pool.score_edits(remote_requests[:workers * config.batch_size]))  # warm every worker
-        passes = []
+        passes: dict[int, list[float]] = {n: [] for n in sizes}
+        for n, pool in pools.items():
+            list(pool.score_edits(remote_requests[:n * config.batch_size]))  # warm every worker
         for _ in range(repeats):
-            started = time.perf_counter()
-            results = list(pool.score_edits(remote_requests))
-            passes.append((time.perf_counter() - started) / len(requests) * 1e3)
-            assert len(results) == len(requests) and not any(r.error for r in results)
-        return min(passes), statistics.median(passes)
+            for n, pool in pools.items():
+                started = time.perf_counter()
+                results = list(pool.score_edits(remote_requests))
+                passes[n].append((time.perf_counter() - started) / len(requests) * 1e3)
+                assert len(results) == len(requests) and not any(r.error for r in results)
+        return {n: (min(p), statistics.median(p)) for n, p in passes.items()}
     finally:
-        pool.shutdown()
+        for pool in pools.values():
+            pool.shutdown()
 
 
 def sanity_table(resolution: int = 512) -> None:
@@ -223,16 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_pool:
         import ray
 
-        ray.init(address="local", num_cpus=max(2, args.workers), include_dashboard=False, log_to_driver=False,
+        # Logical CPUs for both pools side by side; only one of them works at any moment.
+        ray.init(address="local", num_cpus=1 + args.workers, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     table = {}
     for size in args.sizes:
         row = bench_size(size, args, config)
         requests = row.pop("requests")
         if not args.no_pool:
-            row["pool_1_ms"], row["pool_1_median_ms"] = bench_pool(requests, 1, config, args.repeats)
-            row[f"pool_{args.workers}_ms"], row[f"pool_{args.workers}_median_ms"] = bench_pool(
-                requests, args.workers, config, args.repeats)
+            for n, (best, median) in bench_pools(requests, (1, args.workers), config, args.repeats).items():
+                row[f"pool_{n}_ms"], row[f"pool_{n}_median_ms"] = best, median
         table[size] = row
 
     rate = lambda ms: 1e3 / ms  # noqa: E731
