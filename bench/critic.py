@@ -109,8 +109,6 @@ def bench_rollout_actor(path: Path, args: argparse.Namespace) -> tuple[dict[str,
 
 def bench_weight_sync(path: Path, group, repeats: int) -> dict[str, Any]:
     """Full-weight sync of the critic into the replica, ``repeats`` times with changed weights."""
-    import torch
-
     from critic_actor.model import load_critic
 
     model, _ = load_critic(path, dtype="float32", device="cpu")
@@ -122,7 +120,6 @@ def bench_weight_sync(path: Path, group, repeats: int) -> dict[str, Any]:
         report = group.set_weights(version, state)
         group_s.append(report["seconds"])
         replica_s.append(report["replicas"][0]["seconds"])
-    del torch
     return {"bytes": nbytes, "parameters": sum(p.numel() for p in model.parameters()),
             "group_s_median": float(np.median(group_s)), "replica_s_median": float(np.median(replica_s)),
             "group_s": [round(s, 4) for s in group_s], "replica_s": [round(s, 4) for s in replica_s]}
@@ -185,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     workload = {"photos": args.photos, "group_size": args.group_size, "max_new_tokens": args.max_new_tokens,
                 "repeats": args.repeats, "cpus": os.cpu_count()}
     rows = [("engine direct (own process), tokens/s", f"{direct['tokens_per_s_median']:.1f}"),
-            ("engine direct (inside replica), tokens/s", f"{actor['engine_inside_replica']['tokens_per_s_median']:.1f}"),
+            ("engine direct (inside replica), tokens/s",
+             f"{actor['engine_inside_replica']['tokens_per_s_median']:.1f}"),
             ("rollout actor (driver view), tokens/s", f"{actor['tokens_per_s_median']:.1f}"),
             ("actor / engine on the same calls", f"{ratio:.3f}"),
             ("weight sync (group), s", f"{sync['group_s_median']:.3f}"),

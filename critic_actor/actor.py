@@ -105,7 +105,8 @@ class CriticRolloutActor:
                 "problem": self._stale_reason, "repr": repr(self), **self._stats}
 
     def __repr__(self) -> str:
-        return f"CriticRolloutActor(role={ROLE}, index={self.index}, version={self._version}, engine={self.config.engine})"
+        return (f"CriticRolloutActor(role={ROLE}, index={self.index}, version={self._version}, "
+                f"engine={self.config.engine})")
 
     # ------------------------------------------------------------------ generation
     def generate(self, tasks: list[PhotoTask], n: int, step: int, greedy: bool = False) -> list[Critique]:

@@ -25,7 +25,8 @@ class LogprobAgreement:
     """mean (log π_rollout − log π_learner): the plain Monte-Carlo estimate of KL(π_rollout ‖ π_learner) from
     tokens sampled by the rollout engine (unbiased, can be negative on small batches)."""
     kl_k3: float
-    """mean (r − 1 − log r) with r = π_learner / π_rollout: non-negative, low-variance KL(π_rollout ‖ π_learner)."""
+    """mean (r − 1 − log r) with r = π_learner / π_rollout: the non-negative, low-variance ("k3") estimate of
+    KL(π_rollout ‖ π_learner)."""
     num_tokens: int
 
     def as_metrics(self, prefix: str = "critic/agreement") -> dict[str, float]:

@@ -63,13 +63,14 @@ _DEFAULT_LEVEL = 2
 _ATTRIBUTE_PATTERNS: tuple[tuple[ToneAttribute, str], ...] = (
     ("warmth", r"colou?r\s+temperature|white\s+balance|warm(?:th|er|ing)?|cool(?:er|ness|ing)?|cold(?:er)?"
                 r"|(?:blue|yellow|orange)\s+(?:cast|tint)"),
-    ("exposure", r"exposure|brightness|brighten|darken|light(?:ness|ing)?"),
+    ("exposure", r"exposure|brightness|brighten|brighter|darken|darker|light(?:ness|ing)?"),
     ("contrast", r"contrast"),
-    ("saturation", r"saturation|saturate|desaturate|vibrance|vibrancy|colou?rfulness"),
+    ("saturation", r"saturation|saturated?|desaturated?|vibrance|vibrancy|vivid|colou?rfulness"),
 )
 _INCREASE = (r"increase|raise|boost|brighten|enhance|add|strengthen|lift|amplify|intensify|heighten|improve"
              r"|more|higher|stronger|warm\s+up|saturate")
-_DECREASE = (r"decrease|reduce|lower|remove|eliminate|neutrali[sz]e|darken|tone\s+down|lessen|soften|weaken|diminish|cut|drop|less|mute"
+_DECREASE = (r"decrease|reduce|lower|remove|eliminate|neutrali[sz]e|darken|tone\s+down|lessen|soften|weaken"
+             r"|diminish|cut|drop|less|mute"
              r"|desaturate|pull\s+back|cool\s+down")
 _WARM_WORDS = r"warm(?:th|er|ing)?|(?:yellow|orange)\s+(?:cast|tint)"
 _COOL_WORDS = r"cool(?:er|ness|ing)?|cold(?:er)?|blue\s+(?:cast|tint)"

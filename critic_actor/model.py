@@ -48,7 +48,9 @@ TINY_CRITIC_RECIPE: dict[str, Any] = {
     "processor": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
     "init_std": 0.02,
 }
-"""Everything that decides the tiny critic's bytes (JSON-able). Changing it changes the cache key."""
+"""Everything that decides the tiny critic's bytes (JSON-able). Changing it changes the cache key; the
+tokenizer's training text is part of it (``tokenizer.corpus_sha256``, filled in below), so editing the prompt or
+the renderer rebuilds the tiny critic too."""
 
 QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -112,6 +114,15 @@ def _tokenizer_corpus(seed: int) -> list[str]:
         reasoning = " ".join(rng.choice(reasoning_words) for _ in range(rng.randint(8, 30))).capitalize() + "."
         corpus.append(render_critique(reasoning, [*ops, *restorations], rng.randint(0, 100)))
     return corpus
+
+
+def _corpus_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256("\x00".join(_tokenizer_corpus(0)).encode()).hexdigest()[:16]
+
+
+TINY_CRITIC_RECIPE["tokenizer"]["corpus_sha256"] = _corpus_digest()
 
 
 def _train_tokenizer(recipe: dict[str, Any], seed: int):

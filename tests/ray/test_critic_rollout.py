@@ -9,7 +9,7 @@ from skimage import data
 
 from critic_actor.agreement import logprob_agreement
 from critic_actor.config import CriticConfig
-from critic_actor.inputs import build_critic_inputs, fit_to_pixel_bounds
+from critic_actor.inputs import build_critic_inputs
 from critic_actor.model import load_critic, vision_special_token_ids
 from rollout.types import Critique, ParsedCritique, PhotoTask
 
@@ -102,7 +102,8 @@ def test_generate_returns_g_complete_records_per_photo(group, tasks, hf_critic):
 
 def test_rollout_logprobs_agree_with_a_teacher_forced_forward(group, tasks, hf_critic):
     critiques = group.generate(tasks[:2], n=2, step=1)
-    agreement = logprob_agreement([c.rollout_logprobs for c in critiques], [hf_logprobs(hf_critic, c) for c in critiques])
+    agreement = logprob_agreement([c.rollout_logprobs for c in critiques],
+                                  [hf_logprobs(hf_critic, c) for c in critiques])
     assert agreement.num_tokens > 0
     assert agreement.mean_abs_diff < 1e-3 and agreement.kl_k3 < 1e-5
 

@@ -73,6 +73,9 @@ def test_partial_responses_keep_what_can_be_read():
     ("reduce the warm cast mildly", ("warmth", -1, 1)),
     ("reduce the blue cast", ("warmth", 1, 2)),
     ("increase the colour temperature noticeably", ("warmth", 1, 2)),
+    ("make it a little brighter", ("exposure", 1, 1)),
+    ("make the colours less saturated", ("saturation", -1, 2)),
+    ("make the colours more vivid", ("saturation", 1, 2)),
 ])
 def test_clause_vocabulary(clause, expected):
     suggestions, unrecognised = parse_suggestions(clause)
