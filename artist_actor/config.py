@@ -43,5 +43,7 @@ class ArtistConfig(ConfigModel):
     stock Qwen-Image-Edit pipeline drops 64, its system header)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """``auto`` = bfloat16 on GPU, float32 on CPU."""
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    """Edits per DiT micro-batch inside a sampler (same-resolution edits are batched up to this many)."""
     seed: int = Field(0, ge=0)
     """Base seed of edit noise; each edit's seed is derived from it, the step and its indices."""

@@ -143,7 +143,7 @@ class FlowMatchSampler:
         guidance_scale: float = 1.0,
         drop_prefix_tokens: int = 0,
         resolution: int = 512,
-        max_batch_size: int = 8,
+        max_batch_size: int = 16,
     ):
         if resolution % 16:
             raise ValueError(f"artist resolution must be a multiple of 16; got {resolution}")
