@@ -96,14 +96,15 @@ _ATTRIBUTE_TEXT: dict[ToneAttribute, str] = {
     "exposure": "the exposure", "contrast": "the contrast", "saturation": "the saturation", "warmth": "the warmth",
 }
 
+# Tempered tokens ("any character that does not start the closing tag") instead of lazy ".+?": the first closing
+# tag ends each block either way, but the match cannot backtrack across tag occurrences, so parsing stays linear
+# on long, repetitive garbage.
 _FULL_FORMAT = re.compile(
-    r"<think>(?P<think>.+?)</think>\s*<edit_start>(?P<edit>.+?)(?:</edit_end>|<edit_end>)\s*"
+    r"<think>(?P<think>(?:(?!</think>).)+)</think>\s*"
+    r"<edit_start>(?P<edit>(?:(?!</edit_end>|<edit_end>).)+)(?:</edit_end>|<edit_end>)\s*"
     r"<answer>\s*(?P<score>\d{1,3}(?:\.\d+)?)\s*</answer>",
     re.DOTALL,
 )
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_EDIT = re.compile(r"<edit_start>(.*?)(?:</edit_end>|<edit_end>)", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"^\s*(\d{1,3}(?:\.\d+)?)\s*$")
 
 # Clause boundaries: new lines, semicolons, sentence full stops (not decimal points) and list markers.
@@ -157,16 +158,15 @@ def parse_critique(text: Any) -> ParsedCritique:
 
 def _parse(text: str) -> ParsedCritique:
     stripped = text.strip()
-    full = _FULL_FORMAT.fullmatch(stripped)
+    full = _FULL_FORMAT.fullmatch(stripped) if stripped.startswith("<think>") and stripped.endswith("</answer>") \
+        else None
     if full is not None:
         reasoning, edit_block, score_text = full.group("think"), full.group("edit"), full.group("score")
     else:
-        think = _THINK.search(stripped)
-        edit = _EDIT.search(stripped)
-        answer = _ANSWER.search(stripped)
-        reasoning = think.group(1) if think else ""
-        edit_block = edit.group(1) if edit else ""
-        number = _NUMBER.match(answer.group(1)) if answer else None
+        reasoning = _block(stripped, "<think>", ("</think>",)) or ""
+        edit_block = _block(stripped, "<edit_start>", ("</edit_end>", "<edit_end>")) or ""
+        answer = _block(stripped, "<answer>", ("</answer>",))
+        number = _NUMBER.match(answer) if answer is not None else None
         score_text = number.group(1) if number else None
 
     score = float(score_text) if score_text is not None else None
@@ -180,6 +180,19 @@ def _parse(text: str) -> ParsedCritique:
     else:
         parsed.error = _format_error(stripped, full is not None, score_text, reasoning, edit_block)
     return parsed
+
+
+def _block(text: str, opening: str, closings: tuple[str, ...]) -> str | None:
+    """Text between the first ``opening`` and the nearest following closing tag (None when either is missing).
+
+    Plain ``str.find`` rather than a lazy regex search, which rescans to the end of the text from every opening
+    tag and turns long repetitive garbage quadratic."""
+    start = text.find(opening)
+    if start < 0:
+        return None
+    start += len(opening)
+    ends = [end for end in (text.find(closing, start) for closing in closings) if end >= 0]
+    return text[start:min(ends)] if ends else None
 
 
 def _format_error(text: str, matched: bool, score_text: str | None, reasoning: str, edit_block: str) -> str:
@@ -200,9 +213,9 @@ def _format_error(text: str, matched: bool, score_text: str | None, reasoning: s
             return f"{name} block is not closed with {closing}"
     if "</edit_end>" not in text and "<edit_end>" not in text:
         return "<edit_start> block is not closed with </edit_end>"
-    answer = _ANSWER.search(text)
+    answer = _block(text, "<answer>", ("</answer>",))
     if answer is not None and score_text is None:
-        return f"<answer> holds {answer.group(1).strip()[:40]!r}, not a number from 0 to 100"
+        return f"<answer> holds {answer.strip()[:40]!r}, not a number from 0 to 100"
     if not (text.startswith("<think>") and text.endswith("</answer>")):
         return "text outside the <think>, <edit_start> and <answer> blocks"
     return "blocks are out of order (expected <think>, then <edit_start>, then <answer>)"

@@ -169,3 +169,14 @@ def test_messages_put_the_image_before_the_instruction():
     assert messages[1]["content"][1]["text"] == CRITIC_INSTRUCTION
     for tag in ("<think>", "<edit_start>", "</edit_end>", "<answer>"):
         assert tag in CRITIC_INSTRUCTION
+
+
+def test_long_repetitive_garbage_parses_quickly():
+    import time
+
+    for text in ("<think>a</think><edit_start>" * 3000 + "x</answer>",
+                 "<think>" + "<edit_start>a</think>" * 3000 + "<edit_end><answer>5</answer>",
+                 "Increase the exposure and contrast slightly, and " * 1000):
+        started = time.perf_counter()
+        parse_critique(text)
+        assert time.perf_counter() - started < 1.0
