@@ -176,7 +176,8 @@ def test_long_repetitive_garbage_parses_quickly():
 
     for text in ("<think>a</think><edit_start>" * 3000 + "x</answer>",
                  "<think>" + "<edit_start>a</think>" * 3000 + "<edit_end><answer>5</answer>",
-                 "Increase the exposure and contrast slightly, and " * 1000):
+                 "<think>x</think><edit_start>" + "Increase the exposure and contrast slightly, and " * 1000
+                 + "</edit_end><answer>5</answer>"):
         started = time.perf_counter()
         parse_critique(text)
         assert time.perf_counter() - started < 1.0
