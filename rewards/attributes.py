@@ -20,6 +20,7 @@ A black image has no chromaticity; its warmth is defined as the D65 white's (≈
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -132,6 +133,29 @@ def downsample_for_attributes(image: np.ndarray, resolution: int = 512) -> np.nd
     return resize_long_side(as_rgb_uint8(image), resolution)
 
 
+class _Workspace(threading.local):
+    """Per-thread scratch buffers for :func:`compute_attributes`, reused while the image shape repeats.
+
+    Fresh multi-megabyte temporaries are page-faulted in on every call (glibc hands large blocks back to
+    the OS); reusing them makes the fast path ~2.5x cheaper at 512².
+    """
+
+    shape: tuple[int, int] | None = None
+
+    def buffers(self, height: int, width: int) -> tuple[np.ndarray, ...]:
+        if self.shape != (height, width):
+            self.encoded = np.empty((height, width, 3), np.float32)
+            self.lab = np.empty((height, width, 3), np.float32)
+            self.channels = tuple(np.empty((height, width), np.float32) for _ in range(3))
+            self.chroma = np.empty((height, width), np.float32)
+            self.midtones = np.empty((height, width), np.uint8)
+            self.shape = (height, width)
+        return self.encoded, self.lab, *self.channels, self.chroma, self.midtones
+
+
+_workspace = _Workspace()
+
+
 def compute_attributes(image: np.ndarray, resolution: int = 512) -> PhotometricAttributes:
     """Fast attributes of a uint8 ``[H, W, 3]`` sRGB photo (see the module docstring for definitions).
 
@@ -141,16 +165,23 @@ def compute_attributes(image: np.ndarray, resolution: int = 512) -> PhotometricA
     import cv2
 
     rgb = downsample_for_attributes(image, resolution)
+    encoded, lab, lightness, a_star, b_star, chroma, midtones = _workspace.buffers(*rgb.shape[:2])
     # float32 input makes OpenCV use the exact sRGB curve and D65 white; its uint8 Lab path is off by ~2.4.
     # Every reduction below is an OpenCV call: numpy's boolean indexing and float64 means cost ~10x more.
-    lab = cv2.cvtColor(cv2.LUT(rgb, _SRGB_ENCODED_LUT), cv2.COLOR_RGB2Lab)
-    lightness, a_star, b_star = (cv2.extractChannel(lab, channel) for channel in range(3))
+    cv2.LUT(rgb, _SRGB_ENCODED_LUT, dst=encoded)
+    cv2.cvtColor(encoded, cv2.COLOR_RGB2Lab, dst=lab)
+    for channel, plane in enumerate((lightness, a_star, b_star)):
+        cv2.extractChannel(lab, channel, dst=plane)
     mean_l, std_l = (float(v[0, 0]) for v in cv2.meanStdDev(lightness))
-    saturation = float(cv2.mean(cv2.magnitude(a_star, b_star))[0])
-    midtones = cv2.inRange(lightness, _MIDTONE_LOW, _MIDTONE_HIGH)
-    linear = cv2.LUT(rgb, _SRGB_DECODE_LUT)
-    use_mask = midtones if cv2.countNonZero(midtones) > 0 else None
-    xy = _grey_world_xy(np.asarray(cv2.mean(linear, mask=use_mask)[:3]))
+    saturation = float(cv2.mean(cv2.magnitude(a_star, b_star, magnitude=chroma))[0])
+    cv2.inRange(lightness, _MIDTONE_LOW, _MIDTONE_HIGH, dst=midtones)
+    voters = midtones if cv2.countNonZero(midtones) > 0 else None
+    # Grey world from per-channel histograms of the 8-bit codes: Σ_v count(v)·linear(v) is the exact sum of
+    # linear values without a float copy of the image.
+    counts = [cv2.calcHist([rgb], [c], voters, [256], [0, 256]).ravel().astype(np.float64) for c in range(3)]
+    total = counts[0].sum()
+    mean_linear = np.array([c @ _SRGB_DECODE_LUT for c in counts]) / max(total, 1.0)
+    xy = _grey_world_xy(mean_linear)
     return PhotometricAttributes(
         exposure=mean_l,
         contrast=std_l,
