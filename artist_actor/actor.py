@@ -85,8 +85,8 @@ def _resolve_local(handle: Any) -> Any:
 
         with Image.open(handle) as image:
             return np.asarray(image.convert("RGB"))
-    if hasattr(handle, "numpy"):  # a torch tensor
-        return handle.detach().cpu().numpy()
+    if hasattr(handle, "numpy"):  # a torch tensor; bf16 has no numpy dtype, so widen first
+        return handle.detach().cpu().float().numpy() if handle.is_floating_point() else handle.detach().cpu().numpy()
     raise TypeError(f"cannot resolve a {type(handle).__name__} into an array")
 
 

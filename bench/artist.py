@@ -188,9 +188,12 @@ def bench_weight_sync(artist: Path | None = None, num_samplers: int = 2, rank: i
         group.shutdown()
 
 
-def bench_conditioning_transport(tokens: int = 200, repeats: int = 20) -> dict[str, float]:
+def bench_conditioning_transport(tokens: int = 200, repeats: int = 20, real_tokens: int = 2580,
+                                 real_hidden_size: int = 3584) -> dict[str, float]:
     """Both H_c transports at the embedded size: object-store round trip of one critique's H_c versus holding the
-    tiny critic in the sampler (its weight bytes) and recomputing H_c with one forward over ``tokens`` tokens."""
+    tiny critic in the sampler (its weight bytes) and recomputing H_c with one forward over ``tokens`` tokens.
+    Also the object-store round trip of one real-size H_c (``real_tokens`` × ``real_hidden_size``, 2 bytes per
+    value as bf16 is shipped) between two processes of this machine."""
     import ray
     import torch
     from transformers import AutoModelForImageTextToText
@@ -212,6 +215,13 @@ def bench_conditioning_transport(tokens: int = 200, repeats: int = 20) -> dict[s
         start = time.perf_counter()
         ray.get(fetch.remote([ray.put(hidden)]))
         ship.append(time.perf_counter() - start)
+    real = np.zeros((real_tokens, real_hidden_size), np.float16)
+    ray.get(fetch.remote([ray.put(real)]))
+    ship_real = []
+    for _ in range(max(3, repeats // 4)):
+        start = time.perf_counter()
+        ray.get(fetch.remote([ray.put(real)]))
+        ship_real.append(time.perf_counter() - start)
     input_ids = torch.randint(10, 200, (1, tokens))
     with torch.no_grad():
         critic(input_ids=input_ids, output_hidden_states=True)
@@ -223,7 +233,8 @@ def bench_conditioning_transport(tokens: int = 200, repeats: int = 20) -> dict[s
     critic_bytes = sum(p.numel() * p.element_size() for p in critic.parameters())
     return {"tokens": tokens, "hidden_size": hidden_size, "h_c_bytes_per_critique": int(hidden.nbytes),
             "ship_round_trip_s": float(np.median(ship)), "critic_copy_bytes": int(critic_bytes),
-            "recompute_forward_s": float(np.median(recompute))}
+            "recompute_forward_s": float(np.median(recompute)), "real_h_c_bytes": int(real.nbytes),
+            "real_ship_round_trip_s": float(np.median(ship_real))}
 
 
 def main(argv: list[str] | None = None) -> int:

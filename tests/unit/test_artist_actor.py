@@ -114,3 +114,11 @@ def test_learner_adapter_state_loads_and_reproduces_the_learner_velocity(artist_
     with torch.no_grad():
         served = predict_velocity(actor.model.transformer, x_t, 0.5, cond)
     torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_tensor_hidden_states_are_accepted(actor):
+    tasks, conditioning = records((5,))
+    as_array = actor.sample(tasks, conditioning, k=1).edits[0]
+    conditioning[0].hidden = torch.as_tensor(conditioning[0].hidden).to(torch.bfloat16)
+    as_bf16 = actor.sample(tasks, conditioning, k=1).edits[0]
+    assert as_bf16.x0.shape == as_array.x0.shape and np.isfinite(as_bf16.x0).all()
