@@ -40,6 +40,9 @@ class DataConfig(ConfigModel):
     """JSONL manifest of training pairs (required when source is ``manifest``)."""
     eval_manifest: str = ""
     """JSONL manifest of held-out pairs for ``evaluate`` (empty = the embedded held-out split)."""
+    seed: int = Field(0, ge=0)
+    """Seed of the embedded dataset's synthesis (separate from ``trainer.seed`` so runs with different training
+    seeds are compared on the same pairs and the same held-out set)."""
     image_size: int = Field(64, ge=16, le=4096)
     """Long side, in pixels, of embedded crops."""
     num_train: int = Field(48, ge=1, le=10_000_000)

@@ -24,7 +24,7 @@ def image_limits(config: "DataConfig") -> ImageLimits:
     return ImageLimits(min_side=config.min_image_side, max_pixels=config.max_image_pixels)
 
 
-def manifest_paths(config: "DataConfig", seed: int,
+def manifest_paths(config: "DataConfig",
                    cache_dir: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:
     """(train manifest, eval manifest or ``None``) for ``config``; builds the embedded dataset when needed.
 
@@ -37,7 +37,7 @@ def manifest_paths(config: "DataConfig", seed: int,
 
         train, held_out = ensure_embedded_dataset(
             image_size=config.image_size, num_train=config.num_train, num_eval=config.num_eval,
-            restoration_fraction=config.restoration_fraction, seed=seed, cache_dir=cache_dir)
+            restoration_fraction=config.restoration_fraction, seed=config.seed, cache_dir=cache_dir)
         return train, Path(config.eval_manifest) if config.eval_manifest else held_out
     train = Path(config.train_manifest)
     if not train.is_file():
@@ -47,15 +47,15 @@ def manifest_paths(config: "DataConfig", seed: int,
 
 def training_stream(config: "DataConfig", seed: int,
                     cache_dir: str | os.PathLike[str] | None = None) -> PhotoTaskStream:
-    """The shuffled, resumable stream of training tasks described by ``config``."""
-    train, _ = manifest_paths(config, seed, cache_dir)
+    """The shuffled, resumable stream of training tasks described by ``config``; ``seed`` orders it."""
+    train, _ = manifest_paths(config, cache_dir)
     return PhotoTaskStream.from_manifest(train, seed=seed, shuffle=True, limits=image_limits(config))
 
 
 def evaluation_stream(config: "DataConfig", seed: int,
                       cache_dir: str | os.PathLike[str] | None = None) -> PhotoTaskStream:
     """The held-out tasks in manifest order (no shuffle), for ``evaluate``."""
-    _, held_out = manifest_paths(config, seed, cache_dir)
+    _, held_out = manifest_paths(config, cache_dir)
     if held_out is None:
         raise FileNotFoundError("no held-out data: set data.eval_manifest (source is 'manifest')")
     return PhotoTaskStream.from_manifest(held_out, seed=seed, shuffle=False, limits=image_limits(config))
