@@ -8,6 +8,7 @@ itself: state and images travel through the object store.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 from critic_actor.config import CriticConfig
 from critic_actor.engines import fingerprints_match, state_checksum
 from rollout.types import Critique, PhotoTask
+
+logger = logging.getLogger(__name__)
 
 _FORWARDED_ENV_PREFIXES = ("VLLM_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "DO_NOT_TRACK",
                            "OMP_NUM_THREADS")
@@ -60,6 +63,13 @@ class CriticRolloutGroup:
             for i in range(config.num_replicas)
         ]
         self.ready_info = ray.get([a.ready.remote() for a in self.actors], timeout=start_timeout_s)
+        self.start_timeout_s = start_timeout_s
+        self.version = 0
+        # The last synced state stays in the object store so a replica that Ray restarts (on the base
+        # checkpoint) can be brought back to the current weights before it serves again.
+        self._state_ref = None
+        self._checksum = ""
+        self.restarts = 0
         self._next = 0
 
     def _shards(self, count: int) -> list[tuple[int, int, int]]:
@@ -78,18 +88,54 @@ class CriticRolloutGroup:
 
     def generate(self, tasks: list[PhotoTask], n: int, step: int, greedy: bool = False) -> list[Critique]:
         """``n`` critiques per task, in task order, from all replicas in parallel."""
-        import ray
-
-        shards = self._shards(len(tasks))
-        refs = [self.actors[r].generate.remote(tasks[a:b], n, step, greedy) for r, a, b in shards]
-        return [critique for part in ray.get(refs) for critique in part]
+        return self._fan_out("generate", tasks, n, step, greedy)
 
     def rescore(self, images: list[Any]) -> list[float | None]:
+        """Greedy re-scores of ``images`` (ranking reward), in order, from all replicas in parallel."""
+        return self._fan_out("rescore", images)
+
+    def _fan_out(self, method: str, items: list[Any], *args: Any) -> list[Any]:
+        """Split ``items`` over the replicas, call ``method`` on each shard, concatenate in order.
+
+        A replica that died during its call is restarted by Ray; it gets the current weights back and its
+        shard is retried once. Work is never returned from a replica whose version lags the group's.
+        """
         import ray
 
-        shards = self._shards(len(images))
-        refs = [self.actors[r].rescore.remote(images[a:b]) for r, a, b in shards]
-        return [score for part in ray.get(refs) for score in part]
+        shards = self._shards(len(items))
+        refs = [getattr(self.actors[r], method).remote(items[a:b], *args) for r, a, b in shards]
+        results = []
+        for (replica, start, stop), ref in zip(shards, refs):
+            try:
+                part = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
+                self._recover(replica, exc)
+                part = ray.get(getattr(self.actors[replica], method).remote(items[start:stop], *args))
+            if method == "generate" and any(c.policy_version != self.version for c in part):
+                self._recover(replica, f"it served version {part[0].policy_version}, expected {self.version}")
+                part = ray.get(getattr(self.actors[replica], method).remote(items[start:stop], *args))
+            results.extend(part)
+        return results
+
+    def _recover(self, replica: int, reason: Any) -> None:
+        import ray
+
+        actor = self.actors[replica]
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:  # calls fail with ActorUnavailableError until the restarted replica's engine is up
+            try:
+                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.restarts += 1
+        if self._state_ref is not None:
+            ray.get(actor.set_weights.remote(self.version, self._state_ref, self._checksum),
+                    timeout=self.sync_timeout_s + 30.0)
+        logger.warning("critic-rollout-%d was restarted (%s); reloaded weights version %d", replica, reason,
+                       self.version)
 
     def set_weights(self, version: int, state: dict[str, Any]) -> dict[str, Any]:
         """Load ``state`` into every replica as ``version``; fail loudly on timeout or disagreement.
@@ -104,15 +150,16 @@ class CriticRolloutGroup:
         state_ref = ray.put(state)
         refs = [a.set_weights.remote(version, state_ref, checksum) for a in self.actors]
         # The replica enforces the same timeout on its own load; the margin covers transfer and queueing.
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.sync_timeout_s + 30.0)
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.sync_timeout_s + 30.0)
         if pending:
             raise TimeoutError(f"critic weight sync to version {version}: {len(pending)} of {len(refs)} replicas "
                                f"did not answer within {self.sync_timeout_s + 30.0:.0f} s")
-        reports = ray.get(ready)
+        reports = ray.get(refs)
         first = reports[0]["fingerprint"]
         if not all(fingerprints_match(first, r["fingerprint"]) for r in reports[1:]):
             raise RuntimeError(f"critic replicas hold different weights after sync to version {version}: "
                                f"{[r['fingerprint'] for r in reports]}")
+        self.version, self._state_ref, self._checksum = version, state_ref, checksum
         return {"policy_version": version, "checksum": checksum, "seconds": time.perf_counter() - started,
                 "replicas": reports}
 

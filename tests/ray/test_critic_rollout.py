@@ -173,3 +173,13 @@ def test_bad_weights_are_refused_before_they_reach_the_engine(group, tasks, hf_c
     assert ray.get(actor.policy_version.remote()) == 1
     assert group.health()[0]["ok"]
     assert group.generate(tasks[:1], n=1, step=0)[0].policy_version == 1
+
+
+def test_a_restarted_replica_gets_the_current_weights_back_before_serving(group, tasks, ray_local):
+    before = group.generate(tasks[:1], n=1, step=3, greedy=True)
+    assert before[0].policy_version == 1
+    ray_local.kill(group.actors[0], no_restart=False)
+    after = group.generate(tasks[:1], n=1, step=3, greedy=True)
+    assert after[0].policy_version == 1
+    assert after[0].completion_token_ids == before[0].completion_token_ids
+    assert group.restarts == 1 and group.health()[0]["ok"]
