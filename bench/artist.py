@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the driver loop and the actor")
+    parser.add_argument("--resolution", type=int, default=WORKLOAD["resolution"], help="artist resolution (px)")
     parser.add_argument("--only", choices=["loop", "actor", "ratio", "sync", "transport"], action="append",
                         help="run only these measurements (repeatable); default all")
     args = parser.parse_args(argv)
@@ -254,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=8, num_gpus=0, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:
-        results: dict[str, Any] = {"workload": WORKLOAD, "threads": args.threads, "cpu_count": os.cpu_count()}
+        workload = {**WORKLOAD, "resolution": args.resolution}
+        results: dict[str, Any] = {"workload": workload, "threads": args.threads, "cpu_count": os.cpu_count()}
         if "loop" in chosen:
-            results["sampler_loop"] = bench_sampler_loop(repeats=args.repeats, threads=args.threads)
+            results["sampler_loop"] = bench_sampler_loop(repeats=args.repeats, threads=args.threads, workload=workload)
         if "actor" in chosen:
-            results["sampler_actor"] = bench_sampler_actor(repeats=args.repeats, threads=args.threads)
+            results["sampler_actor"] = bench_sampler_actor(repeats=args.repeats, threads=args.threads,
+                                                           workload=workload)
         if "ratio" in chosen:
-            results["actor_vs_loop"] = bench_actor_to_loop_ratio(rounds=args.repeats, threads=args.threads)
+            results["actor_vs_loop"] = bench_actor_to_loop_ratio(rounds=args.repeats, threads=args.threads,
+                                                                 workload=workload)
         if "sync" in chosen:
             results["weight_sync"] = bench_weight_sync(repeats=args.repeats)
         if "transport" in chosen:
