@@ -122,3 +122,25 @@ def test_bf16_tensor_hidden_states_are_accepted(actor):
     conditioning[0].hidden = torch.as_tensor(conditioning[0].hidden).to(torch.bfloat16)
     as_bf16 = actor.sample(tasks, conditioning, k=1).edits[0]
     assert as_bf16.x0.shape == as_array.x0.shape and np.isfinite(as_bf16.x0).all()
+
+
+def test_embedded_artist_is_conditioned_by_the_embedded_critic_states(embedded_models):
+    from critic_actor.model import load_critic
+
+    critic, processor = load_critic(embedded_models.critic, dtype="float32", device="cpu")
+    ids = processor.tokenizer(["Increase the exposure slightly.", "Make it much cooler and reduce contrast."],
+                              return_tensors="pt", padding=True)
+    with torch.no_grad():
+        states = critic(**ids, output_hidden_states=True).hidden_states[-1]
+    hidden = [states[i][ids["attention_mask"][i].bool()].numpy() for i in range(2)]
+    actor = ArtistSamplerActor(3, str(embedded_models.artist), CONFIG)
+    assert actor.ready()["hidden_size"] == hidden[0].shape[1]  # joint_attention_dim = critic hidden size
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    tasks = [PhotoTask(task_id="p", input=image, target=image)]
+    conditioning = [Conditioning(task_id="p", critique_index=i, hidden=h) for i, h in enumerate(hidden)]
+    edits = actor.sample(tasks, conditioning, k=1).edits
+    assert len(edits) == 2
+    # Same seed (same task and critique index), other critique text: the text changes the edit.
+    swapped = actor.sample(tasks, [Conditioning(task_id="p", critique_index=0, hidden=hidden[1])], k=1).edits[0]
+    assert swapped.seed == edits[0].seed
+    assert np.abs(swapped.x0 - edits[0].x0).max() > 1e-4
