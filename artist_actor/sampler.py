@@ -189,8 +189,15 @@ class FlowMatchSampler:
 
     def _sample_batch(self, requests: Sequence[EditRequest], size: tuple[int, int]) -> list[SampledEdit]:
         model = self.model
-        pixels = images_to_pixels([resize_image(r.condition_image, size) for r in requests])
-        condition_latents = model.codec.encode(pixels.to(model.device))
+        # The K edits of a critique (and the G critiques of a photo) share one condition photo: encode it once.
+        slots: dict[int, int] = {}
+        unique: list[np.ndarray] = []
+        for request in requests:
+            if id(request.condition_image) not in slots:
+                slots[id(request.condition_image)] = len(unique)
+                unique.append(resize_image(request.condition_image, size))
+        encoded = model.codec.encode(images_to_pixels(unique).to(model.device))
+        condition_latents = encoded[[slots[id(r.condition_image)] for r in requests]]
         cond = build_conditioning([r.hidden for r in requests], condition_latents, hidden_size=model.hidden_size,
                                   drop_prefix_tokens=self.drop_prefix_tokens, masks=[r.mask for r in requests],
                                   device=model.device, dtype=model.dtype)

@@ -112,3 +112,22 @@ def test_vae_artist_samples_end_to_end(tmp_path):
     model = load_artist(build_tiny_artist(tmp_path / "vae", critic_hidden_size=HIDDEN, codec="vae"))
     edit = FlowMatchSampler(model, num_steps=2, resolution=32).sample(requests(1, size=(32, 32)))[0]
     assert edit.image.shape == (32, 32, 3) and edit.x0.shape == (4, 64)
+
+
+def test_a_shared_condition_photo_is_encoded_once_per_batch(artist):
+    from artist_actor.codec import PixelUnshuffleCodec
+    from artist_actor.model import ArtistModel
+
+    class CountingCodec(PixelUnshuffleCodec):
+        encoded = 0
+
+        def encode(self, pixels):
+            CountingCodec.encoded += pixels.shape[0]
+            return super().encode(pixels)
+
+    counted = ArtistModel(transformer=artist.transformer, codec=CountingCodec(),
+                          scheduler_config=artist.scheduler_config, path=artist.path)
+    shared = requests(1)[0]
+    batch = [EditRequest(condition_image=shared.condition_image, hidden=shared.hidden, seed=s) for s in range(4)]
+    edits = FlowMatchSampler(counted, num_steps=2, resolution=64).sample(batch)
+    assert CountingCodec.encoded == 1 and len({e.x0.tobytes() for e in edits}) == 4
