@@ -11,12 +11,16 @@ It must not load models itself or decide what to sample; the controller passes t
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from artist_actor.actor import ArtistSampleResult, ArtistSamplerActor
+from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
 from rollout.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
+
+logger = logging.getLogger(__name__)
 
 
 class ArtistSamplerGroup:
@@ -60,6 +64,15 @@ class ArtistSamplerGroup:
         ]
         self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
         self.info = self._wait([actor.ready.remote() for actor in self.actors], self.names, sync_timeout_s, "start")
+        # The last synced adapter stays in the object store so a replica that Ray restarts (on the base
+        # model) is brought back to the current version before it samples again.
+        self._version = 0
+        self._state_ref = None
+        self.restart_timeout_s = 600.0
+        self.restarts = 0
+        """Replica restarts this group recovered from."""
+        self.retried_items = 0
+        """Edits re-sampled because the replica making them died."""
 
     def sample(
         self,
@@ -81,18 +94,48 @@ class ArtistSamplerGroup:
             raise ValueError(f"conditioning without a matching critique: {strays[:5]}")
         shares = split_evenly(list(conditionings), len(self.actors))
         by_task = {task.task_id: task for task in tasks}
-        calls, names = [], []
+        calls, names, shares_sent = [], [], []
         for actor, name, share in zip(self.actors, self.names, shares):
             if share:
                 share_tasks = [by_task[t] for t in dict.fromkeys(c.task_id for c in share) if t in by_task]
                 calls.append(actor.sample.remote(share_tasks, share, k, step))
                 names.append(name)
-        results: list[ArtistSampleResult] = self._wait(calls, names, self.sample_timeout_s, "sample")
+                shares_sent.append((share_tasks, share))
+        import ray
+
+        self._wait(calls, names, self.sample_timeout_s, "sample", collect=False)
         edits: list[Edit] = []
-        for result in results:
+        for ref, name, (share_tasks, share) in zip(calls, names, shares_sent):
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
+                index = self.names.index(name)
+                self._recover(index, exc)
+                self.retried_items += len(share) * (k or self.config.edits_per_critique)
+                result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
+                                 timeout=self.sample_timeout_s)
             edits.extend(result.edits)
             self.rejected.extend(result.rejected)
         return edits
+
+    def _recover(self, index: int, reason: object) -> None:
+        """Wait until Ray has restarted replica ``index`` and give it the current adapter back."""
+        import ray
+
+        actor = self.actors[index]
+        deadline = time.monotonic() + self.restart_timeout_s
+        while True:  # calls fail with ActorUnavailableError until the restarted replica is up
+            try:
+                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.restarts += 1
+        if self._state_ref is not None:
+            ray.get(actor.set_weights.remote(self._version, self._state_ref), timeout=self.sync_timeout_s)
+        logger.warning("%s was restarted (%s); reloaded adapter version %d", self.names[index], reason, self._version)
 
     def set_weights(self, version: int, lora_state: Mapping[str, Any]) -> None:
         """Every replica serves ``version`` afterwards, or this raises naming the replicas that did not."""
@@ -101,13 +144,15 @@ class ArtistSamplerGroup:
         state_ref = ray.put(dict(lora_state))  # one copy in the object store, read by every replica
         self._wait([actor.set_weights.remote(version, state_ref) for actor in self.actors], self.names,
                    self.sync_timeout_s, f"weight sync to version {version}")
+        self._version, self._state_ref = version, state_ref
 
     def policy_versions(self) -> list[int]:
         return self._wait([actor.policy_version.remote() for actor in self.actors], self.names,
                           self.sync_timeout_s, "version query")
 
     @staticmethod
-    def _wait(refs: list, names: list[str], timeout_s: float, what: str) -> list:
+    def _wait(refs: list, names: list[str], timeout_s: float, what: str, collect: bool = True) -> list:
+        """Wait for every call (failing loudly on a stall); return their results unless ``collect`` is False."""
         import ray
 
         if not refs:
@@ -117,7 +162,7 @@ class ArtistSamplerGroup:
             stalled = [name for ref, name in zip(refs, names) if ref in pending]
             raise TimeoutError(f"artist samplers: {what} did not finish within {timeout_s:.0f} s "
                                f"(stalled: {', '.join(stalled)})")
-        return ray.get(refs)
+        return ray.get(refs) if collect else refs
 
     def shutdown(self) -> None:
         import ray

@@ -12,6 +12,8 @@ core and its model live in this process, so weights are loaded with ``LLM.apply_
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,6 +134,10 @@ class VLLMCriticEngine:
             logprobs_mode="raw_logprobs",
             disable_log_stats=True,
         )
+        # vLLM's CPU worker replaces torch.set_num_threads with a function that skips the call and logs a
+        # warning; libraries in this process call it on every request, which floods the job log with a
+        # message about a skipped no-op. Keep that logger's errors only.
+        logging.getLogger("vllm.v1.worker.cpu_worker").setLevel(logging.ERROR)
 
     def generate(self, prompts: list[EnginePrompt], spec: SamplingSpec) -> list[list[EngineSample]]:
         from PIL import Image

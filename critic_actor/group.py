@@ -28,7 +28,7 @@ class CriticRolloutGroup:
     """N critic rollout replicas behind one generate / rescore / set_weights interface."""
 
     def __init__(self, model_path: str | Path, config: CriticConfig, *, sync_timeout_s: float = 120.0,
-                 namespace_prefix: str = "", start_timeout_s: float = 600.0):
+                 namespace_prefix: str = "", start_timeout_s: float = 600.0, max_restarts: int = 3):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -55,7 +55,7 @@ class CriticRolloutGroup:
         self.actors = [
             remote_cls.options(
                 name=f"{namespace_prefix}{ROLE}-{i}", num_cpus=config.cpus_per_replica,
-                num_gpus=config.gpus_per_replica, max_restarts=1, max_task_retries=0,
+                num_gpus=config.gpus_per_replica, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
                 runtime_env={"env_vars": env_vars},
@@ -70,6 +70,9 @@ class CriticRolloutGroup:
         self._state_ref = None
         self._checksum = ""
         self.restarts = 0
+        """Replica restarts this group recovered from."""
+        self.retried_items = 0
+        """Work items (critiques to generate, images to re-score) redone after a replica died."""
         self._next = 0
 
     def _shards(self, count: int) -> list[tuple[int, int, int]]:
@@ -110,6 +113,7 @@ class CriticRolloutGroup:
                 part = ray.get(ref)
             except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
                 self._recover(replica, exc)
+                self.retried_items += (stop - start) * (args[0] if method == "generate" else 1)
                 part = ray.get(getattr(self.actors[replica], method).remote(items[start:stop], *args))
             if method == "generate" and any(c.policy_version != self.version for c in part):
                 self._recover(replica, f"it served version {part[0].policy_version}, expected {self.version}")

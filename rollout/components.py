@@ -11,7 +11,6 @@ the controller sees only ObjectRefs and the per-record verdict.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -71,12 +70,6 @@ class RemoteTaskSource:
         self.stream.load_state_dict(state)
 
 
-def _is_actor_failure(exc: BaseException) -> bool:
-    import ray
-
-    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
-
-
 class Components:
     """Everything the controller drives. ``build_components`` creates one; ``shutdown`` frees the cluster."""
 
@@ -95,10 +88,7 @@ class Components:
         self.data = RemoteTaskSource(config)
         restarts = config.cluster.actor_max_restarts
         timeout = config.trainer.sync_timeout_s
-        self.retried_items = 0
-        self.actor_restarts = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlap")
-        self._lock = threading.Lock()
 
         # Learners first: they are the source of truth for weights. STRICT_PACK keeps each learner's GPUs on
         # one node. They do not restart in place; the controller restores them from the last checkpoint.
@@ -123,49 +113,18 @@ class Components:
             name="artist-learner", num_cpus=1, num_gpus=la.gpus, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[1], 0),
         ).remote(str(artist_path), la, config.artist, seed=config.trainer.seed, num_threads=1)
-        self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout)
+        # Rollout and sampler groups recover a replica that Ray restarts (current weights back, its share of the
+        # work redone once); reward workers are stateless, so Ray's own task retries cover them.
+        self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
+                                                 max_restarts=restarts)
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
                                                   sync_timeout_s=timeout, max_restarts=restarts)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts)
         self.learner_info = ray.get([self.critic_learner.ready.remote(), self.artist_learner.ready.remote()])
 
-    # ------------------------------------------------------------------------------------ recovery
-    def recover(self, stage: str, items: int, call):
-        """Run ``call``; if a rollout/sampler/reward actor died, wait for its restart, re-sync weights to every
-        replica and run the stage once more (its partial results are discarded, so nothing counts twice)."""
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - only actor deaths are retried; everything else re-raises
-            if not _is_actor_failure(exc):
-                raise
-            self.actor_restarts += 1
-            self.retried_items += items
-            print(f"[photocrafter] {stage}: an actor died ({type(exc).__name__}); waiting for its restart, "
-                  f"re-syncing weights and retrying the {items} lost item(s) once", file=sys.stderr, flush=True)
-            self._wait_for_restarts()
-            self.sync_critic(self.critic_learner_version(), self.config.trainer.sync_timeout_s)
-            self.sync_artist(self.artist_learner_version(), self.config.trainer.sync_timeout_s)
-            return call()
-
-    def _wait_for_restarts(self, timeout_s: float = 300.0) -> None:
-        import ray
-
-        deadline = time.monotonic() + timeout_s
-        actors = self.critic_rollout.actors + self.artist_samplers.actors + self.rewards.workers
-        for actor in actors:
-            while True:
-                try:
-                    ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                    break
-                except Exception as exc:  # noqa: BLE001
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"an actor did not come back within {timeout_s:.0f} s: {exc}") from exc
-                    time.sleep(0.5)
-
     # ----------------------------------------------------------------------------------- stages
     def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
-        return self.recover("critic rollout", len(tasks) * n,
-                            lambda: self.critic_rollout.generate(tasks, n=n, step=step))
+        return self.critic_rollout.generate(tasks, n=n, step=step)
 
     def generate_async(self, tasks: list[PhotoTask], n: int, step: int) -> Future:
         return self._executor.submit(self.generate, tasks, n, step)
@@ -178,12 +137,10 @@ class Components:
         return conditionings, metrics
 
     def sample(self, tasks, critiques, conditionings, k: int, step: int) -> list[Edit]:
-        return self.recover("artist sampling", len(conditionings) * k,
-                            lambda: self.artist_samplers.sample(tasks, critiques, conditionings, k=k, step=step))
+        return self.artist_samplers.sample(tasks, critiques, conditionings, k=k, step=step)
 
     def rescore(self, edits: list[Edit]) -> list[float | None]:
-        return self.recover("critic rescoring", len(edits),
-                            lambda: self.critic_rollout.rescore([e.image for e in edits]))
+        return self.critic_rollout.rescore([e.image for e in edits])
 
     def score(self, tasks: list[PhotoTask], critiques: list[Critique], edits: list[Edit],
               edit_scores: list[float | None]) -> tuple[list[EditReward], list[CritiqueReward]]:
@@ -225,6 +182,14 @@ class Components:
         for key in [k for k in metrics if k.startswith("time/actor/")]:
             self._actor_seconds[key] = metrics.pop(key)
         return metrics
+
+    @property
+    def actor_restarts(self) -> int:
+        return self.critic_rollout.restarts + self.artist_samplers.restarts
+
+    @property
+    def retried_items(self) -> int:
+        return self.critic_rollout.retried_items + self.artist_samplers.retried_items
 
     def actor_seconds(self) -> dict[str, float]:
         """Compute time spent inside actors this step (for the orchestration-overhead figure)."""

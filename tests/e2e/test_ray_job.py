@@ -41,10 +41,15 @@ def head():
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     temp_dir = tempfile.mkdtemp(prefix="rjh", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # Every service port is chosen free: other Ray clusters on the machine (a developer's, the test session's
+    # own local cluster) hold the defaults, and a clash silently disables the job agent.
+    ports = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
     process = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
          "--dashboard-host=127.0.0.1", "--num-cpus=8", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.monotonic() + 180
@@ -69,23 +74,28 @@ def _ray(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def _submit(address: str, env: dict, *train_args: str) -> str:
-    result = _ray(env, "job", "submit", "--address", address, "--working-dir", str(PROJECT_ROOT), "--no-wait",
-                  "--", "python", "-m", "rollout.train", "--config", "configs/embedded.yaml", *train_args)
+    deadline = time.monotonic() + 120
+    while True:  # the job agent comes up a little after the dashboard answers
+        result = _ray(env, "job", "submit", "--address", address, "--working-dir", str(PROJECT_ROOT), "--no-wait",
+                      "--", "python", "-m", "rollout.train", "--config", "configs/embedded.yaml", *train_args)
+        if result.returncode == 0 or "No available agent" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert result.returncode == 0, result.stderr[-2000:]
     job_id = next(line.split("'")[1] for line in result.stdout.splitlines() if "submitted successfully" in line)
     return job_id
 
 
 def _status(address: str, env: dict, job_id: str) -> str:
-    out = _ray(env, "job", "status", "--address", address, job_id).stdout
-    for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if status in out:
-            return status
-    return "UNKNOWN"
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(address).get_job_status(job_id).value)
 
 
 def _logs(address: str, env: dict, job_id: str) -> str:
-    return _ray(env, "job", "logs", "--address", address, job_id).stdout
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address).get_job_logs(job_id)
 
 
 def test_job_submit_runs_and_names_its_actors(head, tmp_path):
@@ -94,7 +104,7 @@ def test_job_submit_runs_and_names_its_actors(head, tmp_path):
                      "--set", "trainer.run_name=job", "--set", "tracking.sample_grid_every=0")
     seen: set[str] = set()
     deadline = time.monotonic() + 900
-    while (status := _status(address, env, job_id)) in ("PENDING", "RUNNING", "UNKNOWN"):
+    while (status := _status(address, env, job_id)) in ("PENDING", "RUNNING"):
         listed = _ray(env, "list", "actors", "--address", address, "--format", "json", "--limit", "1000")
         if listed.returncode == 0:
             seen |= {a.get("name") for a in json.loads(listed.stdout or "[]") if a.get("state") == "ALIVE"}
