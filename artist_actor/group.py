@@ -137,11 +137,13 @@ class ArtistSamplerGroup:
             ray.get(actor.set_weights.remote(self._version, self._state_ref), timeout=self.sync_timeout_s)
         logger.warning("%s was restarted (%s); reloaded adapter version %d", self.names[index], reason, self._version)
 
-    def set_weights(self, version: int, lora_state: Mapping[str, Any]) -> None:
+    def set_weights(self, version: int, lora_state: Mapping[str, Any] | Any) -> None:
         """Every replica serves ``version`` afterwards, or this raises naming the replicas that did not."""
         import ray
 
-        state_ref = ray.put(dict(lora_state))  # one copy in the object store, read by every replica
+        # One copy in the object store, read by every replica (an ObjectRef is passed on as it is, so the adapter
+        # goes from the learner to the replicas without passing through this process).
+        state_ref = lora_state if isinstance(lora_state, ray.ObjectRef) else ray.put(dict(lora_state))
         self._wait([actor.set_weights.remote(version, state_ref) for actor in self.actors], self.names,
                    self.sync_timeout_s, f"weight sync to version {version}")
         self._version, self._state_ref = version, state_ref

@@ -141,17 +141,24 @@ class CriticRolloutGroup:
         logger.warning("critic-rollout-%d was restarted (%s); reloaded weights version %d", replica, reason,
                        self.version)
 
-    def set_weights(self, version: int, state: dict[str, Any]) -> dict[str, Any]:
+    def set_weights(self, version: int, state: dict[str, Any] | Any, checksum: str | None = None) -> dict[str, Any]:
         """Load ``state`` into every replica as ``version``; fail loudly on timeout or disagreement.
 
-        The state is put in the object store once and every replica reads it from there. Returns the seconds
-        the whole sync took, the checksum of the state and each replica's report.
+        ``state`` is a state dict, or an ObjectRef to one together with its ``checksum``
+        (:func:`~critic_actor.engines.state_checksum`, computed where the state was made): then the weights go
+        from the object store to the replicas without passing through this process. Returns the seconds the
+        whole sync took, the checksum of the state and each replica's report.
         """
         import ray
 
         started = time.perf_counter()
-        checksum = state_checksum(state)
-        state_ref = ray.put(state)
+        if isinstance(state, ray.ObjectRef):
+            if not checksum:
+                raise ValueError("set_weights with an ObjectRef needs the state's checksum")
+            state_ref = state
+        else:
+            checksum = state_checksum(state)
+            state_ref = ray.put(state)
         refs = [a.set_weights.remote(version, state_ref, checksum) for a in self.actors]
         # The replica enforces the same timeout on its own load; the margin covers transfer and queueing.
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.sync_timeout_s + 30.0)

@@ -210,8 +210,8 @@ class Components:
         import ray
 
         started = time.perf_counter()
-        learner_version, weights_ref = ray.get(self.critic_learner.weights_ref.remote(), timeout=timeout_s)
-        self.critic_rollout.set_weights(learner_version, ray.get(weights_ref))
+        learner_version, weights_ref, checksum = ray.get(self.critic_learner.weights_ref.remote(), timeout=timeout_s)
+        self.critic_rollout.set_weights(learner_version, weights_ref, checksum)
         return time.perf_counter() - started
 
     def sync_artist(self, version: int, timeout_s: float) -> tuple[float, int]:
@@ -220,7 +220,7 @@ class Components:
         started = time.perf_counter()
         learner_version, weights_ref, nbytes = ray.get(self.artist_learner.sampler_weights_ref.remote(),
                                                        timeout=timeout_s)
-        self.artist_samplers.set_weights(learner_version, ray.get(weights_ref))
+        self.artist_samplers.set_weights(learner_version, weights_ref)
         return time.perf_counter() - started, nbytes
 
     # --------------------------------------------------------------------------------- checkpoints

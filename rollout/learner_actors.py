@@ -80,11 +80,14 @@ class CriticLearnerActor(CriticLearner):
     def version(self) -> int:
         return self.policy_version
 
-    def weights_ref(self) -> tuple[int, Any]:
-        """(version, ObjectRef of the weights the rollout replicas load)."""
+    def weights_ref(self) -> tuple[int, Any, str]:
+        """(version, ObjectRef of the weights the rollout replicas load, their checksum)."""
         import ray
 
-        return self.policy_version, ray.put(self.get_weights())
+        from critic_actor.engines import state_checksum
+
+        weights = self.get_weights()
+        return self.policy_version, ray.put(weights), state_checksum(weights)
 
     def save_checkpoint(self, directory: str, name: str = "critic_learner") -> list[str]:
         from rollout.checkpoint import save_state_tree
