@@ -62,3 +62,13 @@ def test_stage_times_follow_the_order_of_a_step():
                                    "time/stage/rewards_s": 0.5, "time/stage/rescore_s": 0.3,
                                    "time/stage/data_s": 0.06, "time/stage/step_s": 3.0})
     assert line == "step 1/1 | t 3.0s (data 0.1 rescore 0.3 rew 0.5 upd 2.0 sync 0.1)"
+
+
+def test_importing_the_observability_modules_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, rollout.tracking, rollout.report, rollout.figures, rollout.ray_metrics; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'ray', 'matplotlib', 'tqdm', 'PIL'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", "MLflow, Ray, matplotlib, tqdm and Pillow are imported only when used"
