@@ -185,6 +185,7 @@ class Controller:
         self.tracker = None
         self.ray_metrics = None
         self.components = None
+        self.progress = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self, resume: bool = False) -> None:
@@ -197,14 +198,19 @@ class Controller:
         if resume:
             resume_info = self._restore()
         self.tracker = RunTracker(self.config, self.run_dir, self.run_name,
-                                  resume_run_id=resume_info.get("mlflow_run_id") if resume_info else None)
+                                  resume_run_id=resume_info.get("mlflow_run_id") if resume_info else None,
+                                  resume_step=self.step if resume else None)
         if not resume:
             self.tracker.log_params(self.config)
         self.tracker.set_tags(self.components.tags())
+        if self.components.rewards.backbone_is_random:
+            self.tracker.warn("rewards.lpips_warning",
+                              "LPIPS runs on a RANDOM AlexNet backbone (no alexnet-owt-7be5be79.pth found): r_perc is "
+                              "not a perceptual metric in this run; set rewards.lpips_weights to the real weights")
         try:
             from rollout.ray_metrics import RayMetrics
 
-            self.ray_metrics = RayMetrics()
+            self.ray_metrics = RayMetrics(self.run_name)
         except Exception as exc:  # metrics are observability, never a reason to stop training
             print(f"[photocrafter] Ray metrics unavailable: {exc}", file=sys.stderr)
         # Every rollout/sampler actor must serve the learners' current weights before the first new step
@@ -212,24 +218,23 @@ class Controller:
         self._sync_weights(force=True)
 
     def run(self) -> None:
-        from tqdm import tqdm
+        from rollout.report import StepProgress
 
         total = self.config.trainer.steps
-        bar = tqdm(total=total, initial=self.step, desc="steps", unit="step", file=sys.stderr,
-                   disable=not sys.stderr.isatty())
+        self.progress = StepProgress(total, initial=self.step, stream=sys.stdout)
         try:
             while self.step < total:
                 if self.stop is not None and self.stop.requested:
                     break
                 metrics = self.train_step()
                 self.step += 1
-                bar.update(1)
                 self._report(metrics)
                 every = self.config.trainer.checkpoint_every
                 if every and self.step % every == 0 and self.step < total:
                     self.checkpoint()
         finally:
-            bar.close()
+            self.progress.close()
+            self.progress = None
         self.checkpoint()
         self.tracker.close("KILLED" if (self.stop is not None and self.stop.requested) else "FINISHED")
 
@@ -304,6 +309,8 @@ class Controller:
             "skipped/nonfinite_steps": float(self.nonfinite_skips),
         })
         tokens = sum(len(c.completion_token_ids) for c in records.critiques)
+        metrics.update({"count/critiques": float(len(records.critiques)), "count/edits": float(len(records.edits)),
+                        "count/tokens": float(tokens)})
         rollout_s = max(timer.seconds.get("critic_rollout", 0.0), 1e-9)
         sample_s = max(timer.seconds.get("artist_sample", 0.0), 1e-9)
         critic_units = max(cfg.critic.num_replicas * max(cfg.critic.gpus_per_replica, 1.0), 1.0)
@@ -391,7 +398,10 @@ class Controller:
         step = self.step  # number of completed steps
         if step % self.config.tracking.log_every == 0 or step == self.config.trainer.steps:
             self.tracker.log_metrics(metrics, step=step)
-            print(format_step_line(step, self.config.trainer.steps, metrics), flush=True)
+            if self.progress is not None:
+                self.progress.step_done(step, metrics)
+            else:
+                print(format_step_line(step, self.config.trainer.steps, metrics), flush=True)
         if self.ray_metrics is not None:
             self.ray_metrics.record_step(metrics)
         every = self.config.tracking.sample_grid_every
