@@ -295,18 +295,23 @@ class CriticLearner:
         return metrics
 
     def get_weights(self) -> dict[str, torch.Tensor]:
-        """CPU tensors by Hugging Face parameter name, for ``CriticRolloutActor.set_weights``.
+        """CPU tensors by Hugging Face name: the model's full ``state_dict()``, for ``CriticRolloutActor.set_weights``.
 
-        Full fine-tune: every parameter of the model. LoRA: only the adapted linear weights, each merged
-        (W + α/r · B·A), under the base model's own names — the engine loads them like any checkpoint shard and
-        never needs to know about adapters; the untouched weights are not sent.
+        With LoRA the adapters are merged (W + α/r · B·A) into the base weights they adapt and every tensor keeps
+        the base model's own name, so the engine loads a plain checkpoint and never needs to know about
+        adapters. The rollout actor accepts only the complete parameter set (a partial load could leave a
+        replica with mixed weights), so the untouched weights travel too.
         """
         if self.peft_model is None:
-            return detach_state(dict(self.model.named_parameters()))
+            return detach_state(self.model.state_dict())
         from peft.tuners.lora import LoraLayer
 
         merged: dict[str, torch.Tensor] = {}
         with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                if ".lora_" in name:
+                    continue
+                merged[name.replace(".base_layer.", ".")] = tensor
             for name, module in self.model.named_modules():
                 if isinstance(module, LoraLayer) and _ADAPTER in module.lora_A:
                     base = module.get_base_layer().weight

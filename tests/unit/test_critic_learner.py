@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from critic_actor.grammar import build_critic_messages, parse_critique
 from critic_actor.model import load_critic, vision_special_token_ids
 from learner.config import CriticLearnerConfig, LoraConfig
-from learner.critic_learner import CriticLearner, critic_advantages
+from learner.critic_learner import LANGUAGE_MODEL_LINEAR_LAYERS, CriticLearner, critic_advantages
 from learner.grpo import token_log_probs
 from rollout.types import Critique, CriticGroup, CritiqueReward
 
@@ -189,13 +191,14 @@ def test_lora_reference_is_the_base_model_and_weights_are_merged(tiny):
     learner.update([CriticGroup(task_id="photo-0", critiques=critiques, rewards=rewards,
                                 advantages=np.zeros(3, np.float32))], prepared)
     weights = learner.get_weights()
-    # Only the adapted language-model linears are sent, under the base model's own names.
-    assert len(weights) == 2 * 7 and all(name.startswith("model.language_model.layers.") for name in weights)
-    base = dict(model.named_parameters())
-    assert any(not torch.allclose(weights[name], base[name]) for name in weights)
+    # The full parameter set under the base model's own names; only the adapted linears changed.
+    base = model.state_dict()
+    assert set(weights) == set(base)
+    changed = {name for name in weights if not torch.equal(weights[name], base[name])}
+    assert changed and all(re.fullmatch(LANGUAGE_MODEL_LINEAR_LAYERS + r"\.weight", name) for name in changed)
     # Loading the merged weights into a plain copy of the base model reproduces the learner's log-probs.
     merged_learner = make_learner(path, kl_coef=0.0)
-    merged_learner.model.load_state_dict(weights, strict=False)
+    merged_learner.model.load_state_dict(weights)
     after = learner.prepare(critiques)
     merged = merged_learner.prepare(critiques)
     for c in critiques:
