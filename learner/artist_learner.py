@@ -33,9 +33,15 @@ from learner.lora import (SAMPLING_ADAPTER, TRAINED_ADAPTER, active_adapter, ada
 from learner.nft import (DiffusionNFTLoss, low_variance_groups, old_policy_decay, optimality_probabilities,
                          select_training_timesteps)
 from learner.optim import build_adamw, clip_and_step
+from learner.state import load_optimizer, load_tensors, save_optimizer, save_tensors
 from rollout.types import ArtistGroup, ImageHandle
 
 logger = logging.getLogger(__name__)
+
+ADAPTERS_FILE = "artist_adapters.safetensors"
+"""Checkpoint file of the trained, sampling and EMA adapter tensors."""
+OPTIMIZER_FILE = "artist_optimizer.safetensors"
+"""Checkpoint file of the AdamW moments."""
 
 
 def resolve_handle(handle: ImageHandle, what: str) -> np.ndarray:
@@ -288,8 +294,37 @@ class ArtistLearner:
         load_adapter_state(self.transformer, TRAINED_ADAPTER, state["trained"])
         load_adapter_state(self.transformer, SAMPLING_ADAPTER, state["sampling"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # A copy: the next step must not update the caller's state in place.
+        self.optimizer.load_state_dict(_to_cpu(state["optimizer"]))
         self.step, self.version = int(state["step"]), int(state["version"])
+
+    def save_state(self, directory: str | Path) -> Path:
+        """Write ``artist_adapters.safetensors`` (trained/, sampling/, ema/ tensors; step and version in the
+        metadata) and ``artist_optimizer.safetensors`` into ``directory``."""
+        directory = Path(directory)
+        tensors = {f"{part}/{name}": value for part, values in (
+            ("trained", adapter_state(self.transformer, TRAINED_ADAPTER)),
+            ("sampling", adapter_state(self.transformer, SAMPLING_ADAPTER)),
+            ("ema", self.ema.state_dict())) for name, value in values.items()}
+        save_tensors(directory / ADAPTERS_FILE, tensors, {"step": str(self.step), "version": str(self.version)})
+        save_optimizer(directory / OPTIMIZER_FILE, self.optimizer)
+        return directory
+
+    def load_state(self, directory: str | Path) -> None:
+        """Restore what :meth:`save_state` wrote (same model and LoRA config)."""
+        directory = Path(directory)
+        tensors, metadata = load_tensors(directory / ADAPTERS_FILE)
+        parts: dict[str, dict[str, torch.Tensor]] = {"trained": {}, "sampling": {}, "ema": {}}
+        for key, value in tensors.items():
+            part, _, name = key.partition("/")
+            if part not in parts:
+                raise KeyError(f"{directory / ADAPTERS_FILE}: unexpected tensor {key!r}")
+            parts[part][name] = value
+        load_adapter_state(self.transformer, TRAINED_ADAPTER, parts["trained"])
+        load_adapter_state(self.transformer, SAMPLING_ADAPTER, parts["sampling"])
+        self.ema.load_state_dict(parts["ema"])
+        load_optimizer(directory / OPTIMIZER_FILE, self.optimizer)
+        self.step, self.version = int(metadata["step"]), int(metadata["version"])
 
 
 def _to_cpu(value: Any) -> Any:

@@ -122,17 +122,21 @@ def test_only_the_unmasked_group_is_trained_on(artist_dir, make_groups):
     assert [g.valid for g in groups] == [False, True]
 
 
-def test_state_round_trip_resumes_identically(artist_dir, make_groups):
+def test_state_round_trip_resumes_identically(artist_dir, make_groups, tmp_path):
     first = ArtistLearner(artist_dir, _config(), ARTIST, seed=3)
     first.update(make_groups(seed=1))
     resumed = ArtistLearner(artist_dir, _config(), ARTIST, seed=3)
     resumed.set_state(first.get_state())
-    assert (resumed.step, resumed.version) == (1, 1)
-    metrics_a = first.update(make_groups(seed=2))
-    metrics_b = resumed.update(make_groups(seed=2))
-    assert metrics_a["nft/loss"] == pytest.approx(metrics_b["nft/loss"], rel=1e-6)
-    (_, weights_a), (_, weights_b) = first.get_sampler_weights(), resumed.get_sampler_weights()
-    assert all(torch.allclose(weights_a[name], weights_b[name], atol=1e-7) for name in weights_a)
+    from_disk = ArtistLearner(artist_dir, _config(), ARTIST, seed=3)
+    from_disk.load_state(first.save_state(tmp_path / "checkpoint"))
+    assert (resumed.step, resumed.version) == (from_disk.step, from_disk.version) == (1, 1)
+    metrics = [learner.update(make_groups(seed=2)) for learner in (first, resumed, from_disk)]
+    assert metrics[0]["nft/loss"] == pytest.approx(metrics[1]["nft/loss"], rel=1e-6)
+    assert metrics[0]["nft/loss"] == pytest.approx(metrics[2]["nft/loss"], rel=1e-6)
+    weights_a = first.get_sampler_weights()[1]
+    for other in (resumed, from_disk):
+        weights_b = other.get_sampler_weights()[1]
+        assert all(torch.allclose(weights_a[name], weights_b[name], atol=1e-7) for name in weights_a)
     _, ema = first.get_ema_weights()
     assert set(ema) == set(weights_a)
 
