@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                       optimality=np.zeros(len(edits), np.float32)))
         mean_reward = float(np.mean(np.concatenate([g.rewards for g in groups])))
         metrics = learner.update(groups)
-        update_times.append(metrics["nft/update_s"])
+        update_times.append(metrics["time/learner/artist_update_s"])
         started = time.perf_counter()
         version, weights = learner.get_sampler_weights()
         sampler.set_weights(version, weights)

@@ -116,13 +116,13 @@ class ArtistLearner:
 
     # ----------------------------------------------------------------------------------------- update
     def update(self, groups: Sequence[ArtistGroup]) -> dict[str, float]:
-        """One DiffusionNFT optimizer step on the edits of ``groups``; returns ``nft/*`` metrics.
+        """One DiffusionNFT optimizer step on the edits of ``groups``; returns ``learner/nft/*`` metrics.
 
         The incoming ``optimality`` fields are recomputed here from the raw rewards (per-group mean, global
         std, clip ``adv_clip_max``) and written back into the groups; groups with ``valid=False`` (and, when
         ``mask_std_threshold`` > 0, groups whose rewards barely vary) count for the std but are not trained
         on. An update with non-finite rewards, nothing to train on, or non-finite gradients is skipped and
-        reported (``nft/skipped`` = 1); the weights and the published version stay as they were.
+        reported (``learner/nft/skipped`` = 1); the weights and the published version stay as they were.
         """
         started = time.perf_counter()
         edits = [(g_index, edit, reward) for g_index, group in enumerate(groups)
@@ -145,10 +145,10 @@ class ArtistLearner:
         prepared = self._prepare_conditioning(groups, sorted({g for (g, _, _), m in zip(edits, masked) if not m}))
         samples = [self._training_sample(edit, float(r), g_index)
                    for (g_index, edit, _), r, m in zip(edits, optimality, masked) if not m]
-        stats = {"nft/reward_mean": float(rewards.mean()), "nft/reward_std": float(rewards.std()),
-                 "nft/r_mean": float(optimality.mean()), "nft/r_std": float(optimality.std()),
-                 "nft/r_min": float(optimality.min()), "nft/r_max": float(optimality.max()),
-                 "nft/masked_fraction": float(masked.mean()), "nft/num_samples": float(len(samples))}
+        stats = {"learner/nft/reward_mean": float(rewards.mean()), "learner/nft/reward_std": float(rewards.std()),
+                 "learner/nft/r_mean": float(optimality.mean()), "learner/nft/r_std": float(optimality.std()),
+                 "learner/nft/r_min": float(optimality.min()), "learner/nft/r_max": float(optimality.max()),
+                 "learner/nft/masked_fraction": float(masked.mean()), "learner/nft/num_samples": float(len(samples))}
         if not samples:
             return {**self._skipped("every group is masked", started), **stats}
 
@@ -161,9 +161,9 @@ class ArtistLearner:
         old_decay = old_policy_decay(self.step, self.config.old_decay_type)
         soft_update_adapter(self.transformer, source=TRAINED_ADAPTER, target=SAMPLING_ADAPTER, decay=old_decay)
         self.version += 1
-        return {**stats, **losses, "nft/grad_norm": outcome.grad_norm, "nft/old_decay": old_decay,
-                "nft/ema_decay": ema_decay, "nft/step": float(self.step), "nft/version": float(self.version),
-                "nft/skipped": 0.0, "nft/update_s": time.perf_counter() - started}
+        return {**stats, **losses, "learner/nft/grad_norm": outcome.grad_norm, "learner/nft/old_decay": old_decay,
+                "learner/nft/ema_decay": ema_decay, "learner/nft/step": float(self.step), "learner/nft/version": float(self.version),
+                "learner/nft/skipped": 0.0, "time/learner/artist_update_s": time.perf_counter() - started}
 
     def _group_key(self, group: ArtistGroup) -> tuple:
         return (group.task_id,) if self.config.group_by == "photo" else (group.task_id, group.critique_index)
@@ -179,8 +179,8 @@ class ArtistLearner:
 
     def _skipped(self, reason: str, started: float) -> dict[str, float]:
         logger.warning("artist update skipped at step %d: %s; weights and version unchanged", self.step, reason)
-        return {"nft/skipped": 1.0, "nft/step": float(self.step), "nft/version": float(self.version),
-                "nft/update_s": time.perf_counter() - started}
+        return {"learner/nft/skipped": 1.0, "learner/nft/step": float(self.step), "learner/nft/version": float(self.version),
+                "time/learner/artist_update_s": time.perf_counter() - started}
 
     def _prepare_conditioning(self, groups: Sequence[ArtistGroup], indices: Sequence[int]) -> dict[int, tuple]:
         """Per trained group: (H_c array, its mask, packed-grid condition latents ``[1, C, h, w]``)."""
@@ -227,8 +227,8 @@ class ArtistLearner:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
         device, dtype = self.artist.device, self.artist.dtype
         batches = self._micro_batches(samples, prepared)
-        totals = {"nft/loss": 0.0, "nft/policy_loss": 0.0, "nft/kl_loss": 0.0,
-                  "nft/positive_loss": 0.0, "nft/negative_loss": 0.0}
+        totals = {"learner/nft/loss": 0.0, "learner/nft/policy_loss": 0.0, "learner/nft/kl_loss": 0.0,
+                  "learner/nft/positive_loss": 0.0, "learner/nft/negative_loss": 0.0}
         for members in batches:
             items = [samples[i] for i in members]
             hidden = [prepared[s.group_index][0] for s in items]
@@ -261,9 +261,9 @@ class ArtistLearner:
                 v_theta = predict_velocity(self.transformer, xt, t, cond)
                 terms = self.loss_fn(x0=x0, xt=xt, t=t, v_theta=v_theta, v_old=v_old, optimality=r, v_ref=v_ref)
                 (terms.loss * scale).backward()
-                for key, value in (("nft/loss", terms.loss), ("nft/policy_loss", terms.policy_loss),
-                                   ("nft/kl_loss", terms.kl_loss), ("nft/positive_loss", terms.positive_loss.mean()),
-                                   ("nft/negative_loss", terms.negative_loss.mean())):
+                for key, value in (("learner/nft/loss", terms.loss), ("learner/nft/policy_loss", terms.policy_loss),
+                                   ("learner/nft/kl_loss", terms.kl_loss), ("learner/nft/positive_loss", terms.positive_loss.mean()),
+                                   ("learner/nft/negative_loss", terms.negative_loss.mean())):
                     totals[key] += float(value.detach()) * scale
         if not all(math.isfinite(v) for v in totals.values()):
             logger.warning("non-finite NFT loss terms at step %d: %s", self.step, totals)

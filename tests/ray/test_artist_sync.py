@@ -80,7 +80,7 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
                                       condition_image=task.input, edits=edits,
                                       rewards=np.asarray(rewards, np.float32), optimality=np.zeros(K, np.float32)))
         metrics = ray.get(learner.update.remote(groups), timeout=300)
-        assert metrics["nft/skipped"] == 0.0 and metrics["nft/version"] == 1.0
+        assert metrics["learner/nft/skipped"] == 0.0 and metrics["learner/nft/version"] == 1.0
 
         started = time.perf_counter()
         version, weights = ray.get(learner.get_sampler_weights.remote(), timeout=60)
@@ -88,7 +88,7 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
         sync_s = time.perf_counter() - started
         sync_bytes = sum(t.numel() * t.element_size() for t in weights.values())
         print(f"artist sync: {len(weights)} tensors, {sync_bytes} bytes, {sync_s * 1000:.1f} ms, "
-              f"update {metrics['nft/update_s']:.2f} s")
+              f"update {metrics['time/learner/artist_update_s']:.2f} s")
         assert version == 1 and samplers.policy_versions() == [1]
         assert sync_bytes == info["sync_bytes"]
 

@@ -75,12 +75,12 @@ def test_one_update_trains_default_and_soft_updates_the_published_old_adapter(ar
     groups = make_groups()
     metrics = learner.update(groups)
 
-    assert metrics["nft/skipped"] == 0.0 and metrics["nft/version"] == 1.0 and metrics["nft/step"] == 1.0
-    for key in ("nft/loss", "nft/policy_loss", "nft/kl_loss", "nft/grad_norm", "nft/r_mean", "nft/r_std"):
+    assert metrics["learner/nft/skipped"] == 0.0 and metrics["learner/nft/version"] == 1.0 and metrics["learner/nft/step"] == 1.0
+    for key in ("learner/nft/loss", "learner/nft/policy_loss", "learner/nft/kl_loss", "learner/nft/grad_norm", "learner/nft/r_mean", "learner/nft/r_std"):
         assert np.isfinite(metrics[key]), key
-    assert metrics["nft/grad_norm"] > 0 and metrics["nft/old_decay"] == pytest.approx(0.001)
+    assert metrics["learner/nft/grad_norm"] > 0 and metrics["learner/nft/old_decay"] == pytest.approx(0.001)
     # θ = old at the first step: v⁺ = v⁻ = v_old, so ℓ⁺ = ℓ⁻ and the policy loss is 5·mean(ℓ) whatever r is.
-    assert metrics["nft/positive_loss"] == pytest.approx(metrics["nft/negative_loss"], rel=1e-5)
+    assert metrics["learner/nft/positive_loss"] == pytest.approx(metrics["learner/nft/negative_loss"], rel=1e-5)
 
     state = learner.get_state()
     version, after = learner.get_sampler_weights()
@@ -101,14 +101,14 @@ def test_masked_groups_and_bad_rewards_skip_the_step_without_touching_weights(ar
     _, before = learner.get_sampler_weights()
     flat = make_groups(rewards=[[0.5, 0.5, 0.5], [0.2, 0.2, 0.21]])
     metrics = learner.update(flat)
-    assert metrics["nft/skipped"] == 1.0 and metrics["nft/masked_fraction"] == 1.0
+    assert metrics["learner/nft/skipped"] == 1.0 and metrics["learner/nft/masked_fraction"] == 1.0
     assert [g.valid for g in flat] == [False, False]
     invalid = make_groups()
     for group in invalid:
         group.valid = False
-    assert learner.update(invalid)["nft/skipped"] == 1.0
+    assert learner.update(invalid)["learner/nft/skipped"] == 1.0
     broken = make_groups(rewards=[[0.1, float("nan"), 0.3], [0.2, 0.4, 0.6]])
-    assert learner.update(broken)["nft/skipped"] == 1.0
+    assert learner.update(broken)["learner/nft/skipped"] == 1.0
     version, after = learner.get_sampler_weights()
     assert version == 0 and learner.step == 0
     assert all(torch.equal(after[name], before[name]) for name in before)
@@ -118,7 +118,7 @@ def test_only_the_unmasked_group_is_trained_on(artist_dir, make_groups):
     learner = ArtistLearner(artist_dir, _config(mask_std_threshold=0.05), ARTIST)
     groups = make_groups(rewards=[[0.5, 0.5, 0.5], [0.1, 0.5, 0.9]])
     metrics = learner.update(groups)
-    assert metrics["nft/skipped"] == 0.0 and metrics["nft/num_samples"] == 3.0
+    assert metrics["learner/nft/skipped"] == 0.0 and metrics["learner/nft/num_samples"] == 3.0
     assert [g.valid for g in groups] == [False, True]
 
 
@@ -131,8 +131,8 @@ def test_state_round_trip_resumes_identically(artist_dir, make_groups, tmp_path)
     from_disk.load_state(first.save_state(tmp_path / "checkpoint"))
     assert (resumed.step, resumed.version) == (from_disk.step, from_disk.version) == (1, 1)
     metrics = [learner.update(make_groups(seed=2)) for learner in (first, resumed, from_disk)]
-    assert metrics[0]["nft/loss"] == pytest.approx(metrics[1]["nft/loss"], rel=1e-6)
-    assert metrics[0]["nft/loss"] == pytest.approx(metrics[2]["nft/loss"], rel=1e-6)
+    assert metrics[0]["learner/nft/loss"] == pytest.approx(metrics[1]["learner/nft/loss"], rel=1e-6)
+    assert metrics[0]["learner/nft/loss"] == pytest.approx(metrics[2]["learner/nft/loss"], rel=1e-6)
     weights_a = first.get_sampler_weights()[1]
     for other in (resumed, from_disk):
         weights_b = other.get_sampler_weights()[1]
@@ -150,7 +150,7 @@ def test_bad_latents_are_rejected_with_a_clear_message(artist_dir, make_groups):
     # A full-size photo is resized to the artist resolution exactly as the samplers do, then trained on.
     groups = make_groups(num_groups=1)
     groups[0].condition_image = np.zeros((96, 96, 3), np.uint8)
-    assert learner.update(groups)["nft/skipped"] == 0.0
+    assert learner.update(groups)["learner/nft/skipped"] == 0.0
     groups = make_groups(num_groups=1)
     groups[0].condition_image = np.zeros((32, 64, 3), np.uint8)  # another aspect ratio: another latent grid
     with pytest.raises(ValueError, match="condition_image"):

@@ -30,7 +30,7 @@ def test_mean_reward_rises_clearly_above_its_start(embedded_models):
     assert summary["event"] == "summary"
     iterations = [line for line in lines if "iteration" in line]
     assert [line["served_version"] for line in iterations] == list(range(30))  # every sync reached the sampler
-    assert all(line["nft/skipped"] == 0.0 for line in iterations)
+    assert all(line["learner/nft/skipped"] == 0.0 for line in iterations)
     # Reward = −|ΔL*|/10. Measured at this seed: −0.391 over the first 5 iterations, −0.290 over the last 5
     # (iteration-to-iteration std 0.018); require half of that gain.
     assert summary["last_mean_reward"] > summary["first_mean_reward"] + 0.05, summary
