@@ -44,7 +44,7 @@ def peft_lora_config(config: LoraConfig, default_targets: Sequence[str] = DIT_AT
 def attach_nft_adapters(model: nn.Module, config: LoraConfig) -> nn.Module:
     """Inject the trained and sampling adapters into ``model`` in place; return it.
 
-    The base weights are frozen, the sampling adapter starts as an exact copy of the trained one (so the first
+    The base weights are frozen, the adapters are kept in float32 whatever the base dtype, the sampling adapter starts as an exact copy of the trained one (so the first
     rollouts come from the base model plus a zero update), and the trained adapter is the active, trainable one.
     """
     import warnings
@@ -64,6 +64,11 @@ def attach_nft_adapters(model: nn.Module, config: LoraConfig) -> nn.Module:
     except ValueError as error:
         raise ValueError(f"could not place LoRA on target modules {list(peft_config.target_modules)}: "
                          f"{error}") from error
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    for adapter in (TRAINED_ADAPTER, SAMPLING_ADAPTER):
+        # A bf16 DiT gets float32 adapters: AdamW steps of ~lr·1 on bf16 weights would mostly round away.
+        cast_adapter_dtype(model, adapter, autocast_adapter_dtype=True)
     for param in model.parameters():
         param.requires_grad_(False)
     soft_update_adapter(model, source=TRAINED_ADAPTER, target=SAMPLING_ADAPTER, decay=0.0)

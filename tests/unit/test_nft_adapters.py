@@ -119,6 +119,16 @@ def test_adapter_state_loads_through_peft_into_a_fresh_model(dit):
         load_adapter_state(receiver, SAMPLING_ADAPTER, dict(list(state.items())[1:]))
 
 
+def test_bf16_model_gets_float32_adapters_that_train():
+    model = attach_nft_adapters(_tiny_dit().to(torch.bfloat16), LoraConfig(rank=4, alpha=8.0))
+    params = adapter_parameters(model, TRAINED_ADAPTER)
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    inputs = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in _inputs().items()}
+    model(**inputs)[0].float().square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
+
+
 def test_attach_refuses_disabled_lora_and_unknown_targets():
     with pytest.raises(ValueError, match="enabled"):
         attach_nft_adapters(_tiny_dit(), LoraConfig(enabled=False))
