@@ -2,9 +2,10 @@
 
 A checkpoint is ``<run_dir>/checkpoints/step_<N>/`` holding
 
-- ``critic_learner.{safetensors,json}`` and ``artist_learner.{safetensors,json}``: each learner's state tree
-  (weights or adapters, optimizer moments, EMA/old adapters, step, version), written by the learner actor itself
-  so weights never pass through the controller;
+- ``critic_model.safetensors`` + ``critic_optimizer.safetensors`` and ``artist_adapters.safetensors`` (trained,
+  sampling "old" and EMA adapters) + ``artist_optimizer.safetensors``, each learner's RNG states
+  (``*_learner_rng.{safetensors,json}``): written by the learner actors themselves so weights never pass
+  through the controller;
 - ``controller.json``: step, policy versions, data cursor, RNG states, MLflow run id, resolved config;
 - ``manifest.json``: written LAST, listing every file with its size and SHA-256. A directory without a valid
   manifest is incomplete (a crash mid-write) and is never loaded.

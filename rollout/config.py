@@ -258,3 +258,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def dump_config(config: TrainConfig) -> str:
     """The resolved config as YAML (every field, defaults included)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config_or_report(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig | None:
+    """:func:`load_config` for command-line entry points: on error, print one line per problem to stderr
+    (``<file>: <yaml.path>: <problem>``) and return None so the caller exits non-zero."""
+    import sys
+
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"{exc.source}: {line}", file=sys.stderr)
+        return None

@@ -7,7 +7,8 @@ Owns the actor-side glue that keeps weights and hidden states out of the control
   is an ObjectRef the samplers fetch directly;
 - weights for sync are put into the object store by the learner and handed out as ObjectRefs;
 - checkpoints are written by the learner process itself into the checkpoint directory (shared storage on a
-  cluster), including the torch RNG state so a resumed CPU run reproduces the uninterrupted one;
+  cluster) with the learner's own ``save_state`` files, plus the process's RNG states so a resumed CPU run
+  reproduces the uninterrupted one;
 - compute time inside each call is reported, so the controller can measure its own orchestration overhead.
 
 The learning math stays in ``learner/``; this module only wraps it.
@@ -46,8 +47,30 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
 
 
-class CriticLearnerActor(CriticLearner):
+class CheckpointedLearner:
+    """Checkpoint I/O for a learner actor: the learner's own ``save_state`` files (weights or adapters,
+    optimizer, version) plus this process's RNG states as ``<checkpoint_name>_rng``, written by the learner
+    process itself into the checkpoint directory."""
+
+    checkpoint_name = ""
+
+    def save_checkpoint(self, directory: str) -> None:
+        from rollout.checkpoint import save_state_tree
+
+        self.save_state(directory)
+        save_state_tree(_rng_state(), directory, f"{self.checkpoint_name}_rng")
+
+    def load_checkpoint(self, directory: str) -> None:
+        from rollout.checkpoint import load_state_tree
+
+        self.load_state(directory)
+        _set_rng_state(load_state_tree(directory, f"{self.checkpoint_name}_rng"))
+
+
+class CriticLearnerActor(CheckpointedLearner, CriticLearner):
     """``CriticLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
+
+    checkpoint_name = "critic_learner"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -89,22 +112,11 @@ class CriticLearnerActor(CriticLearner):
         weights = self.get_weights()
         return self.policy_version, ray.put(weights), state_checksum(weights)
 
-    def save_checkpoint(self, directory: str, name: str = "critic_learner") -> list[str]:
-        from rollout.checkpoint import save_state_tree
 
-        return save_state_tree({"learner": self.get_state(), "rng": _rng_state()}, directory, name)
-
-    def load_checkpoint(self, directory: str, name: str = "critic_learner") -> int:
-        from rollout.checkpoint import load_state_tree
-
-        tree = load_state_tree(directory, name)
-        self.set_state(tree["learner"])
-        _set_rng_state(tree["rng"])
-        return self.policy_version
-
-
-class ArtistLearnerActor(ArtistLearner):
+class ArtistLearnerActor(CheckpointedLearner, ArtistLearner):
     """``ArtistLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
+
+    checkpoint_name = "artist_learner"
 
     def update_timed(self, groups) -> dict[str, float]:
         start = time.perf_counter()
@@ -122,16 +134,3 @@ class ArtistLearnerActor(ArtistLearner):
         version, tensors = self.get_sampler_weights()
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return version, ray.put(tensors), nbytes
-
-    def save_checkpoint(self, directory: str, name: str = "artist_learner") -> list[str]:
-        from rollout.checkpoint import save_state_tree
-
-        return save_state_tree({"learner": self.get_state(), "rng": _rng_state()}, directory, name)
-
-    def load_checkpoint(self, directory: str, name: str = "artist_learner") -> int:
-        from rollout.checkpoint import load_state_tree
-
-        tree = load_state_tree(directory, name)
-        self.set_state(tree["learner"])
-        _set_rng_state(tree["rng"])
-        return self.version

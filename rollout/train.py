@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from rollout.config import ConfigError, TrainConfig, dump_config, load_config
+from rollout.config import TrainConfig, dump_config, load_config_or_report
 from rollout.env import apply_runtime_defaults
 
 
@@ -27,11 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(f"{exc.source}: {line}", file=sys.stderr)
+    config = load_config_or_report(args.config, args.overrides)
+    if config is None:
         return 1
     return train(config, config_source=args.config or "configs/embedded.yaml")
 

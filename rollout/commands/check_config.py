@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rollout.config import ConfigError, dump_config, load_config
+from rollout.config import dump_config, load_config_or_report
 from rollout.placement import plan_resources
 
 
@@ -21,11 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(f"{exc.source}: {line}", file=sys.stderr)
+    config = load_config_or_report(args.config, args.overrides)
+    if config is None:
         return 1
     plan = plan_resources(config)
     if not args.quiet:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rollout.config import ConfigError, load_config
+from rollout.config import load_config_or_report
 
 # Overrides that would make the resumed run a different run than the checkpoint's.
 _IDENTITY_KEYS = ("critic.model", "artist.model", "data.", "trainer.seed", "trainer.batch_size", "learner.")
@@ -38,10 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         print(f"cannot change {', '.join(bad)} when resuming: it would no longer be the same run", file=sys.stderr)
         return 1
-    try:
-        config = load_config(run_dir / "config.yaml", args.overrides)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(f"{exc.source}: {line}", file=sys.stderr)
+    config = load_config_or_report(run_dir / "config.yaml", args.overrides)
+    if config is None:
         return 1
     return train(config, config_source=str(run_dir / "config.yaml"), resume_dir=run_dir)
