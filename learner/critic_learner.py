@@ -213,12 +213,19 @@ class CriticLearner:
         Advantages are recomputed here from the rewards with this learner's knobs (overlong shaping, std
         normalisation, zero-variance filtering), so one place decides them; :func:`critic_advantages` gives
         the controller the same numbers for logging. A step with non-finite loss or gradients is skipped and
-        reported (``learner/grpo/step_applied`` = 0), weights untouched.
+        reported (``learner/grpo/step_applied`` = 0), weights untouched; so is a step whose rewards contain
+        NaN/inf (``learner/grpo/nonfinite_reward_groups`` counts the groups that had them).
         """
         started = time.perf_counter()
         if prepared.critic_version != self.policy_version:
             raise ValueError(f"update: prepared batch was computed at critic version {prepared.critic_version} "
                              f"but the learner is at {self.policy_version}; run prepare again on these critiques")
+        unscorable = [g.task_id for g in groups if not all(np.isfinite(r.total) for r in g.rewards)]
+        if unscorable:
+            # A NaN/inf reward would poison every advantage of its group: skip the step, keep the weights.
+            return {"learner/grpo/step_applied": 0.0, "learner/grpo/nonfinite_reward_groups": float(len(unscorable)),
+                    "learner/grpo/groups_total": float(len(groups)),
+                    "time/learner/critic_update_s": time.perf_counter() - started}
         advantages, kept = critic_advantages(groups, self.config, self.max_new_tokens)
         items: list[tuple[Critique, float]] = []
         for group, group_adv, keep in zip(groups, advantages, kept):

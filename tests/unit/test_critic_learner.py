@@ -157,6 +157,22 @@ def test_zero_variance_groups_are_filtered_and_a_fully_filtered_step_is_skipped(
         assert torch.equal(tensor, weights[name]), name
 
 
+def test_a_nan_reward_skips_the_step_and_reports_it(tiny):
+    path, model, processor = tiny
+    critiques, _ = generate_critiques(model, processor, [photo(10)], group_size=2, max_new_tokens=6,
+                                      do_sample=True, seed=4)
+    learner = make_learner(path, kl_coef=0.0)
+    prepared = learner.prepare(critiques)
+    rewards = [CritiqueReward(task_id="photo-0", critique_index=c.index, total=[1.0, float("nan")][c.index],
+                              format=1.0, rank=0.0, suggestion=0.0) for c in critiques]
+    weights = learner.get_weights()
+    metrics = learner.update([CriticGroup(task_id="photo-0", critiques=critiques, rewards=rewards,
+                                          advantages=np.zeros(2, np.float32))], prepared)
+    assert metrics["learner/grpo/step_applied"] == 0.0 and metrics["learner/grpo/nonfinite_reward_groups"] == 1.0
+    assert learner.policy_version == 0
+    assert all(torch.equal(t, weights[n]) for n, t in learner.get_weights().items())
+
+
 def test_overlong_shaping_changes_advantages():
     config = CriticLearnerConfig(overlong_buffer=4, overlong_penalty=1.0)
 
