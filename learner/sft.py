@@ -291,6 +291,8 @@ class ArtistSFT:
     def save(self, out_dir: str | Path) -> Path:
         """Write a complete artist directory: the trained DiT, and the base's VAE, scheduler and codec file."""
         out = Path(out_dir)
+        if out.resolve() == self.source.resolve():
+            raise ValueError(f"artist SFT output {out} is the directory it was loaded from; write elsewhere")
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(self.source, out, ignore=shutil.ignore_patterns("transformer"))
