@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -87,8 +86,8 @@ class Components:
         self.critic_path, self.artist_path = critic_path, artist_path
         self.data = RemoteTaskSource(config)
         restarts = config.cluster.actor_max_restarts
+        self._actor_seconds: dict[str, float] = {}
         timeout = config.trainer.sync_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlap")
 
         # Learners first: they are the source of truth for weights. STRICT_PACK keeps each learner's GPUs on
         # one node. They do not restart in place; the controller restores them from the last checkpoint.
@@ -126,14 +125,11 @@ class Components:
     def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
         return self.critic_rollout.generate(tasks, n=n, step=step)
 
-    def generate_async(self, tasks: list[PhotoTask], n: int, step: int) -> Future:
-        return self._executor.submit(self.generate, tasks, n, step)
-
     def prepare(self, critiques: list[Critique]):
         import ray
 
         conditionings, metrics = ray.get(self.critic_learner.prepare_for_update.remote(critiques))
-        self._actor_seconds = {"time/actor/prepare_s": metrics.pop("time/actor/prepare_s", 0.0)}
+        self._actor_seconds["time/actor/prepare_s"] = metrics.pop("time/actor/prepare_s", 0.0)
         return conditionings, metrics
 
     def sample(self, tasks, critiques, conditionings, k: int, step: int) -> list[Edit]:
@@ -167,18 +163,23 @@ class Components:
         return ([edit_rewards[(e.task_id, e.critique_index, e.edit_index)] for e in edits],
                 [critique_rewards[(c.task_id, c.index)] for c in critiques])
 
-    def update(self, critic_groups, artist_groups, *, train_critic: bool, train_artist: bool) -> dict[str, float]:
-        """Both learners update concurrently (two optimizers, one loop)."""
+    def launch_updates(self, critic_groups, artist_groups, *, train_critic: bool, train_artist: bool):
+        """Start both learners' updates concurrently (two optimizers, one loop); returns their ObjectRefs
+        (None for a learner that is frozen or has nothing to learn from this step)."""
+        critic_call = artist_call = None
+        if train_critic and critic_groups:
+            critic_call = self.critic_learner.update_prepared.remote(critic_groups)
+        if train_artist and artist_groups:
+            artist_call = self.artist_learner.update_timed.remote(artist_groups)
+        return critic_call, artist_call
+
+    def finish_update(self, call) -> dict[str, float]:
+        """Wait for an update started by :meth:`launch_updates`; its metrics (compute time kept aside)."""
         import ray
 
-        calls = []
-        if train_critic and critic_groups:
-            calls.append(self.critic_learner.update_prepared.remote(critic_groups))
-        if train_artist and artist_groups:
-            calls.append(self.artist_learner.update_timed.remote(artist_groups))
-        metrics: dict[str, float] = {}
-        for part in ray.get(calls):
-            metrics.update(part)
+        if call is None:
+            return {}
+        metrics = dict(ray.get(call))
         for key in [k for k in metrics if k.startswith("time/actor/")]:
             self._actor_seconds[key] = metrics.pop(key)
         return metrics
@@ -193,7 +194,7 @@ class Components:
 
     def actor_seconds(self) -> dict[str, float]:
         """Compute time spent inside actors this step (for the orchestration-overhead figure)."""
-        return dict(getattr(self, "_actor_seconds", {}))
+        return dict(self._actor_seconds)
 
     # ------------------------------------------------------------------------------------ weights
     def critic_learner_version(self) -> int:
@@ -245,7 +246,6 @@ class Components:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        self._executor.shutdown(wait=False, cancel_futures=True)
         for owner in (self.critic_rollout, self.artist_samplers, self.rewards):
             try:
                 owner.shutdown()

@@ -19,8 +19,9 @@ both learners and weight sync, step after step.
   weight sync: ψ → every vLLM replica · θ_old adapters → every sampler (versioned, timed, checked) ──────────┘
 ```
 
-With ``trainer.max_staleness: 1`` the critic rollouts of step k+1 are launched before step k's updates and
-run while the learners train; each record's policy version is checked against the allowed staleness.
+With ``trainer.max_staleness: 1`` the artist update of step k runs while step k+1 collects its rollouts, edits
+and rewards (the samplers then serve the artist one version behind its learner); each record's policy version is
+checked against the version its actors were told to serve, and the lag against the allowed staleness.
 
 Owns: the order of stages, grouping and advantages, stage timing, staleness checks, skipping non-finite
 steps, checkpoints and resume, and what gets logged. It must never hold model weights or images: those move
@@ -89,26 +90,24 @@ def summarise(prefix: str, values, stats=("mean", "std", "min", "max")) -> dict[
     return out
 
 
-def critic_groups(critiques: list[Critique], rewards: list[CritiqueReward], *, norm_by_std: bool,
-                  filter_zero_variance: bool) -> tuple[list[CriticGroup], float]:
-    """One GRPO group per photo; returns the groups and the fraction with zero reward variance."""
-    from learner.grpo import grpo_advantages
+def critic_groups(critiques: list[Critique], rewards: list[CritiqueReward], learner_config,
+                  max_new_tokens: int) -> tuple[list[CriticGroup], float]:
+    """One GRPO group per photo, with the advantages the critic learner will train on (same shaping and
+    normalisation: ``learner.critic_learner.critic_advantages``); also the fraction with zero reward variance.
+    Groups the learner would drop (``filter_zero_variance_groups``) are not sent."""
+    from learner.critic_learner import critic_advantages
 
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, critique in enumerate(critiques):
         by_task[critique.task_id].append(i)
-    totals = np.asarray([r.total for r in rewards], dtype=np.float64)
-    advantages = grpo_advantages(totals, [c.task_id for c in critiques], norm_by_std=norm_by_std)
-    groups, zero_var = [], 0
-    for task_id, indices in by_task.items():
-        flat = len(indices) > 1 and float(np.ptp(totals[indices])) == 0.0
-        zero_var += flat
-        if flat and filter_zero_variance:
-            continue
-        groups.append(CriticGroup(task_id=task_id, critiques=[critiques[i] for i in indices],
-                                  rewards=[rewards[i] for i in indices],
-                                  advantages=np.asarray(advantages[indices], dtype=np.float32)))
-    return groups, zero_var / max(1, len(by_task))
+    groups = [CriticGroup(task_id=task_id, critiques=[critiques[i] for i in indices],
+                          rewards=[rewards[i] for i in indices], advantages=np.zeros(len(indices), np.float32))
+              for task_id, indices in by_task.items()]
+    advantages, kept = critic_advantages(groups, learner_config, max_new_tokens)
+    for group, values in zip(groups, advantages):
+        group.advantages = np.asarray(values, dtype=np.float32)
+    zero_var = sum(1 for g in groups if len(g.rewards) > 1 and len({r.total for r in g.rewards}) == 1)
+    return [g for g, keep in zip(groups, kept) if keep], zero_var / max(1, len(groups))
 
 
 def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edits: list[Edit],
@@ -181,7 +180,8 @@ class Controller:
         self.rng = np.random.default_rng(config.trainer.seed)
         self.rejected_total = 0
         self.nonfinite_skips = 0
-        self._pending_rollout = None  # (step, tasks, future critiques) when overlapping
+        self._pending_artist_update = None  # ObjectRef of the artist update still running (overlapped mode)
+        self._staleness = 0
         self.tracker = None
         self.ray_metrics = None
         self.components = None
@@ -254,7 +254,7 @@ class Controller:
         with timer.stage("data"):
             records = StepRecords(step=self.step, tasks=self._next_tasks())
         with timer.stage("critic_rollout"):
-            records.critiques = self._critiques_for(records)
+            records.critiques = comp.generate(records.tasks, n=cfg.critic.group_size, step=self.step)
         with timer.stage("prepare"):
             records.conditionings, agreement = comp.prepare(records.critiques)
         with timer.stage("artist_sample"):
@@ -267,29 +267,18 @@ class Controller:
             records.edit_rewards, records.critique_rewards = comp.score(records.tasks, records.critiques,
                                                                         records.edits, edit_scores)
         records.critic_groups, critic_zero = critic_groups(
-            records.critiques, records.critique_rewards, norm_by_std=cfg.learner.critic.norm_adv_by_std,
-            filter_zero_variance=cfg.learner.critic.filter_zero_variance_groups)
+            records.critiques, records.critique_rewards, cfg.learner.critic, cfg.critic.max_new_tokens)
         records.artist_groups, artist_zero = artist_groups(
             records.tasks, records.conditionings, records.edits, records.edit_rewards,
             group_by=cfg.learner.artist.group_by, adv_clip_max=cfg.learner.artist.adv_clip_max,
             mask_std_threshold=cfg.learner.artist.mask_std_threshold)
 
-        if cfg.trainer.max_staleness > 0 and self.step + 1 < cfg.trainer.steps:
-            # Overlap: step k+1's critic rollouts run on the current weights while the learners update.
-            next_tasks = self._next_tasks()
-            self._pending_rollout = (self.step + 1, next_tasks,
-                                     comp.generate_async(next_tasks, n=cfg.critic.group_size, step=self.step + 1))
-        with timer.stage("update"):
-            learner_metrics = comp.update(records.critic_groups, records.artist_groups,
-                                          train_critic=cfg.trainer.train_critic,
-                                          train_artist=cfg.trainer.train_artist)
+        learner_metrics, sync_metrics = self._update_and_sync(records, timer)
         skipped = not all(math.isfinite(v) for v in learner_metrics.values())
         if skipped:
             self.nonfinite_skips += 1
             print(f"[photocrafter] step {self.step}: non-finite loss or gradient; the learners left their "
                   f"weights untouched and the step is skipped", file=sys.stderr)
-        with timer.stage("sync"):
-            sync_metrics = self._sync_weights(force=False)
 
         step_seconds = time.perf_counter() - step_start
         metrics = {**timer.metrics(), "time/stage/step_s": step_seconds}
@@ -331,44 +320,85 @@ class Controller:
         self.rejected_total += rejected
         return tasks
 
-    def _critiques_for(self, records: StepRecords) -> list[Critique]:
-        comp, cfg = self.components, self.config
-        if self._pending_rollout is not None and self._pending_rollout[0] == records.step:
-            _, tasks, future = self._pending_rollout
-            self._pending_rollout = None
-            records.tasks = tasks
-            return future.result()
-        return comp.generate(records.tasks, n=cfg.critic.group_size, step=records.step)
-
     def _check_staleness(self, records: StepRecords) -> None:
-        allowed = self.config.trainer.max_staleness
+        """Every record must come from the version its actors were told to serve."""
         for critique in records.critiques:
-            lag = self.critic_version - critique.policy_version
-            if lag > allowed:
+            if critique.policy_version != self.critic_version:
                 raise RuntimeError(f"critique {critique.task_id}/{critique.index} was made by critic version "
-                                   f"{critique.policy_version}, {lag} behind the learner ({self.critic_version}); "
-                                   f"trainer.max_staleness is {allowed}")
+                                   f"{critique.policy_version}; the rollout replicas should serve {self.critic_version}")
         for edit in records.edits:
             if edit.artist_version != self.artist_version:
                 raise RuntimeError(f"edit {edit.task_id}/{edit.critique_index}/{edit.edit_index} came from artist "
-                                   f"version {edit.artist_version}, the samplers should serve {self.artist_version}")
-        records_staleness = max((self.critic_version - c.policy_version for c in records.critiques), default=0)
-        self._staleness = records_staleness
+                                   f"version {edit.artist_version}; the samplers should serve {self.artist_version}")
+
+    def _update_and_sync(self, records: StepRecords, timer: StageTimer) -> tuple[dict, dict]:
+        """Both updates, then weight sync.
+
+        Synchronous (``max_staleness: 0``): both learners update, then both models are synced. Overlapped
+        (``max_staleness ≥ 1``): the artist update of this step keeps running while the next step collects its
+        rollouts, edits and rewards; it is awaited (and the samplers synced) at the next step's update, so that
+        step's edits come from the artist one version behind its learner. The critic is always synced before the
+        next rollout (its learner's ``prepare`` is the next step's second stage anyway).
+        """
+        cfg, comp = self.config, self.components
+        overlap = cfg.trainer.max_staleness > 0
+        learner_metrics: dict[str, float] = {}
+        sync_metrics: dict[str, float] = {}
+        with timer.stage("update"):
+            if self._pending_artist_update is not None:
+                learner_metrics.update(comp.finish_update(self._pending_artist_update))
+                self._pending_artist_update = None
+        if overlap:
+            with timer.stage("sync"):
+                sync_metrics.update(self._sync_artist(force=False))
+        edit_versions = [e.artist_version for e in records.edits]
+        self._staleness = self.artist_version - min(edit_versions, default=self.artist_version)
+        if self._staleness > cfg.trainer.max_staleness:
+            raise RuntimeError(f"artist edits are {self._staleness} versions behind the learner; "
+                               f"trainer.max_staleness is {cfg.trainer.max_staleness}")
+        with timer.stage("update"):
+            critic_call, artist_call = comp.launch_updates(
+                records.critic_groups, records.artist_groups,
+                train_critic=cfg.trainer.train_critic, train_artist=cfg.trainer.train_artist)
+            learner_metrics.update(comp.finish_update(critic_call))
+            if overlap:
+                self._pending_artist_update = artist_call
+            else:
+                learner_metrics.update(comp.finish_update(artist_call))
+        with timer.stage("sync"):
+            sync_metrics.update(self._sync_critic(force=False))
+            if not overlap:
+                sync_metrics.update(self._sync_artist(force=False))
+        sync_metrics["policy/staleness"] = float(self._staleness)
+        return learner_metrics, sync_metrics
+
+    def flush(self) -> dict[str, float]:
+        """Finish an artist update still running (overlapped mode) and sync the samplers to it."""
+        if self._pending_artist_update is None:
+            return {}
+        metrics = self.components.finish_update(self._pending_artist_update)
+        self._pending_artist_update = None
+        metrics.update(self._sync_artist(force=False))
+        return metrics
 
     def _sync_weights(self, force: bool) -> dict[str, float]:
-        comp = self.components
-        out = {}
-        critic_version = comp.critic_learner_version()
-        if force or critic_version != self.critic_version:
-            out["sync/critic_s"] = comp.sync_critic(critic_version, timeout_s=self.config.trainer.sync_timeout_s)
-            self.critic_version = critic_version
-        artist_version = comp.artist_learner_version()
-        if force or artist_version != self.artist_version:
-            seconds, nbytes = comp.sync_artist(artist_version, timeout_s=self.config.trainer.sync_timeout_s)
-            out["sync/artist_s"], out["sync/artist_bytes"] = seconds, float(nbytes)
-            self.artist_version = artist_version
-        out["policy/staleness"] = float(getattr(self, "_staleness", 0))
-        return out
+        return {**self._sync_critic(force), **self._sync_artist(force)}
+
+    def _sync_critic(self, force: bool) -> dict[str, float]:
+        version = self.components.critic_learner_version()
+        if not force and version == self.critic_version:
+            return {}
+        seconds = self.components.sync_critic(version, timeout_s=self.config.trainer.sync_timeout_s)
+        self.critic_version = version
+        return {"sync/critic_s": seconds}
+
+    def _sync_artist(self, force: bool) -> dict[str, float]:
+        version = self.components.artist_learner_version()
+        if not force and version == self.artist_version:
+            return {}
+        seconds, nbytes = self.components.sync_artist(version, timeout_s=self.config.trainer.sync_timeout_s)
+        self.artist_version = version
+        return {"sync/artist_s": seconds, "sync/artist_bytes": float(nbytes)}
 
     def _reward_metrics(self, records: StepRecords) -> dict[str, float]:
         m: dict[str, float] = {}
@@ -414,6 +444,7 @@ class Controller:
     def checkpoint(self) -> Path:
         from rollout.checkpoint import commit_checkpoint, partial_dir, save_state_tree
 
+        self.flush()  # a checkpoint holds both learners after the same number of updates
         partial = partial_dir(self.run_dir, self.step)
         self.components.save_learners(partial)
         state = {

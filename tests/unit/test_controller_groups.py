@@ -1,0 +1,67 @@
+"""The controller's grouping: GRPO groups per photo, DiffusionNFT groups per (photo, critique)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner.config import CriticLearnerConfig
+from rollout.controller import artist_groups, critic_groups, summarise
+from rollout.types import Conditioning, Critique, CritiqueReward, Edit, EditReward, ParsedCritique, PhotoTask
+
+
+def _critique(task: str, index: int, length: int = 2) -> Critique:
+    return Critique(task_id=task, index=index, text="", prompt_token_ids=[1], completion_token_ids=[2] * length,
+                    rollout_logprobs=np.zeros(length, np.float32), finish_reason="stop", parsed=ParsedCritique(),
+                    policy_version=0)
+
+
+def _critique_reward(critique: Critique, total: float) -> CritiqueReward:
+    return CritiqueReward(task_id=critique.task_id, critique_index=critique.index, total=total, format=1.0,
+                          rank=0.0, suggestion=0.0)
+
+
+def test_critic_groups_are_per_photo_with_normalised_advantages():
+    critiques = [_critique(t, i) for t in ("a", "b") for i in range(3)]
+    rewards = [_critique_reward(c, v) for c, v in zip(critiques, [1.0, 0.0, 0.0, 0.5, 0.5, 0.5])]
+    groups, zero_fraction = critic_groups(critiques, rewards, CriticLearnerConfig(), max_new_tokens=48)
+    assert [g.task_id for g in groups] == ["a", "b"]
+    # (r - mean) / (unbiased std + 1e-6): mean 1/3, std 0.57735.
+    np.testing.assert_allclose(groups[0].advantages, [1.1547, -0.57735, -0.57735], atol=1e-4)
+    np.testing.assert_array_equal(groups[1].advantages, [0.0, 0.0, 0.0])
+    assert zero_fraction == 0.5
+    kept, _ = critic_groups(critiques, rewards, CriticLearnerConfig(filter_zero_variance_groups=True), 48)
+    assert [g.task_id for g in kept] == ["a"]
+
+
+def test_artist_groups_are_per_photo_and_critique_with_optimality_in_unit_interval():
+    tasks = [PhotoTask(task_id=t, input=np.zeros((16, 16, 3), np.uint8), target=np.zeros((16, 16, 3), np.uint8))
+             for t in ("a", "b")]
+    conditionings = [Conditioning(task_id=t, critique_index=i, hidden=np.zeros((4, 8), np.float32))
+                     for t in ("a", "b") for i in range(2)]
+    edits, rewards = [], []
+    values = iter([0.1, 0.9, 0.5, 0.5, 0.2, 0.4, 0.3, 0.3])
+    for c in conditionings:
+        for k in range(2):
+            edits.append(Edit(task_id=c.task_id, critique_index=c.critique_index, edit_index=k, seed=k, image=None,
+                              x0=np.zeros((1, 4), np.float32), sigmas=np.linspace(1, 0, 4), artist_version=0,
+                              critic_version=0))
+            rewards.append(EditReward(task_id=c.task_id, critique_index=c.critique_index, edit_index=k,
+                                      total=next(values), compliance=1.0, photometric=0.0, perceptual=0.0))
+    groups, zero_fraction = artist_groups(tasks, conditionings, edits, rewards, group_by="critique",
+                                          adv_clip_max=5.0, mask_std_threshold=0.05)
+    assert [(g.task_id, g.critique_index) for g in groups] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert all(len(g.edits) == 2 and g.conditioning.critique_index == g.critique_index for g in groups)
+    r = np.concatenate([g.optimality for g in groups])
+    assert np.all((r >= 0) & (r <= 1))
+    # Within a group the better edit gets the higher optimality; a flat group sits at exactly 1/2.
+    assert groups[0].optimality[1] > 0.5 > groups[0].optimality[0]
+    np.testing.assert_allclose(groups[1].optimality, [0.5, 0.5])
+    assert zero_fraction == pytest.approx(0.5)
+    assert [g.valid for g in groups] == [True, False, True, False]  # std ≤ 0.05 masked
+
+
+def test_summarise_ignores_missing_and_non_finite_values():
+    assert summarise("x", [1.0, None, float("nan"), 3.0]) == {"x/mean": 2.0, "x/std": 1.0, "x/min": 1.0,
+                                                              "x/max": 3.0}
+    assert summarise("x", [None]) == {}
