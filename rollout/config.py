@@ -79,7 +79,8 @@ class TrainerConfig(ConfigModel):
     run_name: str = ""
     """Run name (empty = ``<config stem>-<timestamp>``); also the Ray namespace and MLflow run name."""
     init_from: str = ""
-    """Warm-start checkpoint directory to initialise both models from (empty = the base models)."""
+    """Warm-start directory written by ``photocrafter sft --out DIR``: its ``critic/`` and ``artist/`` model
+    directories replace ``critic.model`` and ``artist.model`` (empty = those models)."""
     sync_timeout_s: float = Field(120.0, gt=0.0, le=86400.0)
     """A weight sync that takes longer fails the step loudly instead of serving stale weights."""
 

@@ -54,7 +54,19 @@ def ensure_embedded_models(cache_dir: Path | None = None, seed: int = 0) -> Embe
 
 
 def resolve_model_paths(config: TrainConfig) -> tuple[Path, Path]:
-    """Concrete (critic_dir, artist_dir) for a config; checks that real checkpoint directories exist."""
+    """Concrete (critic_dir, artist_dir) for a config; checks that real checkpoint directories exist.
+
+    ``trainer.init_from: DIR`` (a warm start written by ``photocrafter sft``) takes precedence: its ``critic/``
+    (transformers layout) and ``artist/`` (diffusers layout) directories are the models the run starts from.
+    """
+    if config.trainer.init_from:
+        root = Path(config.trainer.init_from).expanduser()
+        paths = (root / "critic", root / "artist")
+        missing = [str(p) for p in paths if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"trainer.init_from: {root} lacks {', '.join(missing)}; point it at a directory "
+                                    f"written by `photocrafter sft --out DIR`")
+        return paths
     embedded = None
     if "embedded" in (config.critic.model, config.artist.model):
         embedded = ensure_embedded_models(seed=0)
