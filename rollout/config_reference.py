@@ -7,7 +7,6 @@ rewrites the file; a unit test fails when the committed file is stale.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel

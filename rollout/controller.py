@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout.config import TrainConfig, default_cache_dir
+from rollout.config import TrainConfig
 from rollout.types import ArtistGroup, Conditioning, Critique, CriticGroup, CritiqueReward, Edit, EditReward, PhotoTask
 
 
@@ -249,7 +249,6 @@ class Controller:
         cfg, comp = self.config, self.components
         timer = StageTimer()
         step_start = time.perf_counter()
-        compute: dict[str, float] = {}
 
         with timer.stage("data"):
             records = StepRecords(step=self.step, tasks=self._next_tasks())

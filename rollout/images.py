@@ -152,7 +152,7 @@ def _pil_to_rgb8(image) -> np.ndarray:
         # 16-bit grayscale arrives as I;16 or, for some formats, as 32-bit I holding 0..65535.
         values = np.asarray(image)
         if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise ImageRejected(f"image has 32-bit integer samples outside 0..65535; convert it to 8-bit sRGB")
+            raise ImageRejected("image has 32-bit integer samples outside 0..65535; convert it to 8-bit sRGB")
         return to_rgb8(values.astype(np.uint16))
     elif mode == "F":
         raise ImageRejected("image has floating-point samples with no agreed range; convert it to 8-bit sRGB")

@@ -7,7 +7,6 @@ import time
 import urllib.request
 import uuid
 
-import pytest
 
 from rollout.config import PROJECT_ROOT
 from rollout.ray_metrics import PREFIX, STAGE_SECONDS_BOUNDARIES, MetricUpdate, RayMetrics, plan_updates
