@@ -8,7 +8,6 @@ Modules, one role each:
 - ``engines``: vLLM and transformers generation behind one interface; in-place weight loading.
 - ``actor``: ``CriticRolloutActor`` (records in, ``Critique`` records out; re-scoring; weight sync).
 - ``group``: ``CriticRolloutGroup``, the driver-side owner of the replicas.
-- ``agreement``: rollout-vs-learner log-prob mismatch metrics.
 
 Importing the package is cheap: torch, transformers and vLLM are imported inside functions.
 """

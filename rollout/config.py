@@ -74,6 +74,8 @@ class TrainerConfig(ConfigModel):
     """How many policy versions rollouts may lag the learners (0 = synchronous)."""
     checkpoint_every: int = Field(0, ge=0)
     """Write a checkpoint every N steps (0 = only at the end and on stop)."""
+    keep_checkpoints: int = Field(0, ge=0, le=100_000)
+    """Keep only the newest N complete checkpoints of the run (0 = keep all)."""
     output_dir: str = "runs"
     """Run directories (checkpoints, local artifacts) are created under this path."""
     run_name: str = ""

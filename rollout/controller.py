@@ -441,7 +441,7 @@ class Controller:
 
     # -------------------------------------------------------------------------------------- checkpoints
     def checkpoint(self) -> Path:
-        from rollout.checkpoint import commit_checkpoint, partial_dir, save_state_tree
+        from rollout.checkpoint import commit_checkpoint, partial_dir, prune_checkpoints, save_state_tree
 
         self.flush()  # a checkpoint holds both learners after the same number of updates
         partial = partial_dir(self.run_dir, self.step)
@@ -456,6 +456,7 @@ class Controller:
         final = commit_checkpoint(partial, self.step, {"mlflow_run_id": self.tracker.run_id,
                                                        "run_name": self.run_name})
         self.tracker.log_artifact(final / "manifest.json", "checkpoints")
+        prune_checkpoints(self.run_dir, self.config.trainer.keep_checkpoints)
         print(f"[photocrafter] checkpoint step {self.step}: {final}", flush=True)
         return final
 
