@@ -1,17 +1,20 @@
-"""Latent codecs of the Photographic Artist: photos ⇄ the 1/8-resolution latent grid the DiT denoises.
+"""Latent codecs of the Photographic Artist: photos ⇄ the latent grid the DiT denoises.
 
 Owns the codec interface and its two implementations, plus the reconstruction report ``init-models`` prints.
 Every codec maps a batch of photos, float ``[B, 3, H, W]`` in [-1, 1] (H, W multiples of 16), to latents
-``[B, C, H/8, W/8]`` and back, so packing (2×2 → ``4·C`` features per token at 1/16) and everything after it
-is identical whichever codec is used:
+``[B, C, H/d, W/d]`` (d = the codec's ``downscale``) and back, so packing (2×2 → ``4·C`` features per token at
+1/(2d)) and everything after it is identical whichever codec is used:
 
-- :class:`VaeCodec` wraps a real ``AutoencoderKLQwenImage`` (z_dim 16 → 64 features per token), normalising
-  latents with the VAE config's per-channel ``latents_mean`` / ``latents_std`` exactly as the Qwen-Image-Edit
-  pipeline does.
-- :class:`PixelUnshuffleCodec` is the embedded default's lossless space-to-depth codec: each 8×8×3 pixel block
-  becomes 192 latent channels (768 features per token after packing). Its values are the pixels already mapped
-  by x → 2x − 1, so latents are zero-centred with roughly unit scale, like normalised VAE latents. A tiny random
-  VAE would decode noise and make every photometric reward meaningless; this codec keeps photos intact.
+- :class:`VaeCodec` wraps a real ``AutoencoderKLQwenImage`` (d = 8, z_dim 16 → 64 features per token),
+  normalising latents with the VAE config's per-channel ``latents_mean`` / ``latents_std`` exactly as the
+  Qwen-Image-Edit pipeline does.
+- :class:`PixelUnshuffleCodec` is the embedded default's lossless space-to-depth codec: each d×d×3 pixel block
+  becomes 3·d² latent channels. Its values are the pixels already mapped by x → 2x − 1, so latents are
+  zero-centred with roughly unit scale, like normalised VAE latents. A tiny random VAE would decode noise and
+  make every photometric reward meaningless; this codec keeps photos intact. The embedded artist uses d = 2
+  (48 features per 4×4-pixel token): its token must not be wider than the tiny DiT's inner width, or the
+  velocity of every token is squeezed through a bottleneck and flow matching cannot fit (measured: d = 8,
+  768 features per token through a 64-wide DiT, plateaus at velocity MSE ≈ 1.0).
 
 This module must not import ``rewards``: the Lab-attribute part of the report takes the attribute function as
 an argument, supplied by the caller (the ``init-models`` command or a test).
@@ -26,11 +29,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-LATENT_DOWNSCALE = 8
-"""Pixels per latent cell along each side (the Qwen-Image VAE's spatial compression)."""
-
-PIXEL_UNSHUFFLE_CHANNELS = 3 * LATENT_DOWNSCALE * LATENT_DOWNSCALE
-"""Latent channels of :class:`PixelUnshuffleCodec`: one 8×8 RGB block per latent cell (192)."""
+VAE_DOWNSCALE = 8
+"""Pixels per latent cell along each side of the Qwen-Image VAE."""
 
 
 class LatentCodec(Protocol):
@@ -39,39 +39,55 @@ class LatentCodec(Protocol):
     name: str
     """``vae`` or ``pixel_unshuffle``; recorded in the artist directory and in logs."""
     latent_channels: int
-    """C of the ``[B, C, H/8, W/8]`` latents (16 for the Qwen-Image VAE, 192 for pixel-unshuffle)."""
+    """C of the ``[B, C, H/d, W/d]`` latents (16 for the Qwen-Image VAE, 3·d² for pixel-unshuffle)."""
+    downscale: int
+    """d: pixels per latent cell along each side (8 for the Qwen-Image VAE)."""
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """float ``[B, 3, H, W]`` in [-1, 1] → normalised latents ``[B, C, H/8, W/8]``."""
+        """float ``[B, 3, H, W]`` in [-1, 1] → normalised latents ``[B, C, H/d, W/d]``."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents ``[B, C, H/8, W/8]`` → float ``[B, 3, H, W]`` in [-1, 1]."""
+        """Normalised latents ``[B, C, H/d, W/d]`` → float ``[B, 3, H, W]`` in [-1, 1]."""
         ...
+
+
+def token_grid(size: tuple[int, int], codec: LatentCodec) -> tuple[int, int]:
+    """Packed token grid (rows, cols) of a photo of ``size`` (H, W) pixels: 2×2 latent cells per token."""
+    cell = 2 * codec.downscale
+    return size[0] // cell, size[1] // cell
 
 
 class PixelUnshuffleCodec:
-    """Lossless space-to-depth codec: 8×8×3 pixel blocks ⇄ 192 latent channels, values 2x − 1."""
+    """Lossless space-to-depth codec: d×d×3 pixel blocks ⇄ 3·d² latent channels, values 2x − 1."""
 
     name = "pixel_unshuffle"
-    latent_channels = PIXEL_UNSHUFFLE_CHANNELS
+
+    def __init__(self, downscale: int = 2):
+        if downscale not in (1, 2, 4, 8):
+            raise ValueError(f"pixel-unshuffle downscale must be 1, 2, 4 or 8 (photos are multiples of 16); "
+                             f"got {downscale}")
+        self.downscale = int(downscale)
+        self.latent_channels = 3 * self.downscale * self.downscale
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         _check_pixels(pixels)
-        return torch.nn.functional.pixel_unshuffle(pixels, LATENT_DOWNSCALE)
+        return torch.nn.functional.pixel_unshuffle(pixels, self.downscale)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         # Sampled latents can leave [-1, 1]; clamp like the VAE decoder does so both codecs agree on range.
-        return torch.nn.functional.pixel_shuffle(latents, LATENT_DOWNSCALE).clamp(-1.0, 1.0)
+        return torch.nn.functional.pixel_shuffle(latents, self.downscale).clamp(-1.0, 1.0)
 
     def __repr__(self) -> str:
-        return "PixelUnshuffleCodec(8x8x3 -> 192 channels, lossless)"
+        d = self.downscale
+        return f"PixelUnshuffleCodec({d}x{d}x3 -> {self.latent_channels} channels, lossless)"
 
 
 class VaeCodec:
     """The model's own ``AutoencoderKLQwenImage`` (a video VAE used with one frame), mode of the posterior."""
 
     name = "vae"
+    downscale = VAE_DOWNSCALE
 
     def __init__(self, vae: torch.nn.Module):
         self.vae = vae
@@ -109,7 +125,7 @@ def _check_pixels(pixels: torch.Tensor) -> None:
         raise ValueError(f"codec input must be [B, 3, H, W] pixels in [-1, 1]; got shape {tuple(pixels.shape)}")
     height, width = pixels.shape[-2:]
     if height % 16 or width % 16:
-        raise ValueError(f"codec input height and width must be multiples of 16 (8× codec, 2×2 packing); "
+        raise ValueError(f"codec input height and width must be multiples of 16 (up to 8× codec, 2×2 packing); "
                          f"got {height}×{width}")
 
 

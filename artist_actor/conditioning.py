@@ -59,7 +59,7 @@ def max_text_tokens(grid: tuple[int, int]) -> int:
 def flow_match_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict[str, Any]) -> np.ndarray:
     """float64 ``[N + 1]`` noise levels from 1.0 to 0.0: the Qwen-Image dynamic-shift schedule.
 
-    ``image_seq_len`` = target tokens only, (H/16)(W/16). μ is linear in it between
+    ``image_seq_len`` = target tokens only (the packed grid's rows × cols). μ is linear in it between
     (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift); σ₀ = linspace(1, 1/N, N) is shifted by
     e^μ / (e^μ + 1/σ₀ − 1) (exponential type) or e^μ / (e^μ + (1/σ₀ − 1)) with μ as a plain factor (linear
     type), then stretched so the last non-zero σ equals ``shift_terminal``.
@@ -93,7 +93,7 @@ class ArtistConditioning:
     image_latents: torch.Tensor
     """``[B, L, F]`` packed condition-image latents (F = 4·C)."""
     grid: tuple[int, int]
-    """Packed token grid (H/16, W/16) of both the target and the condition image."""
+    """Packed token grid (rows, cols) of both the target and the condition image."""
 
     @property
     def img_shapes(self) -> list[list[tuple[int, int, int]]]:
@@ -144,7 +144,7 @@ def pad_hidden_states(
                                     f"prefix tokens")
         if tensor.shape[0] > limit:
             raise ConditioningError(
-                f"H_c item {item} has {tensor.shape[0]} tokens; at a {grid[0] * 16}×{grid[1] * 16} image the DiT's "
+                f"H_c item {item} has {tensor.shape[0]} tokens; beside a {grid[0]}×{grid[1]} token image the DiT's "
                 f"text RoPE holds at most {limit} (4096 − max(h, w)/2 packed cells). Lower critic.max_new_tokens "
                 f"or critic.max_pixels, or raise artist.drop_prefix_tokens")
         rows.append(tensor.float())

@@ -4,7 +4,7 @@ Owns the artist directory layout and the one loading path every consumer uses (s
 DiffusionNFT learner, ``enhance``): ``load_artist(path)`` reads a diffusers-layout directory —
 ``transformer/`` (``QwenImageTransformer2DModel``), ``vae/`` (``AutoencoderKLQwenImage``), ``scheduler/``
 (the flow-matching scheduler config) — and picks the latent codec. A real checkpoint uses its VAE; the embedded
-tiny artist carries ``photocrafter_artist.json`` naming the lossless pixel-unshuffle codec (see
+tiny artist carries ``photocrafter_artist.json`` naming the lossless pixel-unshuffle codec and its downscale (see
 ``artist_actor.codec`` for why a tiny random VAE cannot be used for photos).
 
 It must not know about Ray, rewards or training: adapters are added by the learner (peft) and by the sampler
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from artist_actor.codec import PIXEL_UNSHUFFLE_CHANNELS, LatentCodec, PixelUnshuffleCodec, VaeCodec
+from artist_actor.codec import LatentCodec, PixelUnshuffleCodec, VaeCodec
 
 PROJECT_FILE = "photocrafter_artist.json"
 """File in an artist directory written by :func:`build_tiny_artist`: which codec the directory's DiT expects."""
@@ -38,16 +38,20 @@ QWEN_IMAGE_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 """The Qwen-Image flow-matching scheduler config (ALGORITHMS.md §4.3): dynamic exponential shift, terminal 0.02."""
 
+TINY_CODEC_DOWNSCALE = 2
+"""The embedded artist's pixel-unshuffle downscale: 12 channels at 1/2, packed 2×2 → 48 features per token."""
+
 TINY_ARTIST_RECIPE: dict[str, Any] = {
     "codec": "pixel_unshuffle",
+    "codec_downscale": TINY_CODEC_DOWNSCALE,
     "transformer": {
         "patch_size": 2,
-        # 192 pixel-unshuffle channels at 1/8, packed 2×2 → 768 features per token at 1/16.
-        "in_channels": 4 * PIXEL_UNSHUFFLE_CHANNELS,
-        "out_channels": PIXEL_UNSHUFFLE_CHANNELS,
+        # 48 features per token (4×4 RGB pixels) into an inner width of 4 × 32 = 128: no bottleneck.
+        "in_channels": 4 * 3 * TINY_CODEC_DOWNSCALE ** 2,
+        "out_channels": 3 * TINY_CODEC_DOWNSCALE ** 2,
         "num_layers": 2,
         "attention_head_dim": 32,
-        "num_attention_heads": 2,
+        "num_attention_heads": 4,
         "axes_dims_rope": [8, 12, 12],  # sums to the head dim, as (16, 56, 56) does for 128
     },
     "vae": {
@@ -105,12 +109,17 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return table[dtype]
 
 
-def artist_codec_name(path: str | Path) -> str:
-    """The codec an artist directory's DiT was built for: the project file's choice, else ``vae``."""
+def artist_codec_choice(path: str | Path) -> tuple[str, int]:
+    """(codec name, pixel-unshuffle downscale) an artist directory's DiT was built for.
+
+    The project file's choice, else ``("vae", 8)`` (a real checkpoint). Project files written before the
+    downscale was recorded used 8.
+    """
     project = Path(path) / PROJECT_FILE
     if project.is_file():
-        return str(json.loads(project.read_text())["codec"])
-    return "vae"
+        recorded = json.loads(project.read_text())
+        return str(recorded["codec"]), int(recorded.get("recipe", {}).get("codec_downscale", 8))
+    return "vae", 8
 
 
 def load_artist(
@@ -137,9 +146,10 @@ def load_artist(
     transformer = QwenImageTransformer2DModel.from_pretrained(root / "transformer", torch_dtype=torch_dtype)
     transformer.to(target_device).eval().requires_grad_(False)
 
-    codec_name = artist_codec_name(root) if codec == "auto" else codec
+    recorded_codec, downscale = artist_codec_choice(root)
+    codec_name = recorded_codec if codec == "auto" else codec
     if codec_name == "pixel_unshuffle":
-        latent_codec: LatentCodec = PixelUnshuffleCodec()
+        latent_codec: LatentCodec = PixelUnshuffleCodec(downscale)
     elif codec_name == "vae":
         if not (root / "vae").is_dir():
             raise FileNotFoundError(f"artist directory {root} has no vae/ but its codec is 'vae'")

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from artist_actor.codec import images_to_pixels, pixels_to_images
+from artist_actor.codec import images_to_pixels, pixels_to_images, token_grid
 from artist_actor.conditioning import (
     ArtistConditioning,
     ConditioningError,
@@ -157,7 +157,8 @@ class FlowMatchSampler:
 
     def schedule(self, size: tuple[int, int]) -> np.ndarray:
         """The σ schedule for an artist image of ``size`` (H, W) pixels."""
-        return flow_match_sigmas(self.num_steps, (size[0] // 16) * (size[1] // 16), self.model.scheduler_config)
+        rows, cols = token_grid(size, self.model.codec)
+        return flow_match_sigmas(self.num_steps, rows * cols, self.model.scheduler_config)
 
     def check(self, request: EditRequest) -> str:
         """Why ``request`` cannot be sampled (empty string when it can)."""
@@ -166,7 +167,7 @@ class FlowMatchSampler:
             return f"condition image must be uint8 [H, W, 3]; got {image.dtype} {image.shape}"
         size = artist_size(image.shape[0], image.shape[1], self.resolution)
         try:
-            pad_hidden_states([request.hidden], self.model.hidden_size, (size[0] // 16, size[1] // 16),
+            pad_hidden_states([request.hidden], self.model.hidden_size, token_grid(size, self.model.codec),
                               self.drop_prefix_tokens, [request.mask])
         except ConditioningError as error:
             return str(error)

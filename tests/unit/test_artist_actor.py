@@ -11,6 +11,7 @@ from artist_actor.model import build_tiny_artist
 from rollout.types import Conditioning, PhotoTask
 
 HIDDEN = 64
+INNER = 128  # the tiny DiT's attention width (4 heads × 32)
 CONFIG = {"num_steps": 3, "solver": "dpm2", "resolution": 64, "edits_per_critique": 2, "dtype": "float32"}
 
 
@@ -41,8 +42,8 @@ def lora_state(actor_or_rank, scale: float, seed: int = 0):
     for block in range(2):
         for proj in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
             prefix = f"transformer_blocks.{block}.attn.{proj}"
-            state[f"{prefix}.lora_A.weight"] = torch.randn(4, 64, generator=generator) * scale
-            state[f"{prefix}.lora_B.weight"] = torch.randn(64, 4, generator=generator) * scale
+            state[f"{prefix}.lora_A.weight"] = torch.randn(4, INNER, generator=generator) * scale
+            state[f"{prefix}.lora_B.weight"] = torch.randn(INNER, 4, generator=generator) * scale
     return state
 
 
@@ -53,7 +54,7 @@ def test_sample_returns_k_versioned_edits_per_critique(actor):
     assert [(e.critique_index, e.edit_index) for e in result.edits] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     edit = result.edits[0]
     assert edit.image.shape == (64, 64, 3) and edit.image.dtype == np.uint8
-    assert edit.x0.shape == (16, 768) and edit.sigmas.shape == (4,)
+    assert edit.x0.shape == (256, 48) and edit.sigmas.shape == (4,)
     assert edit.critic_version == 3 and edit.artist_version == actor.policy_version()
     assert edit.seed == edit_seed(0, 5, "photo-a", 0, 0)
     assert len({e.seed for e in result.edits}) == 4
@@ -106,9 +107,9 @@ def test_learner_adapter_state_loads_and_reproduces_the_learner_velocity(artist_
                 param.normal_(0, 0.3)
     actor = ArtistSamplerActor(2, artist_path, CONFIG, lora_alpha=8.0)
     actor.set_weights(7, adapter_state(learner_model.transformer, SAMPLING_ADAPTER))
-    latents = torch.randn(1, 192, 8, 8)
+    latents = torch.randn(1, 12, 32, 32)
     cond = build_conditioning([np.ones((4, HIDDEN), np.float32)], latents, hidden_size=HIDDEN)
-    x_t = torch.randn(1, 16, 768)
+    x_t = torch.randn(1, 256, 48)
     with torch.no_grad(), active_adapter(learner_model.transformer, SAMPLING_ADAPTER):
         expected = predict_velocity(learner_model.transformer, x_t, 0.5, cond)
     with torch.no_grad():

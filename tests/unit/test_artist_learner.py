@@ -16,7 +16,7 @@ from learner.config import ArtistLearnerConfig, LoraConfig
 from learner.nft import optimality_probabilities
 from rollout.types import ArtistGroup, Conditioning, Edit
 
-SIZE = 32  # pixels: a 2 × 2 packed latent grid of 768 features per token
+SIZE = 32  # pixels: an 8 × 8 packed latent grid of 48 features per token
 STEPS = 4
 
 
@@ -50,14 +50,14 @@ def _config(**overrides) -> ArtistLearnerConfig:
 
 def _groups(hidden: int, seed: int = 0, num_groups: int = 2, k: int = 3, rewards=None) -> list[ArtistGroup]:
     rng = np.random.default_rng(seed)
-    sigmas = flow_match_sigmas(STEPS, (SIZE // 16) ** 2, QWEN_IMAGE_SCHEDULER_CONFIG)
+    sigmas = flow_match_sigmas(STEPS, (SIZE // 4) ** 2, QWEN_IMAGE_SCHEDULER_CONFIG)
     groups = []
     for g in range(num_groups):
         tokens = int(rng.integers(3, 7))
         conditioning = Conditioning(task_id=f"photo{g}", critique_index=0,
                                     hidden=rng.standard_normal((tokens, hidden)).astype(np.float32))
         edits = [Edit(task_id=f"photo{g}", critique_index=0, edit_index=e, seed=e, image=None,
-                      x0=rng.uniform(-1, 1, ((SIZE // 16) ** 2, 768)).astype(np.float32), sigmas=sigmas,
+                      x0=rng.uniform(-1, 1, ((SIZE // 4) ** 2, 48)).astype(np.float32), sigmas=sigmas,
                       artist_version=0, critic_version=0) for e in range(k)]
         group_rewards = (np.asarray(rewards[g], dtype=np.float32) if rewards is not None
                          else rng.uniform(0, 1, k).astype(np.float32))

@@ -30,7 +30,7 @@ def test_reloads_through_diffusers_from_pretrained(tiny_artist):
 
     direct = QwenImageTransformer2DModel.from_pretrained(tiny_artist / "transformer")
     assert direct.config.joint_attention_dim == HIDDEN
-    assert direct.config.in_channels == 768
+    assert direct.config.in_channels == 48
     model = load_artist(tiny_artist)
     assert isinstance(model.codec, PixelUnshuffleCodec)
     assert model.hidden_size == HIDDEN and model.dtype == torch.float32
@@ -58,7 +58,7 @@ def test_vae_artist_loads_with_its_vae_codec(tmp_path):
 
 
 def test_codec_that_does_not_fit_the_dit_is_refused(tiny_artist):
-    with pytest.raises(ValueError, match="in_channels=768"):
+    with pytest.raises(ValueError, match="in_channels=48"):
         load_artist(tiny_artist, codec="vae")
 
 

@@ -12,6 +12,7 @@ from artist_actor.codec import (
     codec_reconstruction_report,
     images_to_pixels,
     pixels_to_images,
+    token_grid,
 )
 from artist_actor.conditioning import pack_latents, unpack_latents
 
@@ -33,8 +34,12 @@ def test_pixel_unshuffle_latents_have_vae_layout_and_unit_scale():
     codec = PixelUnshuffleCodec()
     pixels = images_to_pixels(photo_crops(64))
     latents = codec.encode(pixels)
-    assert latents.shape == (len(pixels), 192, 8, 8)
-    assert pack_latents(latents).shape == (len(pixels), 16, 768)
+    assert codec.downscale == 2 and latents.shape == (len(pixels), 12, 32, 32)
+    assert pack_latents(latents).shape == (len(pixels), 256, 48)
+    assert token_grid((64, 64), codec) == (16, 16)
+    coarse = PixelUnshuffleCodec(8)
+    assert pack_latents(coarse.encode(pixels)).shape == (len(pixels), 16, 768)
+    assert token_grid((48, 80), coarse) == (3, 5)
     # x -> 2x - 1: zero-centred-ish, bounded, non-degenerate scale.
     assert latents.abs().max() <= 1.0
     assert 0.2 < latents.std().item() < 1.0
@@ -65,7 +70,7 @@ def test_embedded_codec_keeps_lab_attributes_within_negligible_change():
 
 def test_decoded_samples_are_clamped_to_valid_pixels():
     codec = PixelUnshuffleCodec()
-    wild = torch.randn(1, 192, 4, 4) * 3
+    wild = torch.randn(1, 12, 16, 16) * 3
     images = pixels_to_images(codec.decode(wild))
     assert images[0].shape == (32, 32, 3) and images[0].dtype == np.uint8
     assert images[0].min() == 0 and images[0].max() == 255
@@ -74,6 +79,8 @@ def test_decoded_samples_are_clamped_to_valid_pixels():
 def test_codec_rejects_sizes_that_cannot_be_packed():
     with pytest.raises(ValueError, match="multiples of 16"):
         PixelUnshuffleCodec().encode(torch.zeros(1, 3, 40, 64))
+    with pytest.raises(ValueError, match="downscale must be 1, 2, 4 or 8"):
+        PixelUnshuffleCodec(3)
 
 
 def test_vae_codec_normalises_with_the_config_statistics(tmp_path):

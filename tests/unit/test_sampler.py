@@ -87,7 +87,8 @@ def test_outputs_have_the_documented_shapes(artist):
     edits = sampler.sample(mixed)
     assert [e.image.shape for e in edits] == [(48, 80, 3), (48, 80, 3), (64, 64, 3)]
     assert all(e.image.dtype == np.uint8 for e in edits)
-    assert edits[0].x0.shape == (2 * 4, 768)  # 48×80 → 32×64 pixels → 2×4 tokens and edits[2].x0.shape == (16, 768)
+    # 48×80 → 32×64 pixels → 8×16 tokens of 4×4 pixels
+    assert edits[0].x0.shape == (8 * 16, 48) and edits[2].x0.shape == (256, 48)
     assert edits[0].x0.dtype == np.float32
     assert edits[2].sigmas.dtype == np.float64 and edits[2].sigmas[0] == 1.0 and edits[2].sigmas[-1] == 0.0
     assert len(edits[2].sigmas) == 7
@@ -103,7 +104,7 @@ def test_check_names_what_is_wrong(artist):
     sampler = FlowMatchSampler(artist, resolution=64)
     assert sampler.check(requests(1)[0]) == ""
     too_long = EditRequest(condition_image=np.zeros((64, 64, 3), np.uint8), hidden=np.zeros((5000, HIDDEN)), seed=0)
-    assert "at most 4094" in sampler.check(too_long)
+    assert "at most 4088" in sampler.check(too_long)  # 16×16 token grid: 4096 − 16/2
     grey = EditRequest(condition_image=np.zeros((64, 64), np.uint8), hidden=np.zeros((3, HIDDEN)), seed=0)
     assert "uint8 [H, W, 3]" in sampler.check(grey)
 

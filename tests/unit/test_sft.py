@@ -73,7 +73,7 @@ def test_artist_sft_loss_decreases_on_a_tiny_batch(embedded_models, stage):
     tasks = [_task("a", [EditOp(attribute="exposure", direction=1, level=2)]), _task("b", (), ["haze"], seed=1)]
     generator = torch.Generator().manual_seed(7)
     sigmas = torch.tensor([0.3, 0.7])
-    noise = torch.randn(2, 16, 768, generator=generator)
+    noise = torch.randn(2, 256, 48, generator=generator)  # 64×64 photos: 16×16 tokens of 4×4 pixels
     with torch.no_grad():
         before = float(trainer.loss(tasks, sigmas, noise))
     run_sft_loop(trainer, tasks, steps=15, batch_size=2, log=None)
