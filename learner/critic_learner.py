@@ -311,19 +311,9 @@ class CriticLearner:
         """
         if self.peft_model is None:
             return detach_state(self.model.state_dict())
-        from peft.tuners.lora import LoraLayer
+        from learner.lora import merged_state_dict
 
-        merged: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for name, tensor in self.model.state_dict().items():
-                if ".lora_" in name:
-                    continue
-                merged[name.replace(".base_layer.", ".")] = tensor
-            for name, module in self.model.named_modules():
-                if isinstance(module, LoraLayer) and _ADAPTER in module.lora_A:
-                    base = module.get_base_layer().weight
-                    merged[f"{name}.weight"] = base + module.get_delta_weight(_ADAPTER).to(base.dtype)
-        return detach_state(merged)
+        return merged_state_dict(self.model, _ADAPTER)
 
     def get_state(self) -> dict[str, Any]:
         """Everything a checkpoint needs to resume this learner exactly: trained tensors, AdamW, version.

@@ -3,7 +3,8 @@
 Owns how the four parameter sets of ALGORITHMS.md §1.1 live in one network: two peft LoRA adapters with the
 same config injected into the DiT's attention projections, switching between them for a forward pass,
 disabling both for the reference prediction, the soft update old ← d·old + (1 − d)·default, and extracting or
-loading one adapter's tensors by adapter-free names. It must not compute losses or step optimizers.
+loading one adapter's tensors by adapter-free names, and merging an adapter into the base weights (the critic
+learner's weight sync and checkpoint exports use it too). It must not compute losses or step optimizers.
 
 Adapter tensor names follow peft's saved-adapter convention, the adapter name removed:
 ``transformer_blocks.0.attn.to_q.lora_A.weight``. That is what :func:`adapter_state` returns, what the
@@ -159,3 +160,24 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
         for layer in layers:
             layer.enable_adapters(True)
         _activate(model, TRAINED_ADAPTER)
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """The base model's ``state_dict`` by its own names with ``adapter`` merged in (W + α/r · B·A).
+
+    Works for any peft-injected model (the critic's ``get_peft_model`` wrapper or the DiT's injected adapters):
+    LoRA tensors are dropped, ``.base_layer.`` is removed from names, and every adapted weight becomes its
+    merged value, so the result loads into an adapter-free copy of the model with ``strict=True``.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    merged: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if ".lora_" not in name:
+            merged[name.replace(".base_layer.", ".")] = tensor.detach().cpu().clone()
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            base = module.get_base_layer().weight
+            merged[f"{name}.weight"] = (base + module.get_delta_weight(adapter).to(base.dtype)).detach().cpu()
+    return merged

@@ -19,7 +19,6 @@ rewards, and it must not know about Ray.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,15 +183,9 @@ class CriticSFT:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the trained critic in the transformers layout (weights, config, processor, tokenizer)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.eval()
-        self.model.save_pretrained(out)
-        self.processor.save_pretrained(out)
-        for name in ("generation_config.json",):
-            if (self.source / name).is_file() and not (out / name).is_file():
-                shutil.copy2(self.source / name, out / name)
-        return out
+        from learner.export import write_critic_dir
+
+        return write_critic_dir(self.model, self.processor, self.source, out_dir)
 
 
 class ArtistSFT:
@@ -290,15 +283,9 @@ class ArtistSFT:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write a complete artist directory: the trained DiT, and the base's VAE, scheduler and codec file."""
-        out = Path(out_dir)
-        if out.resolve() == self.source.resolve():
-            raise ValueError(f"artist SFT output {out} is the directory it was loaded from; write elsewhere")
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(self.source, out, ignore=shutil.ignore_patterns("transformer"))
-        self.transformer.eval()
-        self.transformer.save_pretrained(out / "transformer")
-        return out
+        from learner.export import write_artist_dir
+
+        return write_artist_dir(self.transformer, self.source, out_dir)
 
 
 def run_sft_loop(trainer: CriticSFT | ArtistSFT, tasks: Sequence[PhotoTask], *, steps: int, batch_size: int,

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enhance": ("rollout.commands.enhance", "critic then artist on one photo: critique text + edited image"),
     "evaluate": ("rollout.commands.evaluate", "metrics of a checkpoint and baselines on a held-out set"),
     "sft": ("rollout.commands.sft", "warm-start supervised fine-tuning (critic, artist, adapt)"),
+    "export": ("rollout.commands.export", "write an RL checkpoint as standalone critic/ and artist/ directories"),
 }
 
 

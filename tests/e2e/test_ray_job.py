@@ -101,7 +101,8 @@ def _logs(address: str, env: dict, job_id: str) -> str:
 def test_job_submit_runs_and_names_its_actors(head, tmp_path):
     address, env = head
     job_id = _submit(address, env, "--set", "trainer.steps=3", "--set", f"trainer.output_dir={tmp_path}",
-                     "--set", "trainer.run_name=job", "--set", "tracking.sample_grid_every=0")
+                     "--set", "trainer.run_name=job", "--set", "tracking.sample_grid_every=0",
+                     "--set", "artist.resolution=32")
     seen: set[str] = set()
     deadline = time.monotonic() + 900
     while (status := _status(address, env, job_id)) in ("PENDING", "RUNNING"):
@@ -120,7 +121,8 @@ def test_job_submit_runs_and_names_its_actors(head, tmp_path):
 def test_job_stop_writes_a_final_checkpoint(head, tmp_path):
     address, env = head
     job_id = _submit(address, env, "--set", "trainer.steps=500", "--set", f"trainer.output_dir={tmp_path}",
-                     "--set", "trainer.run_name=stopped", "--set", "tracking.sample_grid_every=0")
+                     "--set", "trainer.run_name=stopped", "--set", "tracking.sample_grid_every=0",
+                     "--set", "artist.resolution=32")
     deadline = time.monotonic() + 900
     while "step 1/500" not in _logs(address, env, job_id):
         assert _status(address, env, job_id) in ("PENDING", "RUNNING"), _logs(address, env, job_id)[-3000:]

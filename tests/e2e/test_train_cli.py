@@ -8,18 +8,21 @@ epoch boundary, where a resume must continue training rather than run zero steps
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rollout.config import PROJECT_ROOT
 
 STEPS = 4
+# The artist edits at 32 px (8 × 8 tokens): the loop is the same, each step four times cheaper than at 64 px.
 COMMON = ["--set", f"trainer.steps={STEPS}", "--set", "data.num_train=4", "--set", "data.num_eval=2",
-          "--set", "tracking.sample_grid_every=2"]
+          "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32"]
 
 
 def photocrafter(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -91,10 +94,65 @@ def test_resume_at_epoch_boundary_reproduces_uninterrupted_run(runs):
     assert run.info.status == "FINISHED"
     # The resumed run continued the same MLflow run and trained the steps after the epoch boundary.
     assert sorted(resumed["reward/artist/total/mean"]) == [1, 2, 3, 4]
-    for key in ["reward/artist/total/mean", "reward/artist/perceptual/mean", "reward/critic/total/mean",
-                "learner/nft/loss", "learner/grpo/loss", "critic/response_len/mean"]:
+    # Critic metrics match to 1e-4. Artist metrics get 2e-3: edits are rounded to uint8 pixels, and two
+    # uninterrupted runs of this config already differ by up to 3e-4 (relative) in the artist reward at step 2,
+    # before any checkpoint exists, because last-bit float differences flip pixel roundings.
+    for key, rel in [("reward/critic/total/mean", 1e-4), ("learner/grpo/loss", 1e-4),
+                     ("critic/response_len/mean", 1e-4), ("reward/artist/total/mean", 2e-3),
+                     ("reward/artist/perceptual/mean", 2e-3), ("learner/nft/loss", 2e-3)]:
         for step in (3, 4):
-            assert resumed[key][step] == pytest.approx(reference[key][step], rel=1e-4, abs=1e-6), (key, step)
+            assert resumed[key][step] == pytest.approx(reference[key][step], rel=rel, abs=1e-6), (key, step)
+
+
+def test_export_writes_the_checkpoint_as_plain_model_directories(runs, tmp_path):
+    """The exported critic carries the trained weights; the exported artist, with no adapters, predicts what
+    the checkpoint's EMA adapter predicts, and differs from the model the run started from."""
+    from artist_actor.conditioning import build_conditioning, predict_velocity
+    from artist_actor.model import load_artist
+    from critic_actor.model import load_critic
+    from learner.artist_learner import ArtistLearner
+    from learner.lora import TRAINED_ADAPTER, load_adapter_state
+    from learner.state import load_tensors
+    from rollout.checkpoint import latest_checkpoint
+    from rollout.config import load_config
+    from rollout.models import resolve_model_paths
+
+    out, _, _, _ = runs
+    exported = tmp_path / "exported"
+    result = photocrafter("export", str(out / "A"), "--out", str(exported))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((exported / "export.json").read_text())
+    step_dir = latest_checkpoint(out / "A").path
+    assert record["step"] == STEPS and record["artist_weights"] == "ema"
+
+    critic, _ = load_critic(exported / "critic", dtype="float32", device="cpu")
+    trained, _ = load_tensors(step_dir / "critic_model.safetensors")
+    state = critic.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in trained.items())
+
+    config = load_config(out / "A" / "config.yaml")
+    critic_base, artist_base = resolve_model_paths(config)
+    learner = ArtistLearner(artist_base, config.learner.artist, config.artist, device="cpu")
+    learner.load_state(step_dir)
+    load_adapter_state(learner.transformer, TRAINED_ADAPTER, learner.ema.state_dict())
+    plain, base = load_artist(exported / "artist"), load_artist(artist_base)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, plain.codec.latent_channels, 32, 32, generator=generator)
+    cond = build_conditioning([torch.randn(6, plain.hidden_size, generator=generator)], latents,
+                              hidden_size=plain.hidden_size)
+    x_t = torch.randn(1, cond.num_image_tokens, 4 * plain.codec.latent_channels, generator=generator)
+    with torch.no_grad():
+        expected = predict_velocity(learner.transformer, x_t, 0.5, cond)
+        got = predict_velocity(plain.transformer, x_t, 0.5, cond)
+        started = predict_velocity(base.transformer, x_t, 0.5, cond)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert (got - started).abs().max() > 1e-6
+
+
+def test_export_names_what_is_missing(tmp_path):
+    result = photocrafter("export", str(tmp_path), "--out", str(tmp_path / "x"), timeout=120)
+    assert result.returncode == 2
+    assert "no manifest.json" in result.stderr and "runs/<run>/checkpoints/step_N" in result.stderr
 
 
 def test_bad_override_fails_fast_with_one_line():
