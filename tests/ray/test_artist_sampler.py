@@ -58,7 +58,7 @@ def test_group_samples_k_edits_per_critique_across_replicas(group, ray_local, hi
         (f"p{p}", c, k) for p in range(2) for c in range(2) for k in range(2)]
     image = ray_local.get(edits[0].image)  # edits travel by reference
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
-    assert edits[0].x0.shape[1] == 768 and all(e.critic_version == 1 for e in edits)
+    assert edits[0].x0.shape == (256, 48) and all(e.critic_version == 1 for e in edits)
     # The same record and step give the same edit whichever replica made it.
     again = group.sample(tasks[::-1], crits, conds[::-1], k=2, step=0)
     first = {(e.task_id, e.critique_index, e.edit_index): e.x0 for e in edits}
