@@ -116,6 +116,17 @@ class _CriticExample:
     vision: dict[str, torch.Tensor]
 
 
+def clipped_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn) -> float:
+    """Train mode, ``loss_fn()``, backward, gradient norm clipped to 1, one optimiser step; the loss before it."""
+    module.train()
+    loss = loss_fn()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
 class CriticSFT:
     """Teacher-forced SFT of the critic on annotation targets; a plain class (no Ray)."""
 
@@ -173,13 +184,7 @@ class CriticSFT:
 
     def step(self, tasks: Sequence[PhotoTask]) -> float:
         """One optimiser step on ``tasks``; returns the loss before the step."""
-        self.model.train()
-        loss = self.loss(tasks)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        return float(loss.detach())
+        return clipped_step(self.model, self.optimizer, lambda: self.loss(tasks))
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the trained critic in the transformers layout (weights, config, processor, tokenizer)."""
@@ -273,13 +278,7 @@ class ArtistSFT:
 
     def step(self, tasks: Sequence[PhotoTask]) -> float:
         """One optimiser step on ``tasks``; returns the loss before the step."""
-        self.transformer.train()
-        loss = self.loss(tasks)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.transformer.parameters(), 1.0)
-        self.optimizer.step()
-        return float(loss.detach())
+        return clipped_step(self.transformer, self.optimizer, lambda: self.loss(tasks))
 
     def save(self, out_dir: str | Path) -> Path:
         """Write a complete artist directory: the trained DiT, and the base's VAE, scheduler and codec file."""
