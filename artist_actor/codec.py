@@ -144,7 +144,9 @@ def pixels_to_images(pixels: torch.Tensor) -> list[np.ndarray]:
 
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two uint8 images (``inf`` when identical)."""
+    """Peak signal-to-noise ratio in dB of two same-sized uint8 images (``inf`` when identical)."""
+    if reference.shape != test.shape:
+        raise ValueError(f"PSNR needs same-sized images; got {reference.shape} and {test.shape}")
     mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
     return math.inf if mse == 0.0 else 10.0 * math.log10(255.0 ** 2 / mse)
 

@@ -50,6 +50,8 @@ LANGUAGE_MODEL_LINEAR_LAYERS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k
 LLM), leaving the vision tower frozen."""
 
 _ADAPTER = "default"
+MODEL_FILE = "critic_model.safetensors"
+"""The trained tensors a checkpoint holds for the critic (every weight, or only LoRA tensors with LoRA)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -336,7 +338,7 @@ class CriticLearner:
     def save_state(self, directory: str | Path) -> Path:
         """Write ``critic_model.safetensors`` and ``critic_optimizer.safetensors`` into ``directory``."""
         directory = Path(directory)
-        save_tensors(directory / "critic_model.safetensors", self._trained_state(),
+        save_tensors(directory / MODEL_FILE, self._trained_state(),
                      {"policy_version": str(self.policy_version), "lora": str(self.peft_model is not None)})
         save_optimizer(directory / "critic_optimizer.safetensors", self.optimizer)
         return directory
@@ -344,7 +346,7 @@ class CriticLearner:
     def load_state(self, directory: str | Path) -> None:
         """Restore what :meth:`save_state` wrote."""
         directory = Path(directory)
-        tensors, metadata = load_tensors(directory / "critic_model.safetensors", device=self.device)
+        tensors, metadata = load_tensors(directory / MODEL_FILE, device=self.device)
         if metadata.get("lora") != str(self.peft_model is not None):
             raise ValueError(f"{directory}: checkpoint lora={metadata.get('lora')} but learner.critic.lora.enabled="
                              f"{self.peft_model is not None}; resume with the config the checkpoint was written with")

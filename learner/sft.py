@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from learner.export import write_artist_dir, write_critic_dir
 from rollout.types import EditOp, PhotoTask, Suggestion
 
 ArtistStage = Literal["artist", "adapt"]
@@ -188,8 +189,6 @@ class CriticSFT:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the trained critic in the transformers layout (weights, config, processor, tokenizer)."""
-        from learner.export import write_critic_dir
-
         return write_critic_dir(self.model, self.processor, self.source, out_dir)
 
 
@@ -282,8 +281,6 @@ class ArtistSFT:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write a complete artist directory: the trained DiT, and the base's VAE, scheduler and codec file."""
-        from learner.export import write_artist_dir
-
         return write_artist_dir(self.transformer, self.source, out_dir)
 
 

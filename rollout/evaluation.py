@@ -16,15 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from artist_actor.codec import psnr  # the codec report and evaluation measure PSNR alike
 from rollout.types import TONE_ATTRIBUTES, Suggestion
-
-
-def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two uint8 images (``inf`` when identical)."""
-    if reference.shape != test.shape:
-        raise ValueError(f"PSNR needs same-sized images; got {reference.shape} and {test.shape}")
-    mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
 def _gaussian_filter(channel: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
