@@ -136,8 +136,13 @@ class PhotoPipeline:
 
     def enhance(self, image: np.ndarray, seed: int = 0) -> EnhanceResult:
         """Critique ``image`` and edit it conditioned on that critique's H_c."""
+        return self.enhance_with_seeds(image, [seed])[0]
+
+    def enhance_with_seeds(self, image: np.ndarray, seeds: list[int]) -> list[EnhanceResult]:
+        """One greedy critique of ``image``, then one edit per artist noise seed, all conditioned on it."""
         from artist_actor.sampler import EditRequest
 
         critique = self.critic.critique(image)
-        edit = self.sampler.sample([EditRequest(condition_image=image, hidden=critique.hidden, seed=seed)])[0]
-        return EnhanceResult(critique=critique, edited=edit.image)
+        edits = self.sampler.sample([EditRequest(condition_image=image, hidden=critique.hidden, seed=seed)
+                                     for seed in seeds])
+        return [EnhanceResult(critique=critique, edited=edit.image) for edit in edits]

@@ -4,7 +4,9 @@ Owns the command-line surface and the per-method loop. Rows: ``identity`` (the i
 ``auto-enhance`` (grey-world white balance + auto levels) and one row per ``--checkpoint LABEL=DIR`` (a
 directory holding ``critic/`` and ``artist/``, e.g. a warm start as ``SFT-only`` and an RL result as
 ``SFT+RL``; a bare ``DIR`` is labelled by its name). Each model row runs the critic then the artist on every
-held-out photo (``rollout.pipeline``); metrics come from ``rollout.evaluation``. Writes ``table.md``,
+held-out photo (``rollout.pipeline``): one greedy critique, then ``--samples`` edits from different artist noise
+seeds, so that a model row averages over the artist's sampling noise rather than reporting one draw of it.
+Metrics come from ``rollout.evaluation``. Writes ``table.md``,
 ``results.json`` and ``metrics.png`` under ``--out`` and logs them with the table's numbers to MLflow.
 Exit status: 0 evaluated, 2 unusable arguments.
 """
@@ -25,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", help="run config (default: configs/embedded.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--out", default="runs/evaluation", metavar="DIR", help="output folder (runs/evaluation)")
-    parser.add_argument("--seed", type=int, default=0, help="artist noise seed (per photo: seed + index)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="artist noise seed (photo i, sample j: seed + i + j·photos)")
+    parser.add_argument("--samples", type=int, default=1, metavar="N",
+                        help="artist edits per photo from different noise seeds, averaged in each row (1)")
     parser.add_argument("--no-mlflow", action="store_true", help="write files only")
 
 
@@ -49,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
     from rollout.pipeline import PhotoPipeline
 
     try:
+        if args.samples < 1:
+            raise ValueError(f"--samples {args.samples}: need at least one edit per photo")
         config = load_config(args.config, args.set)
         checkpoints = [_parse_checkpoint(value) for value in args.checkpoint]
         manifest = Path(args.data) if args.data else manifest_paths(config.data)[1]
         if manifest is None or not manifest.is_file():
             raise FileNotFoundError(f"held-out manifest {manifest}: no such file")
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"photocrafter evaluate: {error}", file=sys.stderr)
         return 2
     tasks = read_manifest(manifest).tasks
@@ -67,36 +74,43 @@ def run(args: argparse.Namespace) -> int:
     rows, outputs = [], {}
 
     def score_outputs(name, produced, critiques=None):
-        distances = lpips.distances([(output, target) for output, (_, _, target) in zip(produced, photos)])
+        """``produced[j][i]``: sample j of photo i; ``critiques[i]``: the critique of photo i (model rows)."""
+        pairs = [(j, i) for j in range(len(produced)) for i in range(len(photos))]
+        distances = lpips.distances([(produced[j][i], photos[i][2]) for j, i in pairs])
         samples = []
-        for i, ((task, source, target), output) in enumerate(zip(photos, produced)):
+        for (j, i), distance in zip(pairs, distances):
+            (task, source, target), output = photos[i], produced[j][i]
             parsed = critiques[i] if critiques else None
             samples.append(measure(
-                source, output, target, lpips_distance=distances[i], attribute_resolution=resolution,
+                source, output, target, lpips_distance=distance, attribute_resolution=resolution,
                 suggestions=parsed.suggestions if parsed else None, format_ok=parsed.format_ok if parsed else None,
                 score=parsed.score if parsed else None, severity=float(degradation_severity(task))))
         rows.append(summarise(name, samples))
-        outputs[name] = produced
+        outputs[name] = produced[0]
         print(f"{name}: r_photo {rows[-1].photometric:.3f}, mean |Δattr| {rows[-1].mean_attribute_error:.2f}")
 
-    score_outputs("identity", [source for _, source, _ in photos])
-    score_outputs("auto-enhance", [auto_enhance(source) for _, source, _ in photos])
+    # The baselines are deterministic: one sample each.
+    score_outputs("identity", [[source for _, source, _ in photos]])
+    score_outputs("auto-enhance", [[auto_enhance(source) for _, source, _ in photos]])
     critique_texts = {}
     for label, directory in checkpoints:
         pipeline = PhotoPipeline(directory / "critic", directory / "artist", min_pixels=config.critic.min_pixels,
                                  max_pixels=config.critic.max_pixels, max_new_tokens=config.critic.max_new_tokens,
                                  resolution=config.artist.resolution, num_steps=config.artist.num_steps,
                                  solver=config.artist.solver)
-        results = [pipeline.enhance(source, seed=args.seed + i) for i, (_, source, _) in enumerate(photos)]
-        critique_texts[label] = [r.critique.text for r in results]
-        score_outputs(label, [r.edited for r in results], [r.critique.parsed for r in results])
+        results = [pipeline.enhance_with_seeds(source, [args.seed + i + j * len(photos) for j in range(args.samples)])
+                   for i, (_, source, _) in enumerate(photos)]
+        critique_texts[label] = [edits[0].critique.text for edits in results]
+        score_outputs(label, [[edits[j].edited for edits in results] for j in range(args.samples)],
+                      [edits[0].critique.parsed for edits in results])
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
-    (out / "table.md").write_text(f"Held-out set: {manifest} ({len(tasks)} photos)\n\n" + table)
+    (out / "table.md").write_text(f"Held-out set: {manifest} ({len(tasks)} photos, {args.samples} artist "
+                                  f"sample(s) per photo, noise seed {args.seed})\n\n" + table)
     (out / "results.json").write_text(json.dumps({
-        "manifest": str(manifest), "seed": args.seed, "checkpoints": {k: str(v) for k, v in checkpoints},
+        "manifest": str(manifest), "seed": args.seed, "samples": args.samples, "checkpoints": {k: str(v) for k, v in checkpoints},
         "rows": [asdict(row) for row in rows], "critiques": critique_texts}, indent=2, default=float) + "\n")
     _plot(rows, out / "metrics.png")
     _sample_grid(photos, outputs, out / "samples.png")

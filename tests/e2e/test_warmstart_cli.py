@@ -33,8 +33,15 @@ def test_sft_then_enhance_then_evaluate(tmp_path, capsys, embedded_models):
         assert edited.size == (80, 48)
 
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", f"SFT-only={warm}", "--out", str(out), "--no-mlflow", *fast]) == 0
+    assert main(["evaluate", "--checkpoint", f"SFT-only={warm}", "--out", str(out), "--samples", "0",
+                 "--no-mlflow", *fast]) == 2
+    assert "--samples 0" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", f"SFT-only={warm}", "--out", str(out), "--samples", "2",
+                 "--no-mlflow", *fast]) == 0
     table = (out / "table.md").read_text()
     for method in ("identity", "auto-enhance", "SFT-only"):
         assert f"| {method} |" in table
+    # Two held-out photos: the baselines are measured once each, the model row once per noise seed.
+    counts = {row["method"]: row["count"] for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert counts == {"identity": 2, "auto-enhance": 2, "SFT-only": 4}
     assert (out / "metrics.png").is_file() and (out / "samples.png").is_file()
