@@ -30,8 +30,8 @@ from learner.config import ArtistLearnerConfig
 from learner.ema import AdapterEMA
 from learner.lora import (SAMPLING_ADAPTER, TRAINED_ADAPTER, active_adapter, adapter_parameters, adapter_state,
                           adapters_disabled, attach_nft_adapters, load_adapter_state, soft_update_adapter)
-from learner.nft import (DiffusionNFTLoss, low_variance_groups, old_policy_decay, optimality_probabilities,
-                         select_training_timesteps)
+from learner.nft import (DiffusionNFTLoss, low_variance_groups, normalisation_key, old_policy_decay,
+                         optimality_probabilities, select_training_timesteps)
 from learner.optim import build_adamw, clip_and_step
 from learner.state import load_optimizer, load_tensors, save_optimizer, save_tensors
 from rollout.types import ArtistGroup, ImageHandle
@@ -166,7 +166,7 @@ class ArtistLearner:
                 "learner/nft/skipped": 0.0, "time/learner/artist_update_s": time.perf_counter() - started}
 
     def _group_key(self, group: ArtistGroup) -> tuple:
-        return (group.task_id,) if self.config.group_by == "photo" else (group.task_id, group.critique_index)
+        return normalisation_key(group.task_id, group.critique_index, self.config.group_by, len(group.edits))
 
     @staticmethod
     def _write_back(groups: Sequence[ArtistGroup], optimality: np.ndarray, masked: np.ndarray) -> None:

@@ -86,8 +86,10 @@ class ArtistLearnerConfig(ConfigModel):
     """Cap of the EMA decay min((1+step)/(10+step), ema_decay) used for eval and checkpoints."""
     timestep_fraction: float = Field(0.99, gt=0.0, le=1.0)
     """Fraction of the sampler's schedule points used as training timesteps per sample."""
-    group_by: Literal["critique", "photo"] = "critique"
-    """Reward normalisation group: per (photo, critique) or per photo."""
+    group_by: Literal["auto", "critique", "photo"] = "auto"
+    """Reward normalisation group: per (photo, critique), per photo, or ``auto`` — per (photo, critique) when
+    ``artist.edits_per_critique`` ≥ 4, else per photo, since a mean over fewer edits makes the advantage
+    mostly sampling noise (ALGORITHMS.md §8.13)."""
     mask_std_threshold: float = Field(0.0, ge=0.0, le=1.0)
     """Mask groups whose reward std is ≤ this (0 = off; Edit-R1 uses 0.05)."""
     micro_batch_size: int = Field(4, ge=1, le=1024)

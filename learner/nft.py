@@ -22,6 +22,25 @@ MIN_WEIGHT_FACTOR = 1e-5
 """Floor of the adaptive weight mean|x̂0 − x0|, so an exact prediction never divides by zero."""
 
 
+MIN_EDITS_PER_CRITIQUE_GROUP = 4
+"""Smallest K at which ``group_by: auto`` normalises each critique's edits on their own."""
+
+
+def normalisation_key(task_id: str, critique_index: int, group_by: str, edits_per_critique: int) -> tuple:
+    """The group an edit's reward is normalised in: its photo, or its (photo, critique) pair.
+
+    ``auto`` picks the pair when the critique has at least :data:`MIN_EDITS_PER_CRITIQUE_GROUP` edits and the
+    photo otherwise: a mean over two edits leaves each advantage a coin flip between two noise draws.
+    """
+    if group_by == "auto":
+        group_by = "critique" if edits_per_critique >= MIN_EDITS_PER_CRITIQUE_GROUP else "photo"
+    if group_by == "photo":
+        return (task_id,)
+    if group_by == "critique":
+        return (task_id, critique_index)
+    raise ValueError(f"learner.artist.group_by {group_by!r}: expected auto, critique or photo")
+
+
 def optimality_probabilities(rewards: Sequence[float] | np.ndarray, group_keys: Sequence[Hashable],
                              adv_clip_max: float = 5.0) -> np.ndarray:
     """Map raw rewards to optimality probabilities r = ½ + ½·clip((R − mean_group R) / (c·(σ_all + 1e-4)), −1, 1).

@@ -113,17 +113,19 @@ def critic_groups(critiques: list[Critique], rewards: list[CritiqueReward], lear
 def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edits: list[Edit],
                   rewards: list[EditReward], *, group_by: str, adv_clip_max: float,
                   mask_std_threshold: float) -> tuple[list[ArtistGroup], float]:
-    """One DiffusionNFT group per (photo, critique); optimality r from group mean and global std."""
-    from learner.nft import optimality_probabilities
+    """One DiffusionNFT group per (photo, critique); optimality r from the mean of the ``group_by`` group and the
+    global std."""
+    from learner.nft import normalisation_key, optimality_probabilities
 
     task_by_id = {t.task_id: t for t in tasks}
     cond_by_key = {(c.task_id, c.critique_index): c for c in conditionings}
     totals = np.asarray([r.total for r in rewards], dtype=np.float64)
-    keys = [(e.task_id, e.critique_index) if group_by == "critique" else (e.task_id,) for e in edits]
-    optimality = np.asarray(optimality_probabilities(totals, keys, adv_clip_max), dtype=np.float32)
     by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, edit in enumerate(edits):
         by_key[(edit.task_id, edit.critique_index)].append(i)
+    keys = [normalisation_key(e.task_id, e.critique_index, group_by, len(by_key[(e.task_id, e.critique_index)]))
+            for e in edits]
+    optimality = np.asarray(optimality_probabilities(totals, keys, adv_clip_max), dtype=np.float32)
     groups, zero_var = [], 0
     for (task_id, critique_index), indices in by_key.items():
         spread = float(np.std(totals[indices]))

@@ -1,4 +1,5 @@
-"""The controller's grouping: GRPO groups per photo, DiffusionNFT groups per (photo, critique)."""
+"""The controller's grouping: GRPO groups per photo, DiffusionNFT groups per (photo, critique) normalised per
+critique or per photo."""
 
 from __future__ import annotations
 
@@ -34,13 +35,13 @@ def test_critic_groups_are_per_photo_with_normalised_advantages():
     assert [g.task_id for g in kept] == ["a"]
 
 
-def test_artist_groups_are_per_photo_and_critique_with_optimality_in_unit_interval():
+def _two_photos_two_critiques_two_edits(values):
     tasks = [PhotoTask(task_id=t, input=np.zeros((16, 16, 3), np.uint8), target=np.zeros((16, 16, 3), np.uint8))
              for t in ("a", "b")]
     conditionings = [Conditioning(task_id=t, critique_index=i, hidden=np.zeros((4, 8), np.float32))
                      for t in ("a", "b") for i in range(2)]
     edits, rewards = [], []
-    values = iter([0.1, 0.9, 0.5, 0.5, 0.2, 0.4, 0.3, 0.3])
+    values = iter(values)
     for c in conditionings:
         for k in range(2):
             edits.append(Edit(task_id=c.task_id, critique_index=c.critique_index, edit_index=k, seed=k, image=None,
@@ -48,6 +49,11 @@ def test_artist_groups_are_per_photo_and_critique_with_optimality_in_unit_interv
                               critic_version=0))
             rewards.append(EditReward(task_id=c.task_id, critique_index=c.critique_index, edit_index=k,
                                       total=next(values), compliance=1.0, photometric=0.0, perceptual=0.0))
+    return tasks, conditionings, edits, rewards
+
+
+def test_artist_groups_are_per_photo_and_critique_with_optimality_in_unit_interval():
+    tasks, conditionings, edits, rewards = _two_photos_two_critiques_two_edits([0.1, 0.9, 0.5, 0.5, 0.2, 0.4, 0.3, 0.3])
     groups, zero_fraction = artist_groups(tasks, conditionings, edits, rewards, group_by="critique",
                                           adv_clip_max=5.0, mask_std_threshold=0.05)
     assert [(g.task_id, g.critique_index) for g in groups] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
@@ -65,3 +71,26 @@ def test_summarise_ignores_missing_and_non_finite_values():
     assert summarise("x", [1.0, None, float("nan"), 3.0]) == {"x/mean": 2.0, "x/std": 1.0, "x/min": 1.0,
                                                               "x/max": 3.0}
     assert summarise("x", [None]) == {}
+
+
+def test_auto_grouping_normalises_two_edit_critiques_per_photo():
+    """With K = 2 an edit is compared with every edit of its photo, so a critique whose both edits beat the
+    photo's other critique gets two optimalities above 1/2 (per critique it would get one above, one below)."""
+    tasks, conditionings, edits, rewards = _two_photos_two_critiques_two_edits([0.8, 0.9, 0.1, 0.2, 0.5, 0.5, 0.5, 0.5])
+    groups, _ = artist_groups(tasks, conditionings, edits, rewards, group_by="auto", adv_clip_max=5.0,
+                              mask_std_threshold=0.0)
+    assert np.all(groups[0].optimality > 0.5) and np.all(groups[1].optimality < 0.5)
+    per_critique, _ = artist_groups(tasks, conditionings, edits, rewards, group_by="critique", adv_clip_max=5.0,
+                                    mask_std_threshold=0.0)
+    assert per_critique[0].optimality[0] < 0.5 < per_critique[0].optimality[1]
+
+
+def test_normalisation_key_resolves_auto_by_edits_per_critique():
+    from learner.nft import normalisation_key
+
+    assert normalisation_key("a", 1, "auto", 2) == ("a",)
+    assert normalisation_key("a", 1, "auto", 4) == ("a", 1)
+    assert normalisation_key("a", 1, "photo", 8) == ("a",)
+    assert normalisation_key("a", 1, "critique", 1) == ("a", 1)
+    with pytest.raises(ValueError, match="group_by 'prompt'"):
+        normalisation_key("a", 1, "prompt", 4)
