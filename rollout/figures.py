@@ -210,7 +210,9 @@ REWARD_PANELS: tuple[CurvePanel, ...] = (
                band={"reward/artist/total/mean": "reward/artist/total/std"}),
     CurvePanel("critic reward (per critique)",
                ("reward/critic/total/mean", "reward/critic/format/mean", "reward/critic/rank/mean",
-                "reward/critic/suggestion/mean", "reward/critic/score/mean")),
+                "reward/critic/suggestion/mean")),
+    # On its own axes: a 0–100 score beside rewards of order 1 would flatten them into the x axis.
+    CurvePanel("critic score of the input (0–100)", ("reward/critic/score/mean",)),
     CurvePanel("groups with zero reward variance",
                ("groups/critic/zero_variance_frac", "groups/artist/zero_variance_frac"), ylim=(-0.02, 1.02)),
 )

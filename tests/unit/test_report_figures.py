@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rollout.figures import SampleRow, render_reward_curves, render_sample_grid
+from rollout.figures import REWARD_PANELS, SampleRow, render_reward_curves, render_sample_grid
 
 
 def _image(value, h=40, w=60):
@@ -69,7 +69,7 @@ def test_reward_curves_render_with_partial_and_nonfinite_history():
     image = render_reward_curves(history, title="run — step 4")
     empty = render_reward_curves({})
     assert image.dtype == np.uint8 and image.shape[2] == 3
-    assert image.shape == empty.shape == (360, 1500, 3)
+    assert image.shape == empty.shape == (360, 500 * len(REWARD_PANELS), 3)  # 5 × 3.6 in per panel at 100 dpi
     # Plotted lines add coloured pixels that an empty figure does not have.
     def coloured(a):
         return int((a.max(axis=2).astype(int) - a.min(axis=2) > 60).sum())
