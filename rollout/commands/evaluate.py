@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "table.md").write_text(f"Held-out set: {manifest} ({len(tasks)} photos, {args.samples} artist "
                                   f"sample(s) per photo, noise seed {args.seed})\n\n" + table)
     (out / "results.json").write_text(json.dumps({
-        "manifest": str(manifest), "seed": args.seed, "samples": args.samples, "checkpoints": {k: str(v) for k, v in checkpoints},
+        "manifest": str(manifest), "seed": args.seed, "samples": args.samples,
+        "checkpoints": {k: str(v) for k, v in checkpoints},
         "rows": [asdict(row) for row in rows], "critiques": critique_texts}, indent=2, default=float) + "\n")
     _plot(rows, out / "metrics.png")
     _sample_grid(photos, outputs, out / "samples.png")
