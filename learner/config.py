@@ -58,11 +58,23 @@ class CriticLearnerConfig(ConfigModel):
     overlong_penalty: float = Field(1.0, ge=0.0, le=10.0)
     """Penalty reached at max_new_tokens when overlong shaping is on."""
     micro_batch_size: int = Field(4, ge=1, le=1024)
-    """Sequences per forward/backward pass."""
+    """Most sequences per forward/backward pass (on each rank)."""
+    max_tokens_per_micro_batch: int = Field(0, ge=0, le=10_000_000)
+    """Token budget of one forward/backward pass on one rank, counted as padded tokens (longest sequence ×
+    sequences, prompt with vision tokens included), the way verl's ``ppo_max_token_len_per_gpu`` bounds
+    activation memory; sequences are packed longest first. 0 = count sequences only (``micro_batch_size``).
+    A sequence longer than the budget gets a pass of its own."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (true/false);
+    ``auto`` = on for models of a billion parameters or more (the 7B critic), off for the tiny embedded one."""
+    cpu_offload: bool = False
+    """Keep this learner's sharded parameters, gradients and AdamW state in host memory (FSDP2 CPU offload; the
+    optimizer step runs on the CPU): fits a full fine-tune on fewer GPUs at the cost of step time."""
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig(enabled=False, rank=64, alpha=32.0))
     """LoRA for the critic (off = full fine-tune; reference = a frozen copy, or adapters disabled with LoRA)."""
-    gpus: float = Field(0.0, ge=0.0, le=8.0)
-    """GPUs of the critic learner actor."""
+    gpus: int = Field(0, ge=0, le=4096)
+    """GPUs of the critic learner: one rank (a Ray actor) per GPU, sharded with FSDP2 and data parallel over
+    them, packed on as few nodes as possible. 0 = one rank on the CPU."""
 
 
 class ArtistLearnerConfig(ConfigModel):
@@ -93,11 +105,17 @@ class ArtistLearnerConfig(ConfigModel):
     mask_std_threshold: float = Field(0.0, ge=0.0, le=1.0)
     """Mask groups whose reward std is ≤ this (0 = off; Edit-R1 uses 0.05)."""
     micro_batch_size: int = Field(4, ge=1, le=1024)
-    """Edits per forward/backward pass."""
+    """Edits per forward/backward pass (on each rank)."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute each DiT block's activations in the backward pass instead of keeping them (true/false);
+    ``auto`` = on for models of a billion parameters or more (the 20B DiT), off for the tiny embedded one."""
+    cpu_offload: bool = False
+    """Keep this learner's sharded parameters, gradients and AdamW state in host memory (FSDP2 CPU offload)."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
     """The artist LoRA (DiffusionNFT default r32 α64 on the 8 attention projections)."""
-    gpus: float = Field(0.0, ge=0.0, le=8.0)
-    """GPUs of the artist learner actor."""
+    gpus: int = Field(0, ge=0, le=4096)
+    """GPUs of the artist learner: one rank (a Ray actor) per GPU, the DiT sharded with FSDP2 over them and the
+    edits split between them, packed on as few nodes as possible. 0 = one rank on the CPU."""
 
 
 class LearnerConfig(ConfigModel):

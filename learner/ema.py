@@ -20,13 +20,17 @@ def ema_decay(step: int, cap: float = 0.9) -> float:
 
 
 class AdapterEMA:
-    """A float32 shadow copy of named tensors that tracks them with :func:`ema_decay`."""
+    """A float32 shadow copy of named tensors that tracks them with :func:`ema_decay`.
+
+    The shadow lives where the tracked tensors live and is laid out like them: on a sharded learner each rank
+    averages only its own shards (no communication), and a checkpoint saves the shards like any parameter.
+    """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], cap: float = 0.9):
         if not 0.0 <= cap < 1.0:
             raise ValueError(f"EMA decay cap must be in [0, 1), got {cap}")
         self.cap = cap
-        self.shadow = {name: value.detach().to("cpu", torch.float32, copy=True) for name, value in tensors.items()}
+        self.shadow = {name: value.detach().to(torch.float32, copy=True) for name, value in tensors.items()}
 
     @torch.no_grad()
     def step(self, tensors: Mapping[str, torch.Tensor], step: int) -> float:
@@ -35,19 +39,23 @@ class AdapterEMA:
             raise KeyError("EMA update got a different set of tensors than it was created with")
         decay = ema_decay(step, self.cap)
         for name, value in tensors.items():
-            self.shadow[name].mul_(decay).add_(value.detach().to("cpu", torch.float32), alpha=1.0 - decay)
+            self.shadow[name].mul_(decay).add_(value.detach().to(torch.float32), alpha=1.0 - decay)
         return decay
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Copies of the averaged tensors (adapter-free names, float32, CPU)."""
+        """Copies of the averaged tensors (adapter-free names, float32), laid out like the tracked tensors."""
         return {name: value.clone() for name, value in self.shadow.items()}
 
+    @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace the averaged tensors; names and shapes must match the current ones."""
+        """Replace the averaged tensors with whole (or identically sharded) tensors of the same names/shapes."""
+        from learner.distributed import local_tensor, shard_like
+
         if set(state) != set(self.shadow):
             missing, unknown = set(self.shadow) - set(state), set(state) - set(self.shadow)
             raise KeyError(f"EMA state mismatch: {len(missing)} missing, {len(unknown)} unknown tensors")
         for name, value in state.items():
-            if value.shape != self.shadow[name].shape:
+            if tuple(value.shape) != tuple(self.shadow[name].shape):
                 raise ValueError(f"EMA {name}: shape {tuple(value.shape)} != {tuple(self.shadow[name].shape)}")
-            self.shadow[name] = value.detach().to("cpu", torch.float32, copy=True)
+            target = self.shadow[name]
+            local_tensor(target).copy_(local_tensor(shard_like(value, target)))

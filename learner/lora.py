@@ -87,10 +87,20 @@ def _lora_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _activate(model: nn.Module, adapter: str) -> None:
-    # peft's set_adapter also flips requires_grad: the named adapter becomes trainable, the others frozen.
-    # Only the trained adapter may ever end up trainable, so the sampling adapter is set in inference mode.
+    # peft's set_adapter also flips requires_grad (the named adapter trainable, the others frozen). Switching
+    # adapters here is only ever for no-grad forward passes, and under FSDP2 a parameter's requires_grad must
+    # not change between passes, so the flags are put back at once: the trained adapter stays trainable, the
+    # sampling adapter frozen, whichever one is active.
     for layer in _lora_layers(model):
         layer.set_adapter(adapter, inference_mode=adapter != TRAINED_ADAPTER)
+    _restore_trainable_flags(model)
+
+
+def _restore_trainable_flags(model: nn.Module) -> None:
+    marker = f".{TRAINED_ADAPTER}."
+    for name, param in model.named_parameters():
+        if ".lora_" in name:
+            param.requires_grad_(marker in name)
 
 
 def adapter_parameters(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
@@ -104,14 +114,39 @@ def adapter_parameters(model: nn.Module, adapter: str) -> dict[str, nn.Parameter
 
 
 def adapter_state(model: nn.Module, adapter: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of one adapter's tensors (optionally cast, e.g. to bf16 to halve sync bytes)."""
-    return {name: param.detach().to("cpu", dtype=dtype or param.dtype, copy=True).contiguous()
+    """Detached CPU copies of one adapter's whole tensors (optionally cast, e.g. to bf16 to halve sync bytes).
+
+    On a sharded learner this gathers every tensor from the ranks: a collective every rank must call.
+    """
+    from learner.distributed import full_tensor
+
+    return {name: full_tensor(param).to("cpu", dtype=dtype or param.dtype, copy=True).contiguous()
             for name, param in adapter_parameters(model, adapter).items()}
+
+
+def local_adapter_state(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """Copies of the part of one adapter this rank holds (its shards; the whole tensors when not sharded),
+    on the parameters' device: a snapshot cheap enough to keep per policy version."""
+    from learner.distributed import local_tensor
+
+    return {name: local_tensor(param).clone() for name, param in adapter_parameters(model, adapter).items()}
+
+
+@torch.no_grad()
+def load_local_adapter_state(model: nn.Module, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Inverse of :func:`local_adapter_state` (same model, same sharding)."""
+    from learner.distributed import local_tensor
+
+    for name, param in adapter_parameters(model, adapter).items():
+        local_tensor(param).copy_(state[name])
 
 
 @torch.no_grad()
 def load_adapter_state(model: nn.Module, adapter: str, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state`` (adapter-free names) into one adapter; every tensor must match by name and shape."""
+    """Copy ``state`` (adapter-free names, whole tensors) into one adapter; every tensor must match by name and
+    shape. On a sharded learner each rank keeps its own shard of every tensor (no communication)."""
+    from learner.distributed import local_tensor, shard_like
+
     params = adapter_parameters(model, adapter)
     missing, unknown = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unknown:
@@ -119,9 +154,9 @@ def load_adapter_state(model: nn.Module, adapter: str, state: Mapping[str, torch
                        f"unknown {unknown[:3]} ({len(missing)} missing, {len(unknown)} unknown)")
     for name, param in params.items():
         value = state[name]
-        if value.shape != param.shape:
+        if tuple(value.shape) != tuple(param.shape):
             raise ValueError(f"{name}: state has shape {tuple(value.shape)}, adapter has {tuple(param.shape)}")
-        param.copy_(value.to(param.device, param.dtype))
+        local_tensor(param).copy_(local_tensor(shard_like(value, param)))
 
 
 @torch.no_grad()
@@ -154,6 +189,7 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
     layers = _lora_layers(model)
     for layer in layers:
         layer.enable_adapters(False)
+    _restore_trainable_flags(model)
     try:
         yield
     finally:
@@ -164,20 +200,26 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def merged_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    """The base model's ``state_dict`` by its own names with ``adapter`` merged in (W + α/r · B·A).
+    """The base model's ``state_dict`` by its own names with ``adapter`` merged in (W + α/r · B·A), on the CPU.
 
     Works for any peft-injected model (the critic's ``get_peft_model`` wrapper or the DiT's injected adapters):
     LoRA tensors are dropped, ``.base_layer.`` is removed from names, and every adapted weight becomes its
-    merged value, so the result loads into an adapter-free copy of the model with ``strict=True``.
+    merged value, so the result loads into an adapter-free copy of the model with ``strict=True``. On a sharded
+    learner every tensor is gathered from the ranks first (a collective every rank must call).
     """
     from peft.tuners.lora import LoraLayer
+
+    from learner.distributed import full_tensor
 
     merged: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if ".lora_" not in name:
-            merged[name.replace(".base_layer.", ".")] = tensor.detach().cpu().clone()
+            merged[name.replace(".base_layer.", ".")] = full_tensor(tensor).cpu().clone()
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            base = module.get_base_layer().weight
-            merged[f"{name}.weight"] = (base + module.get_delta_weight(adapter).to(base.dtype)).detach().cpu()
+            base = merged[f"{name}.weight"]
+            lora_a = full_tensor(module.lora_A[adapter].weight).cpu().float()
+            lora_b = full_tensor(module.lora_B[adapter].weight).cpu().float()
+            delta = (lora_b @ lora_a) * module.scaling[adapter]
+            merged[f"{name}.weight"] = (base.float() + delta).to(base.dtype)
     return merged

@@ -70,7 +70,9 @@ def clip_and_step(
         optimizer.zero_grad(set_to_none=True)
         return StepOutcome(grad_norm=0.0, applied=False)
     # error_if_nonfinite=False: we want the norm back to report it, not an exception mid-run.
-    total_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False)
+    # On a sharded learner the norm is a DTensor over the ranks' shards: its full value is the global norm.
+    total_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     applied = math.isfinite(total_norm)
     if applied:
         optimizer.step()

@@ -73,12 +73,10 @@ class Components:
     """Everything the controller drives. ``build_components`` creates one; ``shutdown`` frees the cluster."""
 
     def __init__(self, config: TrainConfig, run_name: str):
-        import ray
-
         from artist_actor.group import ArtistSamplerGroup
         from critic_actor.group import CriticRolloutGroup
         from rewards.pool import RewardPool
-        from rollout.learner_actors import ArtistLearnerActor, CriticLearnerActor
+        from rollout.learner_groups import ArtistLearnerGroup, CriticLearnerGroup
         from rollout.models import resolve_model_paths
 
         self.config = config
@@ -89,29 +87,18 @@ class Components:
         self._actor_seconds: dict[str, float] = {}
         timeout = config.trainer.sync_timeout_s
 
-        # Learners first: they are the source of truth for weights. STRICT_PACK keeps each learner's GPUs on
-        # one node. They do not restart in place; the controller restores them from the last checkpoint.
+        # Learners first: they are the source of truth for weights. Each is a group of ranks (one per GPU,
+        # packed on as few nodes as possible); they do not restart in place: the controller restores them from
+        # the last checkpoint.
         lc, la = config.learner.critic, config.learner.artist
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        def learner_pg(gpus: float):
-            bundle = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
-            pg = placement_group([bundle], strategy="STRICT_PACK")
-            ray.get(pg.ready(), timeout=600)
-            return pg
-
-        self._placement_groups = [learner_pg(lc.gpus), learner_pg(la.gpus)]
-        self.critic_learner = ray.remote(CriticLearnerActor).options(
-            name="critic-learner", num_cpus=1, num_gpus=lc.gpus, max_restarts=0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[0], 0),
-        ).remote(str(critic_path), lc, min_pixels=config.critic.min_pixels, max_pixels=config.critic.max_pixels,
-                 temperature=config.critic.temperature, max_new_tokens=config.critic.max_new_tokens,
-                 seed=config.trainer.seed)
-        self.artist_learner = ray.remote(ArtistLearnerActor).options(
-            name="artist-learner", num_cpus=1, num_gpus=la.gpus, max_restarts=0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[1], 0),
-        ).remote(str(artist_path), la, config.artist, seed=config.trainer.seed, num_threads=1)
+        self.critic_learner = CriticLearnerGroup(
+            str(critic_path), lc, num_threads=1, learner_kwargs={
+                "min_pixels": config.critic.min_pixels, "max_pixels": config.critic.max_pixels,
+                "temperature": config.critic.temperature, "max_new_tokens": config.critic.max_new_tokens,
+                "seed": config.trainer.seed})
+        self.artist_learner = ArtistLearnerGroup(
+            str(artist_path), la, config.artist, num_threads=1, learner_kwargs={
+                "seed": config.trainer.seed, "kept_versions": config.trainer.max_staleness + 1})
         # Rollout and sampler groups recover a replica that Ray restarts (current weights back, its share of the
         # work redone once); reward workers are stateless, so Ray's own task retries cover them.
         self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
@@ -119,16 +106,14 @@ class Components:
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
                                                   sync_timeout_s=timeout, max_restarts=restarts)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts)
-        self.learner_info = ray.get([self.critic_learner.ready.remote(), self.artist_learner.ready.remote()])
+        self.learner_info = [self.critic_learner.info[0], self.artist_learner.info[0]]
 
     # ----------------------------------------------------------------------------------- stages
     def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
         return self.critic_rollout.generate(tasks, n=n, step=step)
 
     def prepare(self, critiques: list[Critique]):
-        import ray
-
-        conditionings, metrics = ray.get(self.critic_learner.prepare_for_update.remote(critiques))
+        conditionings, metrics = self.critic_learner.prepare(critiques)
         self._actor_seconds["time/actor/prepare_s"] = metrics.pop("time/actor/prepare_s", 0.0)
         return conditionings, metrics
 
@@ -168,18 +153,17 @@ class Components:
         (None for a learner that is frozen or has nothing to learn from this step)."""
         critic_call = artist_call = None
         if train_critic and critic_groups:
-            critic_call = self.critic_learner.update_prepared.remote(critic_groups)
+            critic_call = (self.critic_learner, self.critic_learner.launch_update(critic_groups))
         if train_artist and artist_groups:
-            artist_call = self.artist_learner.update_timed.remote(artist_groups)
+            artist_call = (self.artist_learner, self.artist_learner.launch_update(artist_groups))
         return critic_call, artist_call
 
     def finish_update(self, call) -> dict[str, float]:
         """Wait for an update started by :meth:`launch_updates`; its metrics (compute time kept aside)."""
-        import ray
-
         if call is None:
             return {}
-        metrics = dict(ray.get(call))
+        group, refs = call
+        metrics = dict(group.collect(refs, what="update"))
         for key in [k for k in metrics if k.startswith("time/actor/")]:
             self._actor_seconds[key] = metrics.pop(key)
         return metrics
@@ -198,44 +182,35 @@ class Components:
 
     # ------------------------------------------------------------------------------------ weights
     def critic_learner_version(self) -> int:
-        import ray
-
-        return ray.get(self.critic_learner.version.remote())
+        return self.critic_learner.version()
 
     def artist_learner_version(self) -> int:
-        import ray
-
-        return ray.get(self.artist_learner.current_version.remote())
+        return self.artist_learner.version()
 
     def sync_critic(self, version: int, timeout_s: float) -> float:
-        import ray
-
         started = time.perf_counter()
-        learner_version, weights_ref, checksum = ray.get(self.critic_learner.weights_ref.remote(), timeout=timeout_s)
+        learner_version, weights_ref, checksum = self.critic_learner.weights_ref()
         self.critic_rollout.set_weights(learner_version, weights_ref, checksum)
         return time.perf_counter() - started
 
     def sync_artist(self, version: int, timeout_s: float) -> tuple[float, int]:
-        import ray
-
         started = time.perf_counter()
-        learner_version, weights_ref, nbytes = ray.get(self.artist_learner.sampler_weights_ref.remote(),
-                                                       timeout=timeout_s)
+        learner_version, weights_ref, nbytes = self.artist_learner.sampler_weights_ref()
         self.artist_samplers.set_weights(learner_version, weights_ref)
         return time.perf_counter() - started, nbytes
 
     # --------------------------------------------------------------------------------- checkpoints
     def save_learners(self, directory: Path) -> None:
-        import ray
-
-        ray.get([self.critic_learner.save_checkpoint.remote(str(directory)),
-                 self.artist_learner.save_checkpoint.remote(str(directory))])
+        critic = self.critic_learner.launch("save_checkpoint", str(directory))
+        artist = self.artist_learner.launch("save_checkpoint", str(directory))
+        self.critic_learner.collect(critic, what="checkpoint save")
+        self.artist_learner.collect(artist, what="checkpoint save")
 
     def load_learners(self, directory: Path) -> None:
-        import ray
-
-        ray.get([self.critic_learner.load_checkpoint.remote(str(directory)),
-                 self.artist_learner.load_checkpoint.remote(str(directory))])
+        critic = self.critic_learner.launch("load_checkpoint", str(directory))
+        artist = self.artist_learner.launch("load_checkpoint", str(directory))
+        self.critic_learner.collect(critic, what="checkpoint load")
+        self.artist_learner.collect(artist, what="checkpoint load")
 
     # ------------------------------------------------------------------------------------- misc
     def tags(self) -> dict[str, str]:
@@ -243,18 +218,12 @@ class Components:
                 "artist.path": str(self.artist_path)}
 
     def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        for owner in (self.critic_rollout, self.artist_samplers, self.rewards):
+        for owner in (self.critic_rollout, self.artist_samplers, self.rewards, self.critic_learner,
+                      self.artist_learner):
             try:
                 owner.shutdown()
             except Exception as exc:  # noqa: BLE001 - teardown must go on
                 print(f"[photocrafter] shutdown of {owner!r}: {exc}", file=sys.stderr)
-        for actor in (self.critic_learner, self.artist_learner):
-            ray.kill(actor)
-        for pg in self._placement_groups:
-            remove_placement_group(pg)
 
 
 def build_components(config: TrainConfig, run_name: str) -> Components:

@@ -1,38 +1,26 @@
 """The resource plan: which actors a run starts, what each reserves, and whether it fits the cluster.
 
 Owns the mapping from config to roles (critic rollout replicas, artist samplers, reward workers, the two
-learners), their placement strategies (learners STRICT_PACK, vLLM replicas PACK so tensor-parallel ranks sit
-together, reward workers SPREAD), per-GPU memory estimates from parameter counts, and the fit check that
-``photocrafter check-config`` prints and the controller enforces before creating any actor. It creates no
-actor itself and never imports Ray, so the plan can be checked on a laptop for a cluster config.
+learners' ranks), their placement strategies (learner ranks packed on as few nodes as possible, vLLM replicas
+PACK so tensor-parallel ranks sit together, samplers and reward workers SPREAD), per-GPU memory estimates, and
+the fit check that ``photocrafter check-config`` prints and the controller enforces before creating any actor.
+The learners' memory comes from :mod:`learner.memory` (the formulas, from the models' own configs); the rollout
+and sampler figures from the same parameter counts. It creates no actor itself and never imports Ray, so the
+plan can be checked on a laptop for a cluster config.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from learner.memory import (GIB, NOMINAL_VAE_PARAMS, LearnerMemory, ModelShape, artist_learner_memory,
+                            artist_shape, artist_tokens, critic_learner_memory, critic_micro_batch, critic_shape)
 from rollout.config import TrainConfig
 
-GIB = 1024**3
-
-# Nominal parameter counts (billions) used when a checkpoint directory is not readable from this machine
-# (e.g. checking a cluster config on a laptop). Qwen2.5-VL-7B: 8.29 B including the vision tower;
-# Qwen-Image(-Edit) DiT: 20.43 B; its VAE: 0.13 B.
-NOMINAL_CRITIC_PARAMS_B = 8.29
-NOMINAL_DIT_PARAMS_B = 20.43
-NOMINAL_VAE_PARAMS_B = 0.13
-TINY_PARAMS_B = 0.01  # the embedded tiny models are a few million parameters
-ACTIVATION_HEADROOM = 1.25  # activations, CUDA context and fragmentation on top of the state estimate
-
-
-@dataclass(slots=True)
-class ModelSize:
-    params_b: float
-    """Parameters in billions."""
-    source: str
-    """How the figure was obtained: ``checkpoint`` (weights on disk), ``nominal`` or ``embedded``."""
+ACTIVATION_HEADROOM = 1.25  # sampler activations, CUDA context and fragmentation on top of the weights
+EMBEDDED_LEARNER_BYTES = 1.0 * GIB
+"""A learner rank of the tiny embedded models on a GPU: the CUDA context dominates."""
 
 
 @dataclass(slots=True)
@@ -82,26 +70,14 @@ class ResourcePlan:
         return "\n".join(lines)
 
 
-def _weights_params_b(directory: Path, bytes_per_param: int) -> float | None:
-    """Parameters (billions) from the weight files of a checkpoint directory, or None if unreadable."""
-    if not directory.is_dir():
-        return None
-    total = sum(p.stat().st_size for p in directory.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt"))
-    return total / bytes_per_param / 1e9 if total else None
-
-
-def model_sizes(config: TrainConfig) -> tuple[ModelSize, ModelSize]:
-    """(critic, artist DiT+codec) sizes: from checkpoints on disk when readable, nominal otherwise."""
-
-    def size(value: str, sub: str, nominal: float) -> ModelSize:
-        if value == "embedded":
-            return ModelSize(TINY_PARAMS_B, "embedded")
-        # Real checkpoints ship in bf16 (2 bytes per parameter).
-        found = _weights_params_b(Path(value).expanduser() / sub, 2)
-        return ModelSize(found, "checkpoint") if found else ModelSize(nominal, "nominal")
-
-    critic = size(config.critic.model, "", NOMINAL_CRITIC_PARAMS_B)
-    artist = size(config.artist.model, "transformer", NOMINAL_DIT_PARAMS_B + NOMINAL_VAE_PARAMS_B)
+def model_shapes(config: TrainConfig) -> tuple[ModelShape | None, ModelShape | None]:
+    """(critic, artist DiT) shapes from the checkpoints' configs when readable here, the real architectures'
+    nominal configs otherwise; None for the embedded tiny models (their memory is negligible)."""
+    lc, la = config.learner.critic, config.learner.artist
+    critic = None if config.critic.model == "embedded" else critic_shape(
+        config.critic.model, lc.lora.rank if lc.lora.enabled else 0, list(lc.lora.target_modules))
+    artist = None if config.artist.model == "embedded" else artist_shape(
+        config.artist.model, la.lora.rank, list(la.lora.target_modules))
     return critic, artist
 
 
@@ -111,17 +87,66 @@ def _bytes_per_param(dtype: str, gpus: float) -> int:
     return 2
 
 
+def _checkpointing(setting: bool | str, shape: ModelShape) -> bool:
+    return shape.params >= 1e9 if setting == "auto" else bool(setting)
+
+
+def critic_learner_plan(config: TrainConfig, shape: ModelShape | None) -> tuple[RolePlan, LearnerMemory | None]:
+    """The critic learner's ranks and the memory each needs on its GPU."""
+    lc, c = config.learner.critic, config.critic
+    ranks, gpus = max(1, lc.gpus), (1.0 if lc.gpus else 0.0)
+    mode = f"LoRA r{lc.lora.rank}" if lc.lora.enabled else "full FT" + (" + ref" if lc.kl_coef > 0 else "")
+    note = f"GRPO, {mode}, {ranks} rank(s)" + (" FSDP2" if ranks > 1 else "")
+    if not gpus or shape is None:
+        return RolePlan("critic-learner", ranks, gpus, 1, "PACK", EMBEDDED_LEARNER_BYTES / GIB if gpus else 0.0,
+                        note), None
+    batch = critic_micro_batch(max_pixels=c.max_pixels, max_new_tokens=c.max_new_tokens,
+                               micro_batch_size=lc.micro_batch_size,
+                               max_tokens_per_micro_batch=lc.max_tokens_per_micro_batch)
+    checkpointing = _checkpointing(lc.gradient_checkpointing, shape)
+    memory = critic_learner_memory(
+        shape, ranks=ranks, lora=lc.lora.enabled, kl_coef=lc.kl_coef, cpu_offload=lc.cpu_offload,
+        checkpointing=checkpointing, sequences=batch.sequences, sequence_tokens=batch.sequence_tokens,
+        vision_tokens=batch.vision_tokens, response_tokens=batch.response_tokens)
+    note += (f", micro-batch {batch.sequences}×{batch.sequence_tokens} tokens"
+             f"{', checkpointing' if checkpointing else ''}{', CPU offload' if lc.cpu_offload else ''}"
+             f"; GiB: {memory.describe()}")
+    return RolePlan("critic-learner", ranks, gpus, 1, "PACK", memory.total / GIB, note), memory
+
+
+def artist_learner_plan(config: TrainConfig, shape: ModelShape | None) -> tuple[RolePlan, LearnerMemory | None]:
+    """The artist learner's ranks and the memory each needs on its GPU."""
+    la, a, c = config.learner.artist, config.artist, config.critic
+    ranks, gpus = max(1, la.gpus), (1.0 if la.gpus else 0.0)
+    note = f"DiffusionNFT, LoRA r{la.lora.rank}, {ranks} rank(s)" + (" FSDP2" if ranks > 1 else "")
+    if not gpus or shape is None:
+        return RolePlan("artist-learner", ranks, gpus, 1, "PACK", EMBEDDED_LEARNER_BYTES / GIB if gpus else 0.0,
+                        note), None
+    image_tokens, text_tokens = artist_tokens(
+        resolution=a.resolution, downscale=8, critic_max_pixels=c.max_pixels,
+        critic_max_new_tokens=c.max_new_tokens, drop_prefix_tokens=a.drop_prefix_tokens)
+    checkpointing = _checkpointing(la.gradient_checkpointing, shape)
+    memory = artist_learner_memory(shape, ranks=ranks, cpu_offload=la.cpu_offload, checkpointing=checkpointing,
+                                   samples=la.micro_batch_size, image_tokens=image_tokens, text_tokens=text_tokens,
+                                   kept_versions=config.trainer.max_staleness + 1)
+    note += (f", micro-batch {la.micro_batch_size}×({2 * image_tokens}+{text_tokens}) tokens"
+             f"{', checkpointing' if checkpointing else ''}{', CPU offload' if la.cpu_offload else ''}"
+             f"; GiB: {memory.describe()}")
+    return RolePlan("artist-learner", ranks, gpus, 1, "PACK", memory.total / GIB, note), memory
+
+
 def plan_resources(config: TrainConfig) -> ResourcePlan:
     """Build the plan and list every reason it cannot run on the configured cluster."""
-    critic_size, artist_size = model_sizes(config)
-    c, a, lc, la = config.critic, config.artist, config.learner.critic, config.learner.artist
+    critic_size, artist_size = model_shapes(config)
+    c, a = config.critic, config.artist
     gpu_mem = config.cluster.gpu_memory_gib
     roles: list[RolePlan] = []
     problems: list[str] = []
 
     # vLLM claims gpu_memory_utilization of each GPU; weights are split over tensor-parallel ranks.
     tp = max(1, math.ceil(c.gpus_per_replica))
-    critic_weights_gib = critic_size.params_b * 1e9 * _bytes_per_param(c.dtype, c.gpus_per_replica) / GIB
+    critic_params = critic_size.params if critic_size else 0
+    critic_weights_gib = critic_params * _bytes_per_param(c.dtype, c.gpus_per_replica) / GIB
     rollout_mem = c.gpu_memory_utilization * gpu_mem if c.gpus_per_replica else 0.0
     roles.append(RolePlan("critic-rollout", c.num_replicas, c.gpus_per_replica, c.cpus_per_replica, "PACK",
                           rollout_mem, f"{c.engine}, tp={tp}, weights {critic_weights_gib / tp:.1f} GiB/GPU"))
@@ -131,45 +156,39 @@ def plan_resources(config: TrainConfig) -> ResourcePlan:
             f"{rollout_mem:.1f} GiB (critic.gpu_memory_utilization × cluster.gpu_memory_gib); raise "
             f"critic.gpu_memory_utilization or critic.gpus_per_replica")
 
-    artist_weights_gib = artist_size.params_b * 1e9 * _bytes_per_param(a.dtype, a.gpus_per_sampler) / GIB
+    artist_params = artist_size.params + NOMINAL_VAE_PARAMS if artist_size else 0
+    artist_weights_gib = artist_params * _bytes_per_param(a.dtype, a.gpus_per_sampler) / GIB
     sampler_mem = artist_weights_gib * ACTIVATION_HEADROOM if a.gpus_per_sampler else 0.0
     roles.append(RolePlan("artist-sampler", a.num_samplers, a.gpus_per_sampler, a.cpus_per_sampler, "SPREAD",
                           sampler_mem, f"DiT+codec {artist_weights_gib:.1f} GiB"))
+    if a.gpus_per_sampler and sampler_mem > gpu_mem:
+        problems.append(f"artist-sampler: needs ~{sampler_mem:.0f} GiB per GPU, GPUs have {gpu_mem:g} GiB")
 
     roles.append(RolePlan("reward", config.rewards.num_workers, config.rewards.gpus_per_worker,
                           config.rewards.cpus_per_worker, "SPREAD", 0.5 if config.rewards.gpus_per_worker else 0,
                           "LPIPS alex"))
 
-    # Critic learner: full fine-tune keeps bf16 weights + grads and fp32 master + Adam m, v (16 B/param),
-    # sharded over its GPUs; a frozen reference adds 2 B/param unless LoRA (adapters disabled = reference).
-    critic_b = critic_size.params_b * 1e9
-    if config.trainer.train_critic:
-        if lc.lora.enabled:
-            state = critic_b * 2
-            mode = f"LoRA r{lc.lora.rank}"
-        else:
-            state = critic_b * 16 + (critic_b * 2 if lc.kl_coef > 0 else 0)
-            mode = "full FT" + (" + ref" if lc.kl_coef > 0 else "")
-        shards = max(1.0, lc.gpus)
-        mem = state / shards / GIB * ACTIVATION_HEADROOM if lc.gpus else 0.0
-        roles.append(RolePlan("critic-learner", 1, lc.gpus, 1, "STRICT_PACK", mem, f"GRPO, {mode}, AdamW"))
-    # Artist learner: frozen bf16 DiT (the reference = adapters disabled) + LoRA default/old/EMA + Adam.
-    if config.trainer.train_artist:
-        dit_b = artist_size.params_b * 1e9
-        lora_params = dit_b * 0.01 * la.lora.rank / 32  # r32 LoRA on attention ≈ 1 % of the DiT
-        state = dit_b * 2 + lora_params * (4 * 3 + 8)
-        mem = state / max(1.0, la.gpus) / GIB * ACTIVATION_HEADROOM if la.gpus else 0.0
-        roles.append(RolePlan("artist-learner", 1, la.gpus, 1, "STRICT_PACK", mem,
-                              f"DiffusionNFT, LoRA r{la.lora.rank}, AdamW"))
+    for wanted, plan_of, shape, knob in (
+            (config.trainer.train_critic, critic_learner_plan, critic_size, "learner.critic"),
+            (config.trainer.train_artist, artist_learner_plan, artist_size, "learner.artist")):
+        if not wanted:
+            continue
+        role, memory = plan_of(config, shape)
+        roles.append(role)
+        if memory is not None and role.memory_gib_per_gpu > gpu_mem:
+            budget = f", {knob}.max_tokens_per_micro_batch" if knob == "learner.critic" else ""
+            problems.append(
+                f"{role.role}: needs ~{role.memory_gib_per_gpu:.0f} GiB per GPU, GPUs have {gpu_mem:g} GiB "
+                f"({memory.describe()} GiB before fragmentation); raise {knob}.gpus (shards the state), set "
+                f"{knob}.gradient_checkpointing: true, lower {knob}.micro_batch_size{budget}, or set "
+                f"{knob}.cpu_offload: true")
 
-    for role in roles:
-        if role.gpus and role.memory_gib_per_gpu > gpu_mem:
-            problems.append(f"{role.role}: needs ~{role.memory_gib_per_gpu:.0f} GiB per GPU, GPUs have "
-                            f"{gpu_mem:g} GiB; give it more GPUs or use LoRA")
     plan = ResourcePlan(roles, config.cluster.num_gpus, gpu_mem, problems)
     if plan.total_gpus > config.cluster.num_gpus:
         problems.append(f"the roles need {plan.total_gpus:g} GPUs but cluster.num_gpus is "
                         f"{config.cluster.num_gpus}; lower replicas/GPUs per role or add GPUs")
-    if critic_size.source == "nominal" or artist_size.source == "nominal":
-        plan.roles[0].note += " (model sizes nominal: checkpoint not readable here)"
+    nominal = [name for name, shape in (("critic", critic_size), ("artist", artist_size))
+               if shape is not None and shape.source == "nominal"]
+    if nominal:
+        plan.roles[0].note += f" ({' and '.join(nominal)} sizes nominal: checkpoint config not readable here)"
     return plan

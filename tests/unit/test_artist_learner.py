@@ -48,7 +48,9 @@ def _config(**overrides) -> ArtistLearnerConfig:
     return ArtistLearnerConfig(lora=LoraConfig(rank=4, alpha=8.0), micro_batch_size=2, **overrides)
 
 
-def _groups(hidden: int, seed: int = 0, num_groups: int = 2, k: int = 3, rewards=None) -> list[ArtistGroup]:
+def _groups(hidden: int, seed: int = 0, num_groups: int = 2, k: int = 3, rewards=None,
+            version: int = 0) -> list[ArtistGroup]:
+    """``version``: the artist version the edits claim to come from (the learner's v_old for them)."""
     rng = np.random.default_rng(seed)
     sigmas = flow_match_sigmas(STEPS, (SIZE // 4) ** 2, QWEN_IMAGE_SCHEDULER_CONFIG)
     groups = []
@@ -58,7 +60,7 @@ def _groups(hidden: int, seed: int = 0, num_groups: int = 2, k: int = 3, rewards
                                     hidden=rng.standard_normal((tokens, hidden)).astype(np.float32))
         edits = [Edit(task_id=f"photo{g}", critique_index=0, edit_index=e, seed=e, image=None,
                       x0=rng.uniform(-1, 1, ((SIZE // 4) ** 2, 48)).astype(np.float32), sigmas=sigmas,
-                      artist_version=0, critic_version=0) for e in range(k)]
+                      artist_version=version, critic_version=0) for e in range(k)]
         group_rewards = (np.asarray(rewards[g], dtype=np.float32) if rewards is not None
                          else rng.uniform(0, 1, k).astype(np.float32))
         groups.append(ArtistGroup(task_id=f"photo{g}", critique_index=0, conditioning=conditioning,
@@ -130,7 +132,7 @@ def test_state_round_trip_resumes_identically(artist_dir, make_groups, tmp_path)
     from_disk = ArtistLearner(artist_dir, _config(), ARTIST, seed=3)
     from_disk.load_state(first.save_state(tmp_path / "checkpoint"))
     assert (resumed.step, resumed.version) == (from_disk.step, from_disk.version) == (1, 1)
-    metrics = [learner.update(make_groups(seed=2)) for learner in (first, resumed, from_disk)]
+    metrics = [learner.update(make_groups(seed=2, version=1)) for learner in (first, resumed, from_disk)]
     assert metrics[0]["learner/nft/loss"] == pytest.approx(metrics[1]["learner/nft/loss"], rel=1e-6)
     assert metrics[0]["learner/nft/loss"] == pytest.approx(metrics[2]["learner/nft/loss"], rel=1e-6)
     weights_a = first.get_sampler_weights()[1]
@@ -151,11 +153,11 @@ def test_bad_latents_are_rejected_with_a_clear_message(artist_dir, make_groups):
     groups = make_groups(num_groups=1)
     groups[0].condition_image = np.zeros((96, 96, 3), np.uint8)
     assert learner.update(groups)["learner/nft/skipped"] == 0.0
-    groups = make_groups(num_groups=1)
+    groups = make_groups(num_groups=1, version=1)
     groups[0].condition_image = np.zeros((32, 64, 3), np.uint8)  # another aspect ratio: another latent grid
     with pytest.raises(ValueError, match="condition_image"):
         learner.update(groups)
-    groups = make_groups(num_groups=1)
+    groups = make_groups(num_groups=1, version=1)
     groups[0].condition_image = np.zeros((32, 32), np.uint8)
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         learner.update(groups)

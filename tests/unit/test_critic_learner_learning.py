@@ -91,7 +91,7 @@ def test_grpo_raises_a_checkable_reward(embedded_models):
         metrics = learner.update(groups, prepared)
         assert np.isfinite(metrics["learner/grpo/loss"])
         # On-policy rollouts from the learner's own weights: engine and learner agree to float precision.
-        assert prepared.agreement.mean_abs_diff < 1e-4
+        assert prepared.metrics["learner/grpo/rollout_logprob_abs_diff/mean"] < 1e-4
 
     start, end = np.mean(history[:5]), np.mean(history[-5:])
     print(f"number-token reward: first 5 steps {start:.3f}, last 5 steps {end:.3f}; curve "

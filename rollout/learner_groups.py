@@ -1,0 +1,241 @@
+"""CriticLearnerGroup and ArtistLearnerGroup: the driver-side owners of a learner's ranks.
+
+Each learner is N Ray actors, one per GPU (``learner.<role>.gpus``; one CPU rank when 0), joined by a
+``torch.distributed`` process group and sharded with FSDP2 (:mod:`learner.distributed`). A group owns their
+placement group (one bundle per rank, STRICT_PACK when the ranks fit on one node, else PACK so they spill over
+as few nodes as possible), their names (``critic-learner-<rank>``), the rendezvous (rank 0's address and a free
+port), and fanning each call out to every rank — every rank takes part in every call, since the model's
+collectives run inside — and back in: the controller sees one handle per learner, like the rollout groups.
+
+How work is split: the critic group gives each rank a share of the critiques to prepare, balanced by tokens;
+each rank keeps what it prepared and later trains on it, given every group so that advantages and the
+normalising token counts are those of the whole batch. The artist group gives every rank the same groups (one
+object in the object store); the learner splits the edits itself. Results come back from rank 0, which holds the
+reduced metrics.
+
+Every wait has a deadline, and a rank that fails or dies fails the call at once (the others would otherwise
+wait inside a collective): learners do not restart in place; the controller restores them from the last
+checkpoint. It must not hold weights or images: those travel as ObjectRefs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from rollout.learner_actors import ArtistLearnerRank, CriticLearnerRank, LearnerRank
+
+logger = logging.getLogger(__name__)
+
+
+def learner_strategy(num_ranks: int, gpus_per_rank: float, gpus_per_node: Sequence[float]) -> str:
+    """STRICT_PACK when all ranks fit on one node (or they need no GPU), else PACK: spread over as few nodes
+    as Ray can manage."""
+    needed = num_ranks * gpus_per_rank
+    if needed == 0 or not gpus_per_node or needed <= max(gpus_per_node):
+        return "STRICT_PACK"
+    return "PACK"
+
+
+def token_balanced_shares(lengths: Sequence[int], parts: int) -> list[list[int]]:
+    """Split item indices into ``parts`` shares of near-equal total length (longest item to the lightest share
+    first); each share lists its indices in their original order."""
+    loads = [0] * parts
+    shares: list[list[int]] = [[] for _ in range(parts)]
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        lightest = min(range(parts), key=lambda p: (loads[p], p))
+        shares[lightest].append(index)
+        loads[lightest] += lengths[index]
+    return [sorted(share) for share in shares]
+
+
+class LearnerGroup:
+    """N ranks of one learner behind one handle. Subclasses add the learner's verbs."""
+
+    rank_class: type[LearnerRank] = LearnerRank
+
+    def __init__(self, rank_args: tuple, rank_kwargs: dict[str, Any], *, gpus: int, ranks: int | None = None,
+                 cpus_per_rank: float = 1.0, namespace: str | None = None, placement_timeout_s: float = 600.0,
+                 start_timeout_s: float = 1800.0, call_timeout_s: float = 7200.0,
+                 collective_timeout_s: float = 1800.0):
+        """``gpus`` (the config's ``learner.<role>.gpus``) gives one rank per GPU, or one CPU rank when 0;
+        ``ranks`` instead asks for that many CPU ranks (gloo), for machines without GPUs."""
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from learner.distributed import Rendezvous
+
+        self.role = self.rank_class.role
+        if ranks is not None and gpus:
+            raise ValueError(f"{self.role}: give either gpus or CPU ranks, not both")
+        self.num_ranks = int(ranks) if ranks is not None else max(1, int(gpus))
+        gpus_per_rank = 1.0 if gpus > 0 else 0.0
+        self.call_timeout_s = call_timeout_s
+        bundle = {"CPU": float(cpus_per_rank), **({"GPU": gpus_per_rank} if gpus_per_rank else {})}
+        node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+        strategy = learner_strategy(self.num_ranks, gpus_per_rank, node_gpus)
+        self.placement_group = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy=strategy)
+        ready, _ = ray.wait([self.placement_group.ready()], timeout=placement_timeout_s)
+        if not ready:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.placement_group)
+            raise RuntimeError(f"{self.role}: the cluster could not place {self.num_ranks} rank(s) of {bundle} "
+                               f"({strategy}) within {placement_timeout_s:.0f} s; lower learner.*.gpus or add GPUs")
+        remote = ray.remote(self.rank_class)
+        self.ranks = [
+            remote.options(
+                name=f"{self.role}-{rank}", namespace=namespace, num_cpus=cpus_per_rank, num_gpus=gpus_per_rank,
+                max_restarts=0, max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
+                                                                     placement_group_bundle_index=rank),
+            ).remote(rank, self.num_ranks, gpus_per_rank, *rank_args, **rank_kwargs)
+            for rank in range(self.num_ranks)
+        ]
+        self.names = [f"{self.role}-{rank}" for rank in range(self.num_ranks)]
+        try:
+            address, port = self._wait([self.ranks[0].rendezvous_address.remote()], self.names[:1],
+                                       start_timeout_s, "start")[0]
+            rendezvous = Rendezvous(address=address, port=port, world_size=self.num_ranks,
+                                    timeout_s=collective_timeout_s)
+            self.info = self.call("setup", rendezvous, timeout_s=start_timeout_s, what="model load")
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # ----------------------------------------------------------------------------------------- fan-out
+    def launch(self, method: str, *args: Any) -> list:
+        """Start ``method`` on every rank; returns their ObjectRefs (see :meth:`collect`)."""
+        return [getattr(rank, method).remote(*args) for rank in self.ranks]
+
+    def collect(self, refs: list, *, timeout_s: float | None = None, what: str = "call") -> Any:
+        """Rank 0's result of a launched call, once every rank has finished; fails at once when a rank fails."""
+        return self._wait(refs, self.names, self.call_timeout_s if timeout_s is None else timeout_s, what)[0]
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None, what: str | None = None) -> list:
+        """Run ``method`` on every rank and return every rank's result."""
+        refs = self.launch(method, *args)
+        return self._wait(refs, self.names, self.call_timeout_s if timeout_s is None else timeout_s,
+                          what or method)
+
+    def _wait(self, refs: list, names: list[str], timeout_s: float, what: str) -> list:
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        pending = list(refs)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stalled = [name for ref, name in zip(refs, names) if ref in pending]
+                raise TimeoutError(f"{self.role}: {what} did not finish within {timeout_s:.0f} s "
+                                   f"(waiting for {', '.join(stalled)})")
+            done, pending = ray.wait(pending, num_returns=1, timeout=min(remaining, 30.0))
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    name = names[refs.index(ref)]
+                    raise RuntimeError(f"{self.role}: {name} died during {what} (its node or process was lost); "
+                                       f"learners do not restart in place: resume the run from its newest "
+                                       f"checkpoint") from exc
+                except ray.exceptions.RayTaskError as exc:
+                    name = names[refs.index(ref)]
+                    raise RuntimeError(f"{self.role}: {name} failed during {what}: {exc.cause!r}") from exc.cause
+        return ray.get(refs)
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    def version(self) -> int:
+        return int(self.call("version", timeout_s=60.0)[0])
+
+    def save(self, directory: str) -> None:
+        self.call("save_checkpoint", directory, what="checkpoint save")
+
+    def load(self, directory: str) -> None:
+        self.call("load_checkpoint", directory, what="checkpoint load")
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for rank in getattr(self, "ranks", []):
+            try:
+                ray.kill(rank)
+            except Exception as exc:  # noqa: BLE001 - teardown must go on
+                print(f"[photocrafter] shutdown of {self.role}: {exc}", file=sys.stderr)
+        self.ranks = []
+        remove_placement_group(self.placement_group)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.num_ranks} rank(s))"
+
+
+class CriticLearnerGroup(LearnerGroup):
+    """The critic's GRPO learner as N ranks: ``prepare`` (old/ref log-probs, H_c), ``update``, weights."""
+
+    rank_class = CriticLearnerRank
+
+    def __init__(self, model_path: str, config, *, learner_kwargs: dict[str, Any], allow_cpu_fallback: bool = True,
+                 num_threads: int | None = None, **group_kwargs: Any):
+        super().__init__((str(model_path), config), {"allow_cpu_fallback": allow_cpu_fallback,
+                                                     "num_threads": num_threads, **learner_kwargs},
+                         gpus=config.gpus, **group_kwargs)
+
+    def prepare(self, critiques: Sequence) -> tuple[list, dict[str, float]]:
+        """(one Conditioning per critique, in the given order, H_c as ObjectRefs; metrics reduced over ranks)."""
+        critiques = list(critiques)
+        if not critiques:
+            raise ValueError("prepare: no critiques given")
+        lengths = [len(c.prompt_token_ids) + len(c.completion_token_ids) for c in critiques]
+        shares = token_balanced_shares(lengths, self.num_ranks)
+        refs = [rank.prepare.remote([critiques[i] for i in share], critiques[0])
+                for rank, share in zip(self.ranks, shares)]
+        results = self._wait(refs, self.names, self.call_timeout_s, "prepare")
+        ordered: list = [None] * len(critiques)
+        for share, (conditionings, _) in zip(shares, results):
+            for index, conditioning in zip(share, conditionings):
+                ordered[index] = conditioning
+        return ordered, results[0][1]
+
+    def launch_update(self, groups: Sequence) -> list:
+        """Start the GRPO update on every rank (each trains on the critiques it prepared); the groups travel
+        once through the object store, without their images."""
+        import ray
+
+        light = [replace(group, critiques=[replace(c, image=None) for c in group.critiques]) for group in groups]
+        groups_ref = ray.put(light)
+        return self.launch("update", groups_ref)
+
+    def weights_ref(self) -> tuple[int, Any, str]:
+        """(version, ObjectRef of the full weights, checksum), gathered from the ranks and put by rank 0."""
+        return self.call("weights_ref", what="weight gather")[0]
+
+
+class ArtistLearnerGroup(LearnerGroup):
+    """The artist's DiffusionNFT learner as N ranks: ``update`` and the sampling adapter for the samplers."""
+
+    rank_class = ArtistLearnerRank
+
+    def __init__(self, artist_path: str, config, artist_config, *, learner_kwargs: dict[str, Any],
+                 allow_cpu_fallback: bool = True, num_threads: int | None = None, **group_kwargs: Any):
+        super().__init__((str(artist_path), config, artist_config),
+                         {"allow_cpu_fallback": allow_cpu_fallback, "num_threads": num_threads, **learner_kwargs},
+                         gpus=config.gpus, **group_kwargs)
+
+    def launch_update(self, groups: Sequence) -> list:
+        """Start the DiffusionNFT update on every rank; the groups travel once through the object store."""
+        import ray
+
+        groups_ref = ray.put(list(groups))
+        return self.launch("update", groups_ref)
+
+    def sampler_weights_ref(self) -> tuple[int, Any, int]:
+        """(version, ObjectRef of the sampling adapter, its bytes), gathered from the ranks, put by rank 0."""
+        return self.call("sampler_weights_ref", what="adapter gather")[0]
+
+
+__all__ = ["ArtistLearnerGroup", "CriticLearnerGroup", "LearnerGroup", "learner_strategy", "token_balanced_shares"]
