@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.config import TrainConfig
+from rollout.placement import PHOTO_LOADER_CPUS
 from rollout.types import Critique, CritiqueReward, Edit, EditReward, PhotoTask
 
 
@@ -42,7 +43,7 @@ class RemoteTaskSource:
 
         self.stream = training_stream(config.data, seed=config.trainer.seed)
         self.limits = image_limits(config.data)
-        self._load = ray.remote(num_cpus=0.25, num_returns=3)(_load_task_images)
+        self._load = ray.remote(num_cpus=PHOTO_LOADER_CPUS, num_returns=3)(_load_task_images)
 
     def next_batch(self, batch_size: int) -> tuple[list[PhotoTask], int]:
         """(batch_size tasks with ObjectRef images, records rejected while filling it)."""

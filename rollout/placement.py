@@ -18,6 +18,8 @@ from learner.memory import (GIB, NOMINAL_VAE_PARAMS, LearnerMemory, ModelShape, 
                             artist_shape, artist_tokens, critic_learner_memory, critic_micro_batch, critic_shape)
 from rollout.config import TrainConfig
 
+PHOTO_LOADER_CPUS = 0.25
+"""CPUs a photo-loading task reserves (rollout.components); the actors must leave that much of a local cluster."""
 ACTIVATION_HEADROOM = 1.25  # sampler activations, CUDA context and fragmentation on top of the weights
 EMBEDDED_LEARNER_BYTES = 1.0 * GIB
 """A learner rank of the tiny embedded models on a GPU: the CUDA context dominates."""
@@ -184,6 +186,12 @@ def plan_resources(config: TrainConfig) -> ResourcePlan:
                 f"{knob}.cpu_offload: true")
 
     plan = ResourcePlan(roles, config.cluster.num_gpus, gpu_mem, problems)
+    local_cpus = config.cluster.num_cpus if config.cluster.address == "local" else None
+    if local_cpus is not None and plan.total_cpus + PHOTO_LOADER_CPUS > local_cpus:
+        # The photo-loading tasks would wait forever for a CPU the actors hold.
+        problems.append(f"the actors reserve {plan.total_cpus:g} CPUs and loading photos needs "
+                        f"{PHOTO_LOADER_CPUS:g} more, but cluster.num_cpus is {local_cpus}; raise cluster.num_cpus "
+                        f"(logical CPUs may exceed the cores) or lower the actors' CPUs")
     if plan.total_gpus > config.cluster.num_gpus:
         problems.append(f"the roles need {plan.total_gpus:g} GPUs but cluster.num_gpus is "
                         f"{config.cluster.num_gpus}; lower replicas/GPUs per role or add GPUs")

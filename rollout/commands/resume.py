@@ -2,7 +2,8 @@
 
 The run's own resolved config (``DIR/config.yaml``) is reused, so a resumed run is the same run: same MLflow
 run, same data order, same seeds. ``--set`` may change fields that do not alter the run's identity (e.g.
-``trainer.steps`` to train longer, ``tracking.*``).
+``trainer.steps`` to train longer, ``tracking.*``), and how the learners execute: their GPUs (a run
+checkpointed on N ranks resumes on M: the state is resharded), micro-batching and memory savers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from rollout.config import load_config_or_report
 
 # Overrides that would make the resumed run a different run than the checkpoint's.
 _IDENTITY_KEYS = ("critic.model", "artist.model", "data.", "trainer.seed", "trainer.batch_size", "learner.")
+# ... except the learners' execution knobs: the same math on other GPUs or in other micro-batches.
+_EXECUTION_KEYS = tuple(f"learner.{role}.{knob}" for role in ("critic", "artist")
+                        for knob in ("gpus", "micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing",
+                                     "cpu_offload"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if latest_checkpoint(run_dir) is None:
         print(f"{run_dir}: no complete checkpoint to resume from", file=sys.stderr)
         return 1
-    bad = [o for o in args.overrides if o.split("=", 1)[0].startswith(_IDENTITY_KEYS)]
+    bad = [o for o in args.overrides
+           if o.split("=", 1)[0].startswith(_IDENTITY_KEYS) and o.split("=", 1)[0] not in _EXECUTION_KEYS]
     if bad:
         print(f"cannot change {', '.join(bad)} when resuming: it would no longer be the same run", file=sys.stderr)
         return 1

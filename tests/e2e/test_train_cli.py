@@ -2,7 +2,8 @@
 
 One uninterrupted run (A) and one run stopped after step 2 and resumed (B) share the module: A's MLflow run must
 show every reward component, learner metrics, stage times and a sample grid; B must reproduce A's metrics after
-the resume. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits exactly on an
+the resume. B starts as a multi-GPU run would: each learner is 2 data-parallel ranks (on 4 logical GPUs that these
+CPU ranks run without), and it resumes with 1 rank per learner, as A runs throughout. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits exactly on an
 epoch boundary, where a resume must continue training rather than run zero steps.
 """
 
@@ -23,6 +24,8 @@ STEPS = 4
 # The artist edits at 32 px (8 × 8 tokens): the loop is the same, each step four times cheaper than at 64 px.
 COMMON = ["--set", f"trainer.steps={STEPS}", "--set", "data.num_train=4", "--set", "data.num_eval=2",
           "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32"]
+TWO_RANKS_PER_LEARNER = ["--set", "learner.critic.gpus=2", "--set", "learner.artist.gpus=2",
+                         "--set", "cluster.num_gpus=4", "--set", "cluster.num_cpus=10"]
 
 
 def photocrafter(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -52,9 +55,11 @@ def runs(tmp_path_factory):
                      "--set", "trainer.run_name=A")
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     b = photocrafter("train", *COMMON, "--set", "trainer.steps=2", "--set", f"trainer.output_dir={out}",
-                     "--set", "trainer.run_name=B")
+                     "--set", "trainer.run_name=B", *TWO_RANKS_PER_LEARNER)
     assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
-    b2 = photocrafter("resume", "--run", str(out / "B"), "--set", f"trainer.steps={STEPS}")
+    b2 = photocrafter("resume", "--run", str(out / "B"), "--set", f"trainer.steps={STEPS}",
+                      "--set", "learner.critic.gpus=0", "--set", "learner.artist.gpus=0", "--set", "cluster.num_gpus=0",
+                      "--set", "cluster.num_cpus=8")
     assert b2.returncode == 0, b2.stdout[-3000:] + b2.stderr[-3000:]
     return out, a, b, b2
 
@@ -87,8 +92,14 @@ def test_train_logs_every_component_to_mlflow(runs):
 
 
 def test_resume_at_epoch_boundary_reproduces_uninterrupted_run(runs):
-    out, _, _, b2 = runs
+    out, _, b, b2 = runs
     assert "resumed from" in b2.stdout and "at step 2" in b2.stdout
+    # B's learners ran as 2 ranks and wrote sharded checkpoints, which 1 rank per learner resumed from.
+    checkpoint = out / "B" / "checkpoints" / "step_00000002"
+    for learner in ("critic_learner", "artist_learner"):
+        assert (checkpoint / learner / ".metadata").is_file()
+        assert json.loads((checkpoint / f"{learner}.json").read_text())["world_size"] == 2
+        assert len(list((checkpoint / learner).glob("*.distcp"))) == 2  # one shard file per rank
     reference, _ = metric_history(out / "mlflow.db", "A")
     resumed, run = metric_history(out / "mlflow.db", "B")
     assert run.info.status == "FINISHED"

@@ -166,7 +166,7 @@ def test_nft_on_two_ranks_matches_one_and_resumes_on_one(ray_local, embedded_mod
         first = [step(group, seed=0, version=0) for group in (one, two)]
         assert first[0]["learner/nft/loss"] == pytest.approx(first[1]["learner/nft/loss"], rel=1e-5)
         assert first[0]["learner/nft/num_samples"] == first[1]["learner/nft/num_samples"] == 15.0
-        assert_same_weights(adapter(one), adapter(two), atol=1e-6)
+        assert_same_weights(adapter(one), adapter(two), atol=1e-5)
         two.save(str(tmp_path))
         uninterrupted = step(one, seed=1, version=1)
     finally:
@@ -178,7 +178,7 @@ def test_nft_on_two_ranks_matches_one_and_resumes_on_one(ray_local, embedded_mod
         continued = step(resumed, seed=1, version=1)
         for key in ("learner/nft/loss", "learner/nft/policy_loss", "learner/nft/grad_norm"):
             assert continued[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
-        assert_same_weights(adapter(one), adapter(resumed), atol=1e-6)
+        assert_same_weights(adapter(one), adapter(resumed), atol=1e-5)
     finally:
         resumed.shutdown()
         one.shutdown()
