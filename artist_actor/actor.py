@@ -67,6 +67,9 @@ def resolve_handles(handles: Mapping[Any, Any]) -> tuple[dict[Any, Any], dict[An
                     arrays[key] = ray.get(ref)
                 except Exception as single:
                     errors[key] = f"{type(single).__name__}: {single}"
+        for key, value in list(arrays.items()):
+            if hasattr(value, "numpy"):  # H_c shipped as a bf16 tensor by a GPU learner
+                arrays[key] = _resolve_local(value)
     for key, handle in handles.items():
         if key in refs:
             continue

@@ -59,14 +59,16 @@ CHECKPOINT_META = "artist_learner.json"
 
 
 def resolve_handle(handle: ImageHandle, what: str) -> np.ndarray:
-    """An array from an in-memory array or a ``ray.ObjectRef`` (``ray.get`` only for references)."""
-    if isinstance(handle, (np.ndarray, torch.Tensor)):
-        return np.asarray(handle)
-    import ray
+    """An array from an in-memory array or tensor, or a ``ray.ObjectRef`` to one (bf16 tensors are widened)."""
+    if not isinstance(handle, (np.ndarray, torch.Tensor)):
+        import ray
 
-    if isinstance(handle, ray.ObjectRef):
-        return np.asarray(ray.get(handle))
-    raise TypeError(f"{what} must be an array or a ray.ObjectRef to one, got {type(handle).__name__}")
+        if not isinstance(handle, ray.ObjectRef):
+            raise TypeError(f"{what} must be an array or a ray.ObjectRef to one, got {type(handle).__name__}")
+        handle = ray.get(handle)
+    if isinstance(handle, torch.Tensor):
+        return handle.detach().cpu().float().numpy() if handle.is_floating_point() else handle.cpu().numpy()
+    return np.asarray(handle)
 
 
 @dataclass(slots=True)

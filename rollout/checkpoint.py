@@ -2,17 +2,20 @@
 
 A checkpoint is ``<run_dir>/checkpoints/step_<N>/`` holding
 
-- ``critic_model.safetensors`` + ``critic_optimizer.safetensors`` and ``artist_adapters.safetensors`` (trained,
-  sampling "old" and EMA adapters) + ``artist_optimizer.safetensors``, each learner's RNG states
-  (``*_learner_rng.{safetensors,json}``): written by the learner actors themselves so weights never pass
-  through the controller;
+- ``critic_learner/`` and ``artist_learner/``: each learner's sharded state in ``torch.distributed.checkpoint``
+  format (trained tensors or LoRA adapters, the artist's sampling and EMA adapters, AdamW moments), one shard
+  file per rank, written by the learner ranks themselves so weights never pass through the controller; beside
+  each, ``<learner>.json`` (version, world size) and ``<learner>_rng.{safetensors,json}`` (rank 0's RNG states).
+  The state reshards on load: a checkpoint written by N ranks resumes on M;
 - ``controller.json``: step, policy versions, data cursor, RNG states, MLflow run id, resolved config;
-- ``manifest.json``: written LAST, listing every file with its size and SHA-256. A directory without a valid
+- ``manifest.json``: written LAST, listing every file with its size, and the SHA-256 of the small ones (the
+  learners' shards at real size are tens of GB: the driver does not re-read them). A directory without a valid
   manifest is incomplete (a crash mid-write) and is never loaded.
 
 Shards are written into ``.step_<N>.partial`` and the directory is renamed into place after the manifest,
 so readers see either nothing or a complete checkpoint. State trees use safetensors for tensors and JSON for
-structure, so loading a checkpoint from elsewhere cannot execute code (no pickle anywhere).
+structure; the learners' sharded directories use torch.distributed.checkpoint, whose ``.metadata`` file is a
+pickle: resume only from checkpoints you wrote or trust.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+HASHED_FILE_BYTES = 64 * 1024 * 1024
+"""Files up to this size get a SHA-256 in the manifest; larger ones (learner shards) are checked by size."""
 
 
 # ---------------------------------------------------------------------------------------------------- state trees
@@ -130,7 +135,9 @@ def commit_checkpoint(partial: Path, step: int, extra: dict | None = None) -> Pa
     manifest = {
         "format": FORMAT_VERSION,
         "step": step,
-        "files": {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
+        "files": {str(p.relative_to(partial)): {"bytes": p.stat().st_size,
+                                                **({"sha256": _sha256(p)} if p.stat().st_size <= HASHED_FILE_BYTES
+                                                   else {})} for p in files},
         **(extra or {}),
     }
     tmp = partial / f".{MANIFEST}.tmp"

@@ -137,8 +137,9 @@ class Conditioning:
     task_id: str
     critique_index: int
     hidden: ImageHandle
-    """Handle to float ``[T, D]`` (float32 on CPU, bf16-as-float32 on GPU) last-layer states over the prompt
-    and the first N−1 generated tokens (ALGORITHMS.md §4.4); D = critic hidden size."""
+    """Handle to ``[T, D]`` last-layer states over the prompt and the first N−1 generated tokens (ALGORITHMS.md
+    §4.4), in the dtype the critic computed them in: a float32 array on CPU, a bf16 torch tensor on GPU (half
+    the bytes; consumers widen it); D = critic hidden size."""
     mask: np.ndarray | None = None
     """bool ``[T]`` valid-token mask (all True for an unpadded record; padding is added at batching time)."""
     prompt_length: int = 0

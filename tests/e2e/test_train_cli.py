@@ -122,8 +122,8 @@ def test_export_writes_the_checkpoint_as_plain_model_directories(runs, tmp_path)
     from artist_actor.model import load_artist
     from critic_actor.model import load_critic
     from learner.artist_learner import ArtistLearner
+    from learner.critic_learner import CriticLearner
     from learner.lora import TRAINED_ADAPTER, load_adapter_state
-    from learner.state import load_tensors
     from rollout.checkpoint import latest_checkpoint
     from rollout.config import load_config
     from rollout.models import resolve_model_paths
@@ -136,13 +136,14 @@ def test_export_writes_the_checkpoint_as_plain_model_directories(runs, tmp_path)
     step_dir = latest_checkpoint(out / "A").path
     assert record["step"] == STEPS and record["artist_weights"] == "ema"
 
-    critic, _ = load_critic(exported / "critic", dtype="float32", device="cpu")
-    trained, _ = load_tensors(step_dir / "critic_model.safetensors")
-    state = critic.state_dict()
-    assert all(torch.equal(state[name], tensor) for name, tensor in trained.items())
-
     config = load_config(out / "A" / "config.yaml")
     critic_base, artist_base = resolve_model_paths(config)
+    critic, _ = load_critic(exported / "critic", dtype="float32", device="cpu")
+    trained = CriticLearner(critic_base, config.learner.critic, min_pixels=config.critic.min_pixels,
+                            max_pixels=config.critic.max_pixels, device="cpu")
+    trained.load_state(step_dir)
+    state = critic.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in trained.get_weights().items())
     learner = ArtistLearner(artist_base, config.learner.artist, config.artist, device="cpu")
     learner.load_state(step_dir)
     load_adapter_state(learner.transformer, TRAINED_ADAPTER, learner.ema.state_dict())

@@ -161,3 +161,55 @@ def test_bad_latents_are_rejected_with_a_clear_message(artist_dir, make_groups):
     groups[0].condition_image = np.zeros((32, 32), np.uint8)
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         learner.update(groups)
+
+
+def test_overlapped_update_uses_the_sampling_adapter_that_made_the_edits(artist_dir, make_groups, monkeypatch):
+    """With the samplers one version behind (trainer.max_staleness 1), update k trains on edits of version v while
+    the learner has already published v+1: v_old must be version v's adapter, the one the samplers ran."""
+    import artist_actor.conditioning as conditioning
+    from learner.lora import SAMPLING_ADAPTER, adapter_state
+
+    learner = ArtistLearner(artist_dir, _config(), ARTIST, kept_versions=2)
+    _, served_v0 = learner.get_sampler_weights()
+    learner.update(make_groups(seed=1, version=0))
+    _, published_v1 = learner.get_sampler_weights()
+    assert any(not torch.equal(served_v0[n], published_v1[n]) for n in served_v0)
+
+    seen: list[dict[str, torch.Tensor]] = []
+    real = conditioning.predict_velocity
+
+    def spy(transformer, *args, **kwargs):
+        layer = next(m for m in transformer.modules() if hasattr(m, "active_adapters") and hasattr(m, "lora_A"))
+        if layer.active_adapters == [SAMPLING_ADAPTER] and not layer.disable_adapters:
+            seen.append(adapter_state(transformer, SAMPLING_ADAPTER))
+        return real(transformer, *args, **kwargs)
+
+    monkeypatch.setattr(conditioning, "predict_velocity", spy)
+    learner.update(make_groups(seed=2, version=0))  # edits sampled by version 0, learner at version 1
+    assert seen, "no v_old forward ran"
+    for state in seen:
+        assert all(torch.equal(state[n], served_v0[n]) for n in served_v0)
+    # The published chain continues from version 1, untouched by the swap.
+    _, published_v2 = learner.get_sampler_weights()
+    trained = learner.get_state()["trained"]
+    decay = 0.002  # old_policy_decay(2, type 1)
+    for n in published_v2:
+        assert torch.allclose(published_v2[n], decay * published_v1[n] + (1 - decay) * trained[n], atol=1e-6)
+    # An edit from a version the learner no longer keeps is refused, naming the versions it has.
+    with pytest.raises(ValueError, match=r"artist version 0.*versions \[1, 2\]"):
+        learner.update(make_groups(seed=3, version=0))
+
+
+def test_every_edit_weighs_the_same_whatever_micro_batch_it_lands_in(artist_dir, make_groups):
+    """5 edits in micro-batches of 2 (2 + 2 + 1, ragged) or of 5 give the same step: each edit's loss is weighted
+    1 / (edits × timesteps), not 1 / (micro-batches × timesteps)."""
+    weights = []
+    for micro_batch_size in (2, 5):
+        config = ArtistLearnerConfig(lora=LoraConfig(rank=4, alpha=8.0), micro_batch_size=micro_batch_size)
+        learner = ArtistLearner(artist_dir, config, ARTIST, seed=4)
+        groups = make_groups(seed=5, num_groups=1, k=5)
+        metrics = learner.update(groups)
+        assert metrics["learner/nft/num_samples"] == 5.0
+        weights.append(learner.get_state()["trained"])
+    worst = max(float((weights[0][n] - weights[1][n]).abs().max()) for n in weights[0])
+    assert worst < 1e-6, worst
