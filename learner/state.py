@@ -1,26 +1,20 @@
-"""Learner state ↔ safetensors: model weights and optimizer states, in memory and on disk.
+"""A single-process learner's state in memory: model tensors and optimizer states as flat, copyable values.
 
-Owns the flat tensor layout both learners use for checkpoints and for handing state across Ray: a model
-state is ``{parameter name: tensor}``; an optimizer state is flattened to ``{"state.<param index>.<key>":
-tensor}`` plus a JSON description of its parameter groups and non-tensor entries, so it fits a single
-safetensors file (tensors only, string metadata). Files are written to a temporary name and renamed, so a
-crash never leaves a truncated shard that a resume would load. It must not decide what goes into a
-checkpoint directory or when; the checkpoint manifest (rollout) does that.
+Owns the flat layout ``get_state``/``set_state`` use: a model state is ``{parameter name: tensor}``; an optimizer
+state is flattened to ``{"state.<param index>.<key>": tensor}`` plus a JSON description of its parameter groups
+and non-tensor entries. Copies share no storage with the model, so a held state never changes under the next
+step. Checkpoints on disk are sharded and written by ``torch.distributed.checkpoint`` (``learner.distributed``);
+this module must not decide what goes into a checkpoint directory or when.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-_OPTIMIZER_META_KEY = "photocrafter.optimizer"
-
 
 def detach_state(tensors: Mapping[str, torch.Tensor], *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Detached, contiguous copies on ``device`` that share no storage with each other or with the model.
@@ -32,44 +26,6 @@ def detach_state(tensors: Mapping[str, torch.Tensor], *, device: str | torch.dev
     for name, tensor in tensors.items():
         out[name] = tensor.detach().to(device=device, copy=True).contiguous()
     return out
-
-
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``tensors`` to a safetensors file atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(detach_state(tensors), str(tmp), metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def load_tensors(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file: its tensors (on ``device``) and its string metadata."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no safetensors file at {path}")
-    tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device=str(device)) as handle:
-        metadata = dict(handle.metadata() or {})
-        for key in handle.keys():
-            tensors[key] = handle.get_tensor(key)
-    return tensors, metadata
-
-
-def module_state(module: nn.Module, *, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-    """Detached CPU copy of a module's parameters (and buffers unless ``trainable_only``) by name."""
-    if trainable_only:
-        return detach_state({name: p for name, p in module.named_parameters() if p.requires_grad})
-    return detach_state(module.state_dict())
 
 
 def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], *, strict: bool = True) -> None:
@@ -127,15 +83,3 @@ def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], meta: str) ->
     return {"state": state, "param_groups": param_groups}
 
 
-def save_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> Path:
-    """Write an optimizer's moments and hyper-parameters to one safetensors file."""
-    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
-    return save_tensors(path, tensors, {_OPTIMIZER_META_KEY: meta})
-
-
-def load_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> None:
-    """Restore an optimizer written by :func:`save_optimizer` (same parameters, same order)."""
-    tensors, metadata = load_tensors(path)
-    if _OPTIMIZER_META_KEY not in metadata:
-        raise ValueError(f"{path} is not an optimizer state written by learner.state.save_optimizer")
-    optimizer.load_state_dict(unflatten_optimizer_state(tensors, metadata[_OPTIMIZER_META_KEY]))

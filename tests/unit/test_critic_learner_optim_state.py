@@ -1,4 +1,4 @@
-"""The shared optimizer and state helpers: guarded clip-and-step, safetensors round trips, clear load errors."""
+"""The shared optimizer and state helpers: guarded clip-and-step, in-memory state round trips, clear load errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from learner.optim import build_adamw, clip_and_step, trainable_parameters
-from learner.state import load_module_state, load_optimizer, load_tensors, module_state, save_optimizer, \
-    save_tensors
+from learner.state import detach_state, flatten_optimizer_state, load_module_state, unflatten_optimizer_state
 
 
 def _model():
@@ -54,21 +53,19 @@ def test_build_adamw_refuses_a_model_with_nothing_to_train():
         build_adamw(trainable_parameters(model), lr=1e-3, weight_decay=0.0)
 
 
-def test_model_and_optimizer_round_trip_through_safetensors(tmp_path):
+def test_model_and_optimizer_round_trip_through_flat_states():
     model = _model()
     optimizer = build_adamw(model.parameters(), lr=1e-2, weight_decay=0.0)
     model(torch.ones(2, 3)).sum().backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    save_tensors(tmp_path / "model.safetensors", module_state(model), {"policy_version": "7"})
-    save_optimizer(tmp_path / "optimizer.safetensors", optimizer)
+    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+    model_state = detach_state(model.state_dict())
 
     restored = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    tensors, metadata = load_tensors(tmp_path / "model.safetensors")
-    load_module_state(restored, tensors)
-    assert metadata["policy_version"] == "7"
+    load_module_state(restored, model_state)
     restored_optimizer = build_adamw(restored.parameters(), lr=1.0, weight_decay=0.5)
-    load_optimizer(tmp_path / "optimizer.safetensors", restored_optimizer)
+    restored_optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
     assert restored_optimizer.param_groups[0]["lr"] == 1e-2
     for a, b in zip(model.parameters(), restored.parameters()):
         assert torch.equal(a, b)
@@ -80,21 +77,20 @@ def test_model_and_optimizer_round_trip_through_safetensors(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_tied_tensors_are_saved_as_independent_copies(tmp_path):
+def test_held_states_share_no_storage_with_the_model_or_each_other():
     shared = torch.arange(6.0).reshape(2, 3)
-    save_tensors(tmp_path / "tied.safetensors", {"embed.weight": shared, "lm_head.weight": shared})
-    tensors, _ = load_tensors(tmp_path / "tied.safetensors")
-    assert torch.equal(tensors["embed.weight"], tensors["lm_head.weight"])
+    copies = detach_state({"embed.weight": shared, "lm_head.weight": shared})
+    assert torch.equal(copies["embed.weight"], copies["lm_head.weight"])
+    copies["embed.weight"].add_(1.0)
+    assert not torch.equal(copies["embed.weight"], copies["lm_head.weight"]) and shared[0, 0] == 0.0
 
 
 def test_loading_a_foreign_state_names_the_problem():
     model = _model()
-    state = module_state(model)
+    state = detach_state(model.state_dict())
     with pytest.raises(KeyError, match="the model does not"):
         load_module_state(model, {**state, "extra.weight": torch.zeros(1)})
     with pytest.raises(KeyError, match="lacks 1 tensor"):
         load_module_state(model, {k: v for k, v in state.items() if k != "1.bias"})
     with pytest.raises(ValueError, match="0.weight: state has shape \\(4, 2\\), model has \\(4, 3\\)"):
         load_module_state(model, {**state, "0.weight": torch.zeros(4, 2)})
-    with pytest.raises(FileNotFoundError, match="no safetensors file"):
-        load_tensors("/nonexistent/model.safetensors")
