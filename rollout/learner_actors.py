@@ -22,6 +22,7 @@ from typing import Any
 
 from learner.artist_learner import ArtistLearner
 from learner.critic_learner import CriticLearner
+from rollout.startup import actor_device
 
 
 def _rng_state() -> dict:
@@ -72,8 +73,9 @@ class CriticLearnerActor(CheckpointedLearner, CriticLearner):
 
     checkpoint_name = "critic_learner"
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model_path: str, config: Any, *args: Any, cpu_fallback: bool = False, **kwargs: Any):
+        kwargs.setdefault("device", actor_device("critic-learner", config.gpus, cpu_fallback))
+        super().__init__(model_path, config, *args, **kwargs)
         self._prepared = None
         self.last_compute_s = 0.0
 
@@ -117,6 +119,10 @@ class ArtistLearnerActor(CheckpointedLearner, ArtistLearner):
     """``ArtistLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
 
     checkpoint_name = "artist_learner"
+
+    def __init__(self, artist_path: str, config: Any, *args: Any, cpu_fallback: bool = False, **kwargs: Any):
+        kwargs.setdefault("device", actor_device("artist-learner", config.gpus, cpu_fallback))
+        super().__init__(artist_path, config, *args, **kwargs)
 
     def update_timed(self, groups) -> dict[str, float]:
         start = time.perf_counter()
