@@ -80,8 +80,14 @@ class Components:
         from rewards.pool import RewardPool
         from rollout.learner_actors import ArtistLearnerActor, CriticLearnerActor
         from rollout.models import resolve_model_paths
+        from rollout.placement import plan_resources
+        from rollout.preflight import check_live_cluster
+        from rollout.startup import StartupLimits, wait_for_placement, wait_until_ready
 
         self.config = config
+        # Before any actor exists: the plan against the live nodes (refused here, naming the role and the knob).
+        check_live_cluster(plan_resources(config), config.cluster)
+        startup = StartupLimits.from_config(config.cluster)
         critic_path, artist_path = resolve_model_paths(config)
         self.critic_path, self.artist_path = critic_path, artist_path
         self.data = RemoteTaskSource(config)
@@ -95,31 +101,34 @@ class Components:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        def learner_pg(gpus: float):
+        def learner_pg(role: str, gpus: float, knob: str):
             bundle = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
             pg = placement_group([bundle], strategy="STRICT_PACK")
-            ray.get(pg.ready(), timeout=600)
+            wait_for_placement(pg, role, startup, fix=f"lower {knob}")
             return pg
 
-        self._placement_groups = [learner_pg(lc.gpus), learner_pg(la.gpus)]
+        self._placement_groups = [learner_pg("critic-learner", lc.gpus, "learner.critic.gpus"),
+                                  learner_pg("artist-learner", la.gpus, "learner.artist.gpus")]
         self.critic_learner = ray.remote(CriticLearnerActor).options(
             name="critic-learner", num_cpus=1, num_gpus=lc.gpus, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[0], 0),
         ).remote(str(critic_path), lc, min_pixels=config.critic.min_pixels, max_pixels=config.critic.max_pixels,
                  temperature=config.critic.temperature, max_new_tokens=config.critic.max_new_tokens,
-                 seed=config.trainer.seed)
+                 seed=config.trainer.seed, cpu_fallback=startup.cpu_fallback)
         self.artist_learner = ray.remote(ArtistLearnerActor).options(
             name="artist-learner", num_cpus=1, num_gpus=la.gpus, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[1], 0),
-        ).remote(str(artist_path), la, config.artist, seed=config.trainer.seed, num_threads=1)
+        ).remote(str(artist_path), la, config.artist, seed=config.trainer.seed, num_threads=1,
+                 cpu_fallback=startup.cpu_fallback)
         # Rollout and sampler groups recover a replica that Ray restarts (current weights back, its share of the
         # work redone once); reward workers are stateless, so Ray's own task retries cover them.
         self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
-                                                 max_restarts=restarts)
+                                                 max_restarts=restarts, startup=startup)
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
-                                                  sync_timeout_s=timeout, max_restarts=restarts)
-        self.rewards = RewardPool(config.rewards, max_restarts=restarts)
-        self.learner_info = ray.get([self.critic_learner.ready.remote(), self.artist_learner.ready.remote()])
+                                                  sync_timeout_s=timeout, max_restarts=restarts, startup=startup)
+        self.rewards = RewardPool(config.rewards, max_restarts=restarts, startup=startup)
+        self.learner_info = wait_until_ready([self.critic_learner.ready.remote(), self.artist_learner.ready.remote()],
+                                             ["critic-learner", "artist-learner"], startup)
 
     # ----------------------------------------------------------------------------------- stages
     def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
@@ -238,6 +247,15 @@ class Components:
                  self.artist_learner.load_checkpoint.remote(str(directory))])
 
     # ------------------------------------------------------------------------------------- misc
+    def learner_role(self, error: BaseException) -> str | None:
+        """``critic-learner`` / ``artist-learner`` when ``error`` is the death of that learner's actor, else None
+        (learners do not restart: losing one ends the run, and the controller says which one)."""
+        dead = getattr(error, "actor_id", None)
+        for role, actor in (("critic-learner", self.critic_learner), ("artist-learner", self.artist_learner)):
+            if dead is not None and dead == actor._actor_id.hex():
+                return role
+        return None
+
     def tags(self) -> dict[str, str]:
         return {**self.rewards.tracking_tags(), "critic.path": str(self.critic_path),
                 "artist.path": str(self.artist_path)}
