@@ -109,12 +109,18 @@ class ArtistSamplerGroup:
         self._wait(calls, names, self.sample_timeout_s, "sample", collect=False)
         edits: list[Edit] = []
         for ref, name, (share_tasks, share) in zip(calls, names, shares_sent):
+            index = self.names.index(name)
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
-                index = self.names.index(name)
                 self._recover(index, exc)
                 self.retried_items += len(share) * (k or self.config.edits_per_critique)
+                result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
+                                 timeout=self.sample_timeout_s)
+            stale = [e.artist_version for e in result.edits if e.artist_version != self._version]
+            if stale:  # Ray restarted the replica before this call reached it: it holds the base adapter
+                self._recover(index, f"it served version {stale[0]}, expected {self._version}")
+                self.retried_items += len(result.edits)
                 result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
                                  timeout=self.sample_timeout_s)
             edits.extend(result.edits)
