@@ -60,8 +60,8 @@ class LiveNode:
     def format(self) -> str:
         kind = f" {self.accelerator}" if self.accelerator else ""
         head = " (head)" if self.is_head else ""
-        return (f"{self.address} [{self.node_id[:8]}]{head}: GPU {self.free_gpus:g}/{self.gpus:g}{kind} free, CPU {self.free_cpus:g}/"
-                f"{self.cpus:g} free, memory {self.memory_gib:.0f} GiB")
+        return (f"{self.address} [{self.node_id[:8]}]{head}: GPU {self.free_gpus:g}/{self.gpus:g}{kind} free, "
+                f"CPU {self.free_cpus:g}/{self.cpus:g} free, memory {self.memory_gib:.0f} GiB")
 
 
 @dataclass(slots=True)

@@ -3,8 +3,9 @@
 Owns the run's lifecycle around the controller: resolving the run directory and name, starting a private
 local Ray cluster or joining the one the job was submitted to, checking the resource plan before any actor
 exists (against the config here, against the live nodes when the components start), ending with a clear
-message and exit status 1 when the plan cannot be placed or a learner is lost, turning SIGTERM/SIGINT (``ray job stop``, Ctrl-C) into "finish the step, write a final checkpoint,
-exit", and resuming from a run directory. The iteration itself lives in ``rollout.controller``.
+message and exit status 1 when the plan cannot be placed or a learner is lost, turning SIGTERM/SIGINT
+(``ray job stop``, Ctrl-C) into "finish the step, write a final checkpoint, exit", and resuming from a run
+directory. The iteration itself lives in ``rollout.controller``.
 """
 
 from __future__ import annotations

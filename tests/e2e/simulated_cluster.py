@@ -42,7 +42,8 @@ NAMESPACE = "sim"
 # The critic replicas use the transformers engine: placement and failure handling do not depend on the engine,
 # and a vLLM replica's restart took minutes on a busy two-core machine (the e2e tests run vLLM already).
 OVERRIDES = [
-    "critic.engine=transformers", "critic.num_replicas=2", "critic.gpus_per_replica=1", "critic.cpus_per_replica=1", "critic.group_size=2",
+    "critic.engine=transformers", "critic.num_replicas=2", "critic.gpus_per_replica=1", "critic.cpus_per_replica=1",
+    "critic.group_size=2",
     "artist.num_samplers=2", "artist.gpus_per_sampler=1", "artist.cpus_per_sampler=1",
     "artist.edits_per_critique=2", "artist.resolution=32",
     "rewards.num_workers=1", "learner.critic.gpus=2", "learner.artist.gpus=1",

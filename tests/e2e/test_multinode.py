@@ -30,7 +30,8 @@ def simulation(tmp_path_factory, embedded_models):
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-    print(f"simulated cluster: {report.get('total_s')} s in all; phases at {[(k, v['at_s']) for k, v in report['phases'].items()]}")
+    phases = {name: phase["at_s"] for name, phase in report["phases"].items()}
+    print(f"simulated cluster: {report.get('total_s')} s in all; phases end at (s): {phases}")
     return report["phases"], result.stdout + result.stderr
 
 

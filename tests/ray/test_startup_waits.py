@@ -63,7 +63,8 @@ def test_model_load_timeout_and_load_failure_are_loud(ray_local):
 
     remote = slow_loader()
     slow = remote.remote(30.0)
-    with pytest.raises(TimeoutError, match=r"slow-0 did not finish loading within 1 s \(cluster.model_load_timeout_s\)"):
+    loading = r"slow-0 did not finish loading within 1 s \(cluster.model_load_timeout_s\)"
+    with pytest.raises(TimeoutError, match=loading):
         wait_until_ready([slow.ready.remote()], ["slow-0"], StartupLimits(load_timeout_s=1.0, progress_every_s=0.5),
                          report=lambda line: None)
     broken = remote.remote(0.0, fail=True)
