@@ -4,7 +4,8 @@ Owns reading the live nodes (GPUs, CPUs, memory and accelerator type per node, a
 the plan's bundles onto them the way each role's placement group will ask for them (learners packed,
 vLLM replicas packed, samplers and reward workers spread), and the verdict: a plan that cannot be placed is
 refused with one line per role that does not fit, naming the knob to change — or, with
-``cluster.wait_for_autoscaler``, reported as missing while start-up waits for new nodes.
+``cluster.wait_for_autoscaler``, reported as missing while start-up waits for new nodes. Only the nodes' whole
+capacity decides a refusal: resources that other work holds right now are reported, and start-up waits for them.
 
 The layout is a feasibility check, not a prediction of Ray's scheduler: bundles are laid greedily (best fit for
 packed groups, fewest bundles per node for spread ones), which can only miss a fit Ray would find in rare
@@ -246,11 +247,14 @@ def _why_not(role: str, bundles: list[dict[str, float]], strategy: str, cluster:
             f"lower {knobs}, or add nodes")
 
 
-def place_plan(plan: ResourcePlan, cluster: LiveCluster, *, gpu_memory_gib: float | None = None) -> PreflightResult:
+def place_plan(plan: ResourcePlan, cluster: LiveCluster, *, gpu_memory_gib: float | None = None,
+               free_only: bool = True) -> PreflightResult:
     """Lay every role of ``plan`` onto ``cluster`` in creation order; one problem line per role that does not
-    fit. With ``gpu_memory_gib`` (the config's figure), GPUs of a known type with less memory are a problem too:
-    the plan's memory checks were made for GPUs that are not there."""
-    free = {n.node_id: {"GPU": n.free_gpus, "CPU": n.free_cpus} for n in cluster.nodes}
+    fit. ``free_only`` lays it onto what is free now, else onto the nodes' whole capacity. With
+    ``gpu_memory_gib`` (the config's figure), GPUs of a known type with less memory are a problem too: the plan's
+    memory checks were made for GPUs that are not there."""
+    free = {n.node_id: {"GPU": n.free_gpus if free_only else n.gpus, "CPU": n.free_cpus if free_only else n.cpus}
+            for n in cluster.nodes}
     order = {role: i for i, role in enumerate(CREATION_ORDER)}
     placements, problems = [], []
     for role in sorted(plan.roles, key=lambda r: order.get(r.role, len(order))):
@@ -274,17 +278,26 @@ def check_live_cluster(plan: ResourcePlan, cluster_config: Any, live: LiveCluste
                        report: Callable[[str], None] = print_progress) -> PreflightResult:
     """Compare ``plan`` with the live cluster and print the verdict.
 
-    Raises :class:`PlanRefused` when a role cannot be placed, unless ``cluster_config.wait_for_autoscaler``:
-    then the missing resources are printed and start-up goes on to wait for them (each role's placement wait
-    is bounded by ``cluster.placement_timeout_s``).
+    A plan that does not fit the nodes' whole capacity raises :class:`PlanRefused`, unless
+    ``cluster_config.wait_for_autoscaler``: then the missing resources are printed and start-up goes on to wait
+    for new nodes. A plan that fits the capacity but not what is free right now (other work holds part of it) is
+    reported and start-up waits for those resources. Each role's wait is bounded by
+    ``cluster.placement_timeout_s``.
     """
     live = live if live is not None else LiveCluster.from_ray()
-    result = place_plan(plan, live, gpu_memory_gib=cluster_config.gpu_memory_gib)
+    result = place_plan(plan, live, gpu_memory_gib=cluster_config.gpu_memory_gib, free_only=False)
     for line in live.format():
         report(f"pre-flight: {line}")
     if result.ok:
-        report(f"pre-flight: the plan fits ({plan.total_gpus:g} GPUs, {plan.total_cpus:g} CPUs)")
-        return result
+        now = place_plan(plan, live)
+        if now.ok:
+            report(f"pre-flight: the plan fits ({plan.total_gpus:g} GPUs, {plan.total_cpus:g} CPUs)")
+        else:
+            for problem in now.problems:
+                report(f"pre-flight: busy now: {problem}")
+            report(f"pre-flight: the nodes can hold the plan but other work holds part of it; each role waits up to "
+                   f"{cluster_config.placement_timeout_s:.0f} s for its resources (cluster.placement_timeout_s)")
+        return now
     if cluster_config.wait_for_autoscaler:
         for problem in result.problems:
             report(f"pre-flight: not yet placeable: {problem}")

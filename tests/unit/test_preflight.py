@@ -91,3 +91,14 @@ def test_check_refuses_before_any_actor_or_waits_for_the_autoscaler():
     assert not result.ok
     assert any("not yet placeable: critic-rollout:" in line for line in lines)
     assert any("waiting for the autoscaler" in line for line in lines)
+
+
+def test_resources_held_by_other_work_are_waited_for_not_refused():
+    config = load_config(CLUSTER_CONFIG)
+    busy = node("gpu-a", 8, 192)
+    busy.free_gpus = 2  # another job holds 6 GPUs for now
+    lines: list[str] = []
+    result = check_live_cluster(plan_resources(config), config.cluster, LiveCluster([busy]), report=lines.append)
+    assert not result.ok
+    assert any(line.startswith("pre-flight: busy now: critic-rollout:") for line in lines)
+    assert any("other work holds part of it" in line and "cluster.placement_timeout_s" in line for line in lines)
