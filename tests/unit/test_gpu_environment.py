@@ -102,6 +102,8 @@ def test_image_installs_the_gpu_extra_in_one_resolve_then_the_project_without_de
 def test_launcher_and_rayjob_run_the_image_and_mount_the_data():
     launcher = yaml.safe_load((PROJECT_ROOT / "ray_cluster.yaml").read_text())
     image = launcher["docker"]["image"]
+    version = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert image.endswith(f":{version}") and f"docker build -t {image} ." in DOCKERFILE.read_text()
     commands = [c for key in ("initialization_commands", "setup_commands") for c in launcher.get(key, [])]
     assert not any("pip install" in c or "|| true" in c for c in commands), commands
     mounts = " ".join(launcher["docker"]["run_options"])
