@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from artist_actor.config import ArtistConfig
+from rollout.startup import actor_device
 from rollout.types import Conditioning, Edit, PhotoTask, RejectedRecord
 
 SAMPLING_ADAPTER = "old"
@@ -107,6 +108,7 @@ class ArtistSamplerActor:
         device: str | None = None,
         num_threads: int | None = None,
         images_as_refs: bool = False,
+        cpu_fallback: bool = False,
     ):
         import torch
 
@@ -119,7 +121,7 @@ class ArtistSamplerActor:
         self.index = index
         self.config = config if isinstance(config, ArtistConfig) else ArtistConfig.model_validate(dict(config))
         if device is None:
-            device = "cuda" if torch.cuda.is_available() and self.config.gpus_per_sampler > 0 else "cpu"
+            device = actor_device(f"artist-sampler-{index}", self.config.gpus_per_sampler, cpu_fallback)
         cfg = self.config
         self.model = load_artist(artist_path, dtype=cfg.dtype, device=device, codec=cfg.codec)
         self.sampler = FlowMatchSampler(self.model, num_steps=cfg.num_steps, solver=cfg.solver,

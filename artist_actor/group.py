@@ -12,12 +12,12 @@ It must not load models itself or decide what to sample; the controller passes t
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
+from rollout.startup import StartupLimits, wait_for_placement, wait_for_restart, wait_until_ready
 from rollout.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class ArtistSamplerGroup:
         sample_timeout_s: float = 3600.0,
         namespace: str | None = None,
         max_restarts: int = 2,
+        startup: StartupLimits | None = None,
     ):
         import ray
         from ray.util.placement_group import placement_group
@@ -44,13 +45,15 @@ class ArtistSamplerGroup:
         self.config = config
         self.sync_timeout_s = sync_timeout_s
         self.sample_timeout_s = sample_timeout_s
+        self.startup = startup or StartupLimits()
         self.rejected: list[RejectedRecord] = []
         """Every critique the replicas refused so far (the controller counts and logs them)."""
         bundle = {"CPU": config.cpus_per_sampler}
         if config.gpus_per_sampler:
             bundle["GPU"] = config.gpus_per_sampler
         self.placement_group = placement_group([dict(bundle) for _ in range(config.num_samplers)], strategy="SPREAD")
-        ray.get(self.placement_group.ready(), timeout=sync_timeout_s)
+        wait_for_placement(self.placement_group, "artist-sampler", self.startup,
+                           fix="lower artist.num_samplers, artist.gpus_per_sampler or artist.cpus_per_sampler")
         remote_actor = ray.remote(ArtistSamplerActor)
         self.actors = [
             remote_actor.options(
@@ -59,16 +62,16 @@ class ArtistSamplerGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.placement_group, placement_group_bundle_index=index),
             ).remote(index, str(artist_path), config.model_dump(), lora_alpha=lora_alpha,
-                     num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True)
+                     num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True,
+                     cpu_fallback=self.startup.cpu_fallback)
             for index in range(config.num_samplers)
         ]
         self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
-        self.info = self._wait([actor.ready.remote() for actor in self.actors], self.names, sync_timeout_s, "start")
+        self.info = wait_until_ready([actor.ready.remote() for actor in self.actors], self.names, self.startup)
         # The last synced adapter stays in the object store so a replica that Ray restarts (on the base
         # model) is brought back to the current version before it samples again.
         self._version = 0
         self._state_ref = None
-        self.restart_timeout_s = 600.0
         self.restarts = 0
         """Replica restarts this group recovered from."""
         self.retried_items = 0
@@ -106,12 +109,18 @@ class ArtistSamplerGroup:
         self._wait(calls, names, self.sample_timeout_s, "sample", collect=False)
         edits: list[Edit] = []
         for ref, name, (share_tasks, share) in zip(calls, names, shares_sent):
+            index = self.names.index(name)
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
-                index = self.names.index(name)
                 self._recover(index, exc)
                 self.retried_items += len(share) * (k or self.config.edits_per_critique)
+                result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
+                                 timeout=self.sample_timeout_s)
+            stale = [e.artist_version for e in result.edits if e.artist_version != self._version]
+            if stale:  # Ray restarted the replica before this call reached it: it holds the base adapter
+                self._recover(index, f"it served version {stale[0]}, expected {self._version}")
+                self.retried_items += len(result.edits)
                 result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
                                  timeout=self.sample_timeout_s)
             edits.extend(result.edits)
@@ -123,15 +132,7 @@ class ArtistSamplerGroup:
         import ray
 
         actor = self.actors[index]
-        deadline = time.monotonic() + self.restart_timeout_s
-        while True:  # calls fail with ActorUnavailableError until the restarted replica is up
-            try:
-                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                break
-            except ray.exceptions.ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        wait_for_restart(actor.ready.remote, self.names[index], self.startup)
         self.restarts += 1
         if self._state_ref is not None:
             ray.get(actor.set_weights.remote(self._version, self._state_ref), timeout=self.sync_timeout_s)

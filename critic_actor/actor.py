@@ -25,6 +25,7 @@ from critic_actor.config import CriticConfig
 from critic_actor.engines import EnginePrompt, SamplingSpec, state_checksum
 from critic_actor.grammar import CRITIC_INSTRUCTION, RESCORE_INSTRUCTION, parse_critique
 from critic_actor.inputs import critic_prompt_text, fit_to_pixel_bounds, resolve_image
+from rollout.startup import actor_device
 from rollout.types import Critique, PhotoTask
 
 ROLE = "critic-rollout"
@@ -50,11 +51,13 @@ class CriticRolloutActor:
     """Samples G critiques per photo with the current critic weights; re-scores edits greedily."""
 
     def __init__(self, model_path: str | Path, config: CriticConfig | None = None, index: int = 0,
-                 sync_timeout_s: float = 120.0):
+                 sync_timeout_s: float = 120.0, *, cpu_fallback: bool = False):
         from critic_actor.model import load_critic_processor, vision_special_token_ids
 
         self.config = config or CriticConfig()
         self.index = index
+        # Fails here, before any load, when GPUs were granted but CUDA is absent (unless cpu_fallback).
+        self.device = actor_device(f"{ROLE}-{index}", self.config.gpus_per_replica, cpu_fallback)
         self.model_path = str(model_path)
         self.sync_timeout_s = float(sync_timeout_s)
         self._version = 0
@@ -78,13 +81,14 @@ class CriticRolloutActor:
         if c.engine == "vllm":
             from critic_actor.engines import VLLMCriticEngine
 
+            tensor_parallel = max(1, int(c.gpus_per_replica)) if self.device == "cuda" else 1
             return VLLMCriticEngine(self.model_path, **common, seed=c.seed + self.index,
-                                    tensor_parallel_size=max(1, int(c.gpus_per_replica)),
+                                    tensor_parallel_size=tensor_parallel,
                                     gpu_memory_utilization=c.gpu_memory_utilization, enforce_eager=c.enforce_eager,
                                     max_model_len=c.max_model_len)
         from critic_actor.engines import TransformersCriticEngine
 
-        return TransformersCriticEngine(self.model_path, **common)
+        return TransformersCriticEngine(self.model_path, **common, device=self.device)
 
     # ------------------------------------------------------------------ queries
     def ready(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from critic_actor.config import CriticConfig
 from critic_actor.engines import fingerprints_match, state_checksum
+from rollout.startup import StartupLimits, wait_for_placement, wait_for_restart, wait_until_ready
 from rollout.types import Critique, PhotoTask
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class CriticRolloutGroup:
     """N critic rollout replicas behind one generate / rescore / set_weights interface."""
 
     def __init__(self, model_path: str | Path, config: CriticConfig, *, sync_timeout_s: float = 120.0,
-                 namespace_prefix: str = "", start_timeout_s: float = 600.0, max_restarts: int = 3):
+                 namespace_prefix: str = "", startup: StartupLimits | None = None, max_restarts: int = 3):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -37,17 +38,14 @@ class CriticRolloutGroup:
 
         self.config = config
         self.sync_timeout_s = sync_timeout_s
+        self.startup = startup or StartupLimits()
         bundle = {"CPU": config.cpus_per_replica}
         if config.gpus_per_replica > 0:
             bundle["GPU"] = config.gpus_per_replica
         # PACK keeps replicas (and a replica's tensor-parallel ranks) close without requiring one node.
         self.placement_group = placement_group([dict(bundle) for _ in range(config.num_replicas)], strategy="PACK")
-        try:
-            ray.get(self.placement_group.ready(), timeout=start_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(f"the cluster cannot place {config.num_replicas} critic replicas of {bundle} within "
-                               f"{start_timeout_s:.0f} s; lower critic.num_replicas or the per-replica "
-                               f"resources") from None
+        wait_for_placement(self.placement_group, ROLE, self.startup,
+                           fix="lower critic.num_replicas, critic.gpus_per_replica or critic.cpus_per_replica")
         remote_cls = ray.remote(CriticRolloutActor)
         # The engine reads these at start (in-process engine core, KV-cache size, offline hub); forward the
         # driver's values so replicas behave the same wherever Ray starts them.
@@ -59,11 +57,11 @@ class CriticRolloutGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
                 runtime_env={"env_vars": env_vars},
-            ).remote(str(model_path), config, i, sync_timeout_s)
+            ).remote(str(model_path), config, i, sync_timeout_s, cpu_fallback=self.startup.cpu_fallback)
             for i in range(config.num_replicas)
         ]
-        self.ready_info = ray.get([a.ready.remote() for a in self.actors], timeout=start_timeout_s)
-        self.start_timeout_s = start_timeout_s
+        self.names = [f"{namespace_prefix}{ROLE}-{i}" for i in range(config.num_replicas)]
+        self.ready_info = wait_until_ready([a.ready.remote() for a in self.actors], self.names, self.startup)
         self.version = 0
         # The last synced state stays in the object store so a replica that Ray restarts (on the base
         # checkpoint) can be brought back to the current weights before it serves again.
@@ -125,15 +123,7 @@ class CriticRolloutGroup:
         import ray
 
         actor = self.actors[replica]
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:  # calls fail with ActorUnavailableError until the restarted replica's engine is up
-            try:
-                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                break
-            except ray.exceptions.ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        wait_for_restart(actor.ready.remote, self.names[replica], self.startup)
         self.restarts += 1
         if self._state_ref is not None:
             ray.get(actor.set_weights.remote(self.version, self._state_ref, self._checksum),

@@ -20,6 +20,7 @@ from rewards.artist import failed_edit_reward
 from rewards.config import RewardsConfig
 from rewards.critic import failed_critique_reward
 from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
+from rollout.startup import StartupLimits, wait_for_placement, wait_until_ready
 from rollout.types import CritiqueReward, EditReward
 
 logger = logging.getLogger(__name__)
@@ -35,24 +36,20 @@ class RewardPool:
     """N reward workers behind ``score_edits`` / ``score_critiques`` iterators (completion order)."""
 
     def __init__(self, config: RewardsConfig, *, namespace: str | None = None, max_restarts: int = 3,
-                 name_prefix: str = "", start_timeout_s: float = 300.0):
+                 name_prefix: str = "", startup: StartupLimits | None = None):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.config = config
+        startup = startup or StartupLimits()
         bundle: dict[str, float] = {"CPU": config.cpus_per_worker}
         if config.gpus_per_worker > 0:
             bundle["GPU"] = config.gpus_per_worker
         # SPREAD: reward work is CPU-bound and independent, so workers go to as many nodes as possible.
         self.placement_group = placement_group([dict(bundle) for _ in range(config.num_workers)], strategy="SPREAD")
-        try:
-            ray.get(self.placement_group.ready(), timeout=start_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(
-                f"the cluster cannot place {config.num_workers} reward workers of {bundle} within "
-                f"{start_timeout_s:.0f} s; lower rewards.num_workers or rewards.cpus_per_worker") from None
-        lpips_device = "cuda" if config.gpus_per_worker > 0 else "cpu"
+        wait_for_placement(self.placement_group, ROLE, startup,
+                           fix="lower rewards.num_workers, rewards.cpus_per_worker or rewards.gpus_per_worker")
         remote_cls = ray.remote(RewardWorker)
         self.workers = [
             remote_cls.options(
@@ -60,11 +57,12 @@ class RewardPool:
                 num_gpus=config.gpus_per_worker, max_restarts=max_restarts, max_task_retries=max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
-            ).remote(config, index=i, lpips_device=lpips_device)
+            ).remote(config, index=i, lpips_device=None, cpu_fallback=startup.cpu_fallback)
             for i in range(config.num_workers)
         ]
-        self.worker_info: list[dict[str, Any]] = ray.get([w.ready.remote() for w in self.workers],
-                                                         timeout=start_timeout_s)
+        names = [f"{name_prefix}{ROLE}-{i}" for i in range(config.num_workers)]
+        self.worker_info: list[dict[str, Any]] = wait_until_ready([w.ready.remote() for w in self.workers], names,
+                                                                  startup)
         self.backbone_is_random = any(info["backbone_is_random"] for info in self.worker_info)
         """True when LPIPS runs on a random AlexNet trunk: r_perc is then not a perceptual metric."""
         if self.backbone_is_random:

@@ -24,6 +24,7 @@ from rewards.attributes import PhotometricAttributes, compute_attributes
 from rewards.config import RewardsConfig
 from rewards.critic import critic_reward, failed_critique_reward, format_reward, rank_reward, suggestion_reward
 from rewards.images import InvalidImageError, as_rgb_uint8
+from rollout.startup import actor_device
 from rollout.types import (
     CritiqueReward,
     Degradation,
@@ -93,7 +94,10 @@ class RewardWorker:
     machine do not oversubscribe its cores (unpinned LPIPS was seen to run 10× slower under contention).
     """
 
-    def __init__(self, config: RewardsConfig, *, index: int = 0, lpips_device: str = "cpu"):
+    def __init__(self, config: RewardsConfig, *, index: int = 0, lpips_device: str | None = "cpu",
+                 cpu_fallback: bool = False):
+        """``lpips_device`` None (the pool's actors): CUDA when granted ``rewards.gpus_per_worker`` GPUs, CPU when
+        granted none, and a start-up failure when granted GPUs without CUDA unless ``cpu_fallback``."""
         import cv2
         import torch
 
@@ -101,6 +105,8 @@ class RewardWorker:
 
         self.config = config
         self.index = index
+        if lpips_device is None:
+            lpips_device = actor_device(f"reward-{index}", config.gpus_per_worker, cpu_fallback)
         self.threads = max(1, int(config.cpus_per_worker))
         torch.set_num_threads(self.threads)
         cv2.setNumThreads(self.threads)

@@ -79,8 +79,14 @@ class Components:
         from rewards.pool import RewardPool
         from rollout.learner_groups import ArtistLearnerGroup, CriticLearnerGroup
         from rollout.models import resolve_model_paths
+        from rollout.placement import plan_resources
+        from rollout.preflight import check_live_cluster
+        from rollout.startup import StartupLimits
 
         self.config = config
+        # Before any actor exists: the plan against the live nodes (refused here, naming the role and the knob).
+        check_live_cluster(plan_resources(config), config.cluster)
+        startup = StartupLimits.from_config(config.cluster)
         critic_path, artist_path = resolve_model_paths(config)
         self.critic_path, self.artist_path = critic_path, artist_path
         self.data = RemoteTaskSource(config)
@@ -93,17 +99,17 @@ class Components:
         # the last checkpoint.
         lc, la = config.learner.critic, config.learner.artist
         self.critic_learner = CriticLearnerGroup(
-            str(critic_path), lc, num_threads=1, learner_kwargs={
+            str(critic_path), lc, num_threads=1, startup=startup, learner_kwargs={
                 "min_pixels": config.critic.min_pixels, "max_pixels": config.critic.max_pixels,
                 "temperature": config.critic.temperature, "max_new_tokens": config.critic.max_new_tokens,
                 "seed": config.trainer.seed})
         self.artist_learner = ArtistLearnerGroup(
-            str(artist_path), la, config.artist, num_threads=1, learner_kwargs={
+            str(artist_path), la, config.artist, num_threads=1, startup=startup, learner_kwargs={
                 "seed": config.trainer.seed, "kept_versions": config.trainer.max_staleness + 1})
         # Rollout and sampler groups recover a replica that Ray restarts (current weights back, its share of the
         # work redone once); reward workers are stateless, so Ray's own task retries cover them.
         self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
-                                                 max_restarts=restarts)
+                                                 max_restarts=restarts, startup=startup)
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
                                                   sync_timeout_s=timeout, max_restarts=restarts)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts)

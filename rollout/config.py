@@ -87,8 +87,30 @@ class TrainerConfig(ConfigModel):
     """A weight sync that takes longer fails the step loudly instead of serving stale weights."""
 
 
+class CapacityConfig(ConfigModel):
+    """Inputs of the modelled time plan ``check-config`` prints for a GPU config (docs/cluster.md, "Capacity
+    plan"). Defaults describe one H100 SXM; the plan is a model to size a cluster with, not a measurement."""
+
+    gpu_bf16_tflops: float = Field(989.0, gt=0.0, le=100_000.0)
+    """Dense bf16 peak of one GPU in TFLOP/s (NVIDIA's H100 SXM datasheet: 989)."""
+    gpu_memory_bandwidth_gbs: float = Field(3350.0, gt=0.0, le=100_000.0)
+    """Memory bandwidth of one GPU in GB/s (H100 SXM: 3350); bounds decoding, which reads every weight per
+    generated token."""
+    compute_efficiency: float = Field(0.4, gt=0.0, le=1.0)
+    """Fraction of the bf16 peak that large matmuls achieve (model FLOPs utilisation)."""
+    bandwidth_efficiency: float = Field(0.7, gt=0.0, le=1.0)
+    """Fraction of the memory bandwidth that decoding achieves."""
+    weight_sync_gbs: float = Field(8.0, gt=0.0, le=10_000.0)
+    """Effective bandwidth of one weight sync from a learner to its replicas, in GB/s (verl reports 8.25 GB/s
+    for a 30B model on 32 H100; set your own figure from ``sync/*`` in MLflow)."""
+    mean_response_tokens: int | None = Field(None, ge=1, le=8192)
+    """Mean critique length in tokens, for the token counts the learners and the DiT see (None =
+    ``critic.max_new_tokens``, an upper bound). Decoding always runs to the longest response,
+    ``critic.max_new_tokens``."""
+
+
 class ClusterConfig(ConfigModel):
-    """How the job finds or starts its Ray cluster."""
+    """How the job finds or starts its Ray cluster, and how long its actors may take to start."""
 
     address: str = "local"
     """``local`` starts a private local cluster; ``auto`` joins the cluster the job was submitted to; or a
@@ -109,6 +131,22 @@ class ClusterConfig(ConfigModel):
     """Ray namespace of the run's named actors (empty = the run name)."""
     actor_max_restarts: int = Field(3, ge=0, le=1000)
     """Restarts allowed for rollout, sampler and reward actors."""
+    placement_timeout_s: float = Field(600.0, gt=0.0, le=86400.0)
+    """How long start-up waits for the cluster to grant one role its resources (a placement group), and a
+    restarted replica for a new place; meanwhile progress lines name the role and what is pending."""
+    model_load_timeout_s: float = Field(1800.0, gt=0.0, le=86400.0)
+    """How long start-up waits for one role's actors to load their models (several 41 GB DiTs read from a
+    shared filesystem at once take minutes), and a restarted replica to reload."""
+    progress_every_s: float = Field(30.0, gt=0.0, le=3600.0)
+    """Interval of the progress lines printed while start-up waits for placement or model load."""
+    wait_for_autoscaler: bool = False
+    """When the live cluster lacks the resources of the plan: false refuses to start, naming the role and the
+    knob to change; true waits (up to ``placement_timeout_s`` per role) for the autoscaler to add nodes."""
+    cpu_fallback: bool = False
+    """Let an actor that was granted GPUs compute on CPU when its process sees no CUDA device, saying so in its
+    log (a simulated cluster advertising GPUs it does not have); false makes such an actor fail at start."""
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
+    """Inputs of the modelled time plan (hardware figures and the expected critique length)."""
 
 
 class TrackingConfig(ConfigModel):

@@ -168,6 +168,17 @@ def sample_rows(records: StepRecords, max_photos: int = 4) -> list:
     return rows
 
 
+class LearnerLost(RuntimeError):
+    """A learner actor died (its node was lost, or it crashed): the run cannot go on, because a learner holds
+    the only live copy of its weights and optimizer state. The message names the learner and the newest
+    complete checkpoint to resume from."""
+
+    def __init__(self, role: str, message: str, checkpoint: Path | None):
+        self.role = role
+        self.checkpoint = checkpoint
+        super().__init__(message)
+
+
 class Controller:
     """Drives the coordinated loop. Construct, ``start()``, ``run()``, ``shutdown()``."""
 
@@ -233,11 +244,13 @@ class Controller:
                 self._report(metrics)
                 every = self.config.trainer.checkpoint_every
                 if every and self.step % every == 0 and self.step < total:
-                    self.checkpoint()
+                    with self._learner_loss_ends_the_run(f"the checkpoint of step {self.step}"):
+                        self.checkpoint()
         finally:
             self.progress.close()
             self.progress = None
-        self.checkpoint()
+        with self._learner_loss_ends_the_run(f"the final checkpoint (step {self.step})"):
+            self.checkpoint()
         self.tracker.close("KILLED" if (self.stop is not None and self.stop.requested) else "FINISHED")
 
     def shutdown(self) -> None:
@@ -246,8 +259,41 @@ class Controller:
         if self.tracker is not None:
             self.tracker.close("FAILED")  # no-op when already closed
 
+    @contextmanager
+    def _learner_loss_ends_the_run(self, during: str):
+        """Turn the death of a learner actor during ``during`` into :class:`LearnerLost`, naming the learner and
+        the checkpoint to resume from (replica deaths are recovered inside the groups and never reach here)."""
+        from rollout.learner_groups import LearnerRankLost
+
+        try:
+            yield
+        except LearnerRankLost as exc:
+            role = exc.role
+            from rollout.checkpoint import latest_checkpoint
+
+            newest = latest_checkpoint(self.run_dir)
+            cause = str(exc)
+            if newest is not None:
+                resume = (f"the newest complete checkpoint is {newest.path} (step {newest.step}); resume with "
+                          f"`photocrafter resume --run {self.run_dir}` once the cluster has its GPUs back")
+            else:
+                resume = "no checkpoint was written yet, so the run must start over (see trainer.checkpoint_every)"
+            message = (f"{role} was lost during {during} ({cause}); a learner holds the only live copy "
+                       f"of its weights and optimizer state, so the run stops here; {resume}")
+            if self.tracker is not None:
+                try:
+                    self.tracker.warn("run.failure", message)
+                except Exception as tracking_error:  # noqa: BLE001 - the loss must be reported even so
+                    print(f"[photocrafter] could not tag the MLflow run: {tracking_error}", file=sys.stderr)
+            raise LearnerLost(role, message, newest.path if newest is not None else None) from exc
+
     # -------------------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
+        """One iteration; a lost learner ends it with :class:`LearnerLost`."""
+        with self._learner_loss_ends_the_run(f"step {self.step + 1}"):
+            return self._train_step()
+
+    def _train_step(self) -> dict[str, float]:
         cfg, comp = self.config, self.components
         timer = StageTimer()
         step_start = time.perf_counter()

@@ -26,7 +26,8 @@ from typing import Any
 
 from learner.artist_learner import ArtistLearner
 from learner.critic_learner import CriticLearner
-from learner.distributed import ParallelContext, Rendezvous, free_port, resolve_device
+from learner.distributed import ParallelContext, Rendezvous, free_port
+from rollout.startup import actor_device
 
 
 def _rng_state() -> dict:
@@ -58,12 +59,12 @@ class LearnerRank(ABC):
     role = ""
     """Dashboard name prefix of the group's actors, e.g. ``critic-learner``."""
 
-    def __init__(self, rank: int, world_size: int, gpus: float, *, allow_cpu_fallback: bool = True,
+    def __init__(self, rank: int, world_size: int, gpus: float, *, cpu_fallback: bool = False,
                  num_threads: int | None = None):
         self.rank = rank
         self.world_size = world_size
         self.gpus = gpus
-        self.allow_cpu_fallback = allow_cpu_fallback
+        self.cpu_fallback = cpu_fallback
         self.num_threads = num_threads
         self.learner: Any = None
         self.last_compute_s = 0.0
@@ -83,7 +84,9 @@ class LearnerRank(ABC):
 
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
-        device = resolve_device(self.gpus, allow_cpu_fallback=self.allow_cpu_fallback)
+        device = torch.device(actor_device(f"{self.role}-{self.rank}", self.gpus, self.cpu_fallback))
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
         context = ParallelContext.join(self.rank, rendezvous, device)
         self.learner = self._build(context)
         return {"rank": self.rank, **self.learner.ready()}
@@ -118,8 +121,8 @@ class CriticLearnerRank(LearnerRank):
     role = "critic-learner"
 
     def __init__(self, rank: int, world_size: int, gpus: float, model_path: str, config, *,
-                 allow_cpu_fallback: bool = True, num_threads: int | None = None, **learner_kwargs: Any):
-        super().__init__(rank, world_size, gpus, allow_cpu_fallback=allow_cpu_fallback, num_threads=num_threads)
+                 cpu_fallback: bool = False, num_threads: int | None = None, **learner_kwargs: Any):
+        super().__init__(rank, world_size, gpus, cpu_fallback=cpu_fallback, num_threads=num_threads)
         self._model_path = model_path
         self._config = config
         self._learner_kwargs = learner_kwargs
@@ -173,8 +176,8 @@ class ArtistLearnerRank(LearnerRank):
     role = "artist-learner"
 
     def __init__(self, rank: int, world_size: int, gpus: float, artist_path: str, config, artist_config, *,
-                 allow_cpu_fallback: bool = True, num_threads: int | None = None, **learner_kwargs: Any):
-        super().__init__(rank, world_size, gpus, allow_cpu_fallback=allow_cpu_fallback, num_threads=num_threads)
+                 cpu_fallback: bool = False, num_threads: int | None = None, **learner_kwargs: Any):
+        super().__init__(rank, world_size, gpus, cpu_fallback=cpu_fallback, num_threads=num_threads)
         self._artist_path = artist_path
         self._config = config
         self._artist_config = artist_config

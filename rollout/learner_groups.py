@@ -13,9 +13,10 @@ normalising token counts are those of the whole batch. The artist group gives ev
 object in the object store); the learner splits the edits itself. Results come back from rank 0, which holds the
 reduced metrics.
 
-Every wait has a deadline, and a rank that fails or dies fails the call at once (the others would otherwise
-wait inside a collective): learners do not restart in place; the controller restores them from the last
-checkpoint. It must not hold weights or images: those travel as ObjectRefs.
+Every wait has a deadline (placement and model load from the ``cluster`` section, with progress lines), and a rank
+that fails or dies fails the call at once — the others would otherwise wait inside a collective. A rank that
+dies raises :class:`LearnerRankLost` naming the learner: learners do not restart in place; the run stops and is
+resumed from its last checkpoint. It must not hold weights or images: those travel as ObjectRefs.
 """
 
 from __future__ import annotations
@@ -28,17 +29,20 @@ from dataclasses import replace
 from typing import Any
 
 from rollout.learner_actors import ArtistLearnerRank, CriticLearnerRank, LearnerRank
+from rollout.placement import learner_strategy
+from rollout.startup import StartupLimits, wait_for_placement, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
 
-def learner_strategy(num_ranks: int, gpus_per_rank: float, gpus_per_node: Sequence[float]) -> str:
-    """STRICT_PACK when all ranks fit on one node (or they need no GPU), else PACK: spread over as few nodes
-    as Ray can manage."""
-    needed = num_ranks * gpus_per_rank
-    if needed == 0 or not gpus_per_node or needed <= max(gpus_per_node):
-        return "STRICT_PACK"
-    return "PACK"
+class LearnerRankLost(RuntimeError):
+    """A rank of a learner died (its node was lost, or its process crashed) during a call."""
+
+    def __init__(self, role: str, rank_name: str, message: str):
+        self.role = role
+        """``critic-learner`` or ``artist-learner``."""
+        self.rank_name = rank_name
+        super().__init__(message)
 
 
 def token_balanced_shares(lengths: Sequence[int], parts: int) -> list[list[int]]:
@@ -59,17 +63,18 @@ class LearnerGroup:
     rank_class: type[LearnerRank] = LearnerRank
 
     def __init__(self, rank_args: tuple, rank_kwargs: dict[str, Any], *, gpus: int, ranks: int | None = None,
-                 cpus_per_rank: float = 1.0, namespace: str | None = None, placement_timeout_s: float = 600.0,
-                 start_timeout_s: float = 1800.0, call_timeout_s: float = 7200.0,
-                 collective_timeout_s: float = 1800.0):
+                 cpus_per_rank: float = 1.0, namespace: str | None = None, startup: StartupLimits | None = None,
+                 call_timeout_s: float = 7200.0, collective_timeout_s: float = 1800.0):
         """``gpus`` (the config's ``learner.<role>.gpus``) gives one rank per GPU, or one CPU rank when 0;
-        ``ranks`` instead asks for that many CPU ranks (gloo), for machines without GPUs."""
+        ``ranks`` instead asks for that many CPU ranks (gloo), for machines without GPUs. ``startup`` bounds
+        placement and model load (``cluster.*``)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from learner.distributed import Rendezvous
 
+        startup = startup or StartupLimits()
         self.role = self.rank_class.role
         if ranks is not None and gpus:
             raise ValueError(f"{self.role}: give either gpus or CPU ranks, not both")
@@ -80,13 +85,8 @@ class LearnerGroup:
         node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
         strategy = learner_strategy(self.num_ranks, gpus_per_rank, node_gpus)
         self.placement_group = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy=strategy)
-        ready, _ = ray.wait([self.placement_group.ready()], timeout=placement_timeout_s)
-        if not ready:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self.placement_group)
-            raise RuntimeError(f"{self.role}: the cluster could not place {self.num_ranks} rank(s) of {bundle} "
-                               f"({strategy}) within {placement_timeout_s:.0f} s; lower learner.*.gpus or add GPUs")
+        knob = "learner.critic.gpus" if self.role == "critic-learner" else "learner.artist.gpus"
+        wait_for_placement(self.placement_group, self.role, startup, fix=f"lower {knob}")
         remote = ray.remote(self.rank_class)
         self.ranks = [
             remote.options(
@@ -94,16 +94,17 @@ class LearnerGroup:
                 max_restarts=0, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=rank),
-            ).remote(rank, self.num_ranks, gpus_per_rank, *rank_args, **rank_kwargs)
+            ).remote(rank, self.num_ranks, gpus_per_rank, *rank_args, cpu_fallback=startup.cpu_fallback,
+                     **rank_kwargs)
             for rank in range(self.num_ranks)
         ]
         self.names = [f"{self.role}-{rank}" for rank in range(self.num_ranks)]
         try:
-            address, port = self._wait([self.ranks[0].rendezvous_address.remote()], self.names[:1],
-                                       start_timeout_s, "start")[0]
+            address, port = wait_until_ready([self.ranks[0].rendezvous_address.remote()], self.names[:1],
+                                             startup)[0]
             rendezvous = Rendezvous(address=address, port=port, world_size=self.num_ranks,
                                     timeout_s=collective_timeout_s)
-            self.info = self.call("setup", rendezvous, timeout_s=start_timeout_s, what="model load")
+            self.info = wait_until_ready(self.launch("setup", rendezvous), self.names, startup)
         except BaseException:
             self.shutdown()
             raise
@@ -140,9 +141,8 @@ class LearnerGroup:
                     ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
                     name = names[refs.index(ref)]
-                    raise RuntimeError(f"{self.role}: {name} died during {what} (its node or process was lost); "
-                                       f"learners do not restart in place: resume the run from its newest "
-                                       f"checkpoint") from exc
+                    cause = (str(exc).strip().splitlines() or ["actor died"])[0]
+                    raise LearnerRankLost(self.role, name, f"{name} died during {what} ({cause})") from exc
                 except ray.exceptions.RayTaskError as exc:
                     name = names[refs.index(ref)]
                     raise RuntimeError(f"{self.role}: {name} failed during {what}: {exc.cause!r}") from exc.cause
@@ -179,10 +179,9 @@ class CriticLearnerGroup(LearnerGroup):
 
     rank_class = CriticLearnerRank
 
-    def __init__(self, model_path: str, config, *, learner_kwargs: dict[str, Any], allow_cpu_fallback: bool = True,
-                 num_threads: int | None = None, **group_kwargs: Any):
-        super().__init__((str(model_path), config), {"allow_cpu_fallback": allow_cpu_fallback,
-                                                     "num_threads": num_threads, **learner_kwargs},
+    def __init__(self, model_path: str, config, *, learner_kwargs: dict[str, Any], num_threads: int | None = None,
+                 **group_kwargs: Any):
+        super().__init__((str(model_path), config), {"num_threads": num_threads, **learner_kwargs},
                          gpus=config.gpus, **group_kwargs)
 
     def prepare(self, critiques: Sequence) -> tuple[list, dict[str, float]]:
@@ -221,9 +220,8 @@ class ArtistLearnerGroup(LearnerGroup):
     rank_class = ArtistLearnerRank
 
     def __init__(self, artist_path: str, config, artist_config, *, learner_kwargs: dict[str, Any],
-                 allow_cpu_fallback: bool = True, num_threads: int | None = None, **group_kwargs: Any):
-        super().__init__((str(artist_path), config, artist_config),
-                         {"allow_cpu_fallback": allow_cpu_fallback, "num_threads": num_threads, **learner_kwargs},
+                 num_threads: int | None = None, **group_kwargs: Any):
+        super().__init__((str(artist_path), config, artist_config), {"num_threads": num_threads, **learner_kwargs},
                          gpus=config.gpus, **group_kwargs)
 
     def launch_update(self, groups: Sequence) -> list:
@@ -238,4 +236,4 @@ class ArtistLearnerGroup(LearnerGroup):
         return self.call("sampler_weights_ref", what="adapter gather")[0]
 
 
-__all__ = ["ArtistLearnerGroup", "CriticLearnerGroup", "LearnerGroup", "learner_strategy", "token_balanced_shares"]
+__all__ = ["ArtistLearnerGroup", "CriticLearnerGroup", "LearnerGroup", "LearnerRankLost", "learner_strategy", "token_balanced_shares"]

@@ -12,6 +12,7 @@ plan can be checked on a laptop for a cluster config.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from learner.memory import (GIB, NOMINAL_VAE_PARAMS, LearnerMemory, ModelShape, artist_learner_memory,
@@ -70,6 +71,15 @@ class ResourcePlan:
                      f"({self.gpu_memory_gib:g} GiB each), {self.total_cpus:g} CPUs")
         lines += [f"PROBLEM: {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def learner_strategy(num_ranks: int, gpus_per_rank: float, gpus_per_node: Sequence[float]) -> str:
+    """STRICT_PACK when all ranks fit on one node (or they need no GPU), else PACK: spread over as few nodes
+    as Ray can manage."""
+    needed = num_ranks * gpus_per_rank
+    if needed == 0 or not gpus_per_node or needed <= max(gpus_per_node):
+        return "STRICT_PACK"
+    return "PACK"
 
 
 def model_shapes(config: TrainConfig) -> tuple[ModelShape | None, ModelShape | None]:

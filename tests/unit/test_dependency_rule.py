@@ -7,8 +7,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("rollout", "rewards", "critic_actor", "artist_actor", "learner")
-# Modules of `rollout` that a model or reward package may import: the records and config types.
-ROLLOUT_LEAVES = {"rollout.types", "rollout.config_base"}
+# Modules of `rollout` that a model or reward package may import: the records and config types, and the
+# start-up waits every actor owner shares (a leaf too).
+ROLLOUT_LEAVES = {"rollout.types", "rollout.config_base", "rollout.startup"}
 # Driver-only heavy packages that must never be imported at module level by modules the driver imports.
 HEAVY = {"vllm", "lpips"}
 
@@ -34,6 +35,13 @@ def _modules(package: str):
 def test_types_is_a_leaf():
     for module, _ in _imports(ROOT / "rollout" / "types.py"):
         assert module.split(".")[0] in {"__future__", "dataclasses", "typing", "numpy", "enum"}, module
+
+
+def test_startup_is_a_leaf():
+    for module, top_level in _imports(ROOT / "rollout" / "startup.py"):
+        head = module.split(".")[0]
+        assert head in {"__future__", "collections", "dataclasses", "logging", "os", "sys", "time", "typing"} or (
+            head in {"ray", "torch"} and not top_level), module
 
 
 def test_rewards_and_actors_import_only_records_and_config_from_rollout():
