@@ -5,8 +5,8 @@ directories built by ``critic_actor.model.build_tiny_critic`` and ``artist_actor
 ``trainer.init_from: embedded`` resolves to a small warm start of those two models (critic SFT, then artist
 SFT on the critic's own critiques; :data:`EMBEDDED_WARM_START_RECIPE`) trained once on the embedded training
 split, so the embedded default's RL starts from a critic that speaks the grammar. Each directory name carries a
-hash of its recipe, so a changed recipe builds anew and an unchanged one is reused. Builds go to a temporary directory renamed into place, so a crash never leaves a half-written model
-that later runs would load. Actors never see the word "embedded": they receive concrete paths.
+hash of its recipe, so a changed recipe builds anew and an unchanged one is reused. Builds go to a temporary
+directory renamed into place, so a crash never leaves a half-written model that later runs would load. Actors never see the word "embedded": they receive concrete paths.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ EMBEDDED_WARM_START_RECIPE: dict = {
 }
 """What the embedded warm start trains. Sized to build in a few minutes on a 2-core machine (the critic learns
 the grammar; the artist learns to keep the photo and follow the tone suggestions roughly); docs/results.md
-measures a longer warm start. Changing it builds a new cached warm start."""
+measures it and RL from it. Changing it builds a new cached warm start."""
 
 
 @dataclass(frozen=True, slots=True)
