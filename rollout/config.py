@@ -34,8 +34,8 @@ class DataConfig(ConfigModel):
     """Where training and evaluation photos come from."""
 
     source: Literal["embedded", "manifest"] = "embedded"
-    """``embedded``: synthetic pairs made from the colour photos scikit-image ships (no download);
-    ``manifest``: a JSONL manifest (see docs/data.md)."""
+    """``embedded``: synthetic pairs made from the colour photos scikit-image, scikit-learn, matplotlib and
+    mahotas ship (no download); ``manifest``: a JSONL manifest (see docs/data.md)."""
     train_manifest: str = ""
     """JSONL manifest of training pairs (required when source is ``manifest``)."""
     eval_manifest: str = ""
