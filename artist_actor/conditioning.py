@@ -10,7 +10,11 @@ Owns, for the sampler actors and the DiffusionNFT learner alike (they must call 
 - Latent packing (``[B, C, h, w] → [B, (h/2)(w/2), 4C]``, 2×2 patches) and unpacking, condition-image latents
   concatenated after the noisy target latents along the sequence, and ``img_shapes`` for RoPE.
 - The Qwen-Image dynamic-shift flow-matching schedule (ALGORITHMS.md §4.3), computed in float64.
-- :func:`predict_velocity`: v(x_t, σ | c) with the flow convention x_t = (1 − σ)·x0 + σ·ε, v = ε − x0.
+- :func:`predict_velocity`: v(x_t, σ | c) with the flow convention x_t = (1 − σ)·x0 + σ·ε, v = ε − x0, from
+  either of the two meanings a DiT's output can have (:data:`EDIT_PREDICTIONS`): the velocity itself (every
+  Qwen-Image-Edit checkpoint), or the correction to the condition photo's latents (``input_residual``: the
+  embedded tiny artist). Both go through this one function, so samplers, the DiffusionNFT learner and SFT see
+  the same velocity whichever the network predicts.
 
 It must not load models, own weights, sample noise or know about Ray.
 """
@@ -20,13 +24,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 ROPE_TABLE_POSITIONS = 4096
 """Rows of QwenEmbedRope's position table (diffusers ``transformer_qwenimage.py``)."""
+
+
+EditPrediction = Literal["velocity", "input_residual"]
+EDIT_PREDICTIONS: tuple[str, ...] = ("velocity", "input_residual")
+"""What a DiT's output can mean: ``velocity`` (v ≈ ε − x0, the Qwen-Image-Edit convention) or
+``input_residual`` (x̂0 = condition latents + output: an all-zero output is the identity edit at every σ)."""
+
+PREDICTION_ATTRIBUTE = "edit_prediction"
+"""Attribute ``artist_actor.model.load_artist`` sets on the loaded transformer to one of :data:`EDIT_PREDICTIONS`
+(absent = ``velocity``); :func:`predict_velocity` reads it, so no caller can pair a network with the wrong
+meaning of its output."""
 
 
 class ConditioningError(ValueError):
@@ -194,6 +209,11 @@ def predict_velocity(
     Exactly the Qwen-Image-Edit call: target tokens then condition-image tokens in one sequence, timestep σ
     (= scheduler timestep / 1000), joint text mask, and only the target part of the output kept. ``sigma`` is a
     scalar or a ``[B]`` tensor. Gradients flow when enabled (the learner trains through this function).
+
+    A transformer whose :data:`PREDICTION_ATTRIBUTE` is ``input_residual`` outputs a correction o to the
+    condition photo: x̂0 = c + o, and v = (x_t − x̂0)/σ is the velocity that denoises onto x̂0 (so x_t − σ·v = x̂0
+    exactly, which is what the samplers and the NFT loss use). σ must then be positive; every schedule point a
+    sampler or the learner evaluates is (the terminal 0 is never a model input).
     """
     batch = latents.shape[0]
     if latents.shape[1] != cond.num_image_tokens:
@@ -210,4 +230,10 @@ def predict_velocity(
         img_shapes=cond.img_shapes,
         return_dict=False,
     )[0]
-    return output[:, : latents.shape[1]]
+    output = output[:, : latents.shape[1]]
+    if getattr(transformer, PREDICTION_ATTRIBUTE, "velocity") == "input_residual":
+        if torch.any(timestep <= 0):
+            raise ValueError("an input_residual artist needs σ > 0: its velocity is (x_t − x̂0)/σ")
+        x0_prediction = cond.image_latents + output
+        return (latents.to(dtype) - x0_prediction) / timestep.view(-1, *([1] * (output.ndim - 1)))
+    return output

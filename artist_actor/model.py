@@ -3,9 +3,10 @@
 Owns the artist directory layout and the one loading path every consumer uses (sampler actors, the
 DiffusionNFT learner, ``enhance``): ``load_artist(path)`` reads a diffusers-layout directory —
 ``transformer/`` (``QwenImageTransformer2DModel``), ``vae/`` (``AutoencoderKLQwenImage``), ``scheduler/``
-(the flow-matching scheduler config) — and picks the latent codec. A real checkpoint uses its VAE; the embedded
-tiny artist carries ``photocrafter_artist.json`` naming the lossless pixel-unshuffle codec and its downscale (see
-``artist_actor.codec`` for why a tiny random VAE cannot be used for photos).
+(the flow-matching scheduler config) — and picks the latent codec and the edit prediction. A real checkpoint uses
+its VAE and predicts velocity; the embedded tiny artist carries ``photocrafter_artist.json`` naming the lossless
+pixel-unshuffle codec, its downscale (see ``artist_actor.codec`` for why a tiny random VAE cannot be used for
+photos) and the input-residual prediction (see ``artist_actor.conditioning.predict_velocity``).
 
 It must not know about Ray, rewards or training: adapters are added by the learner (peft) and by the sampler
 actor when weights arrive.
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from artist_actor.codec import LatentCodec, PixelUnshuffleCodec, VaeCodec
+from artist_actor.conditioning import EDIT_PREDICTIONS, PREDICTION_ATTRIBUTE, EditPrediction
 
 PROJECT_FILE = "photocrafter_artist.json"
 """File in an artist directory written by :func:`build_tiny_artist`: which codec the directory's DiT expects."""
@@ -44,6 +46,9 @@ TINY_CODEC_DOWNSCALE = 2
 TINY_ARTIST_RECIPE: dict[str, Any] = {
     "codec": "pixel_unshuffle",
     "codec_downscale": TINY_CODEC_DOWNSCALE,
+    # The DiT predicts the edited photo as the condition photo plus a correction: a 2-layer DiT cannot carry a
+    # photo's detail through its own output, and with this prediction it does not have to (docs/results.md).
+    "prediction": "input_residual",
     "transformer": {
         "patch_size": 2,
         # 48 features per token (4×4 RGB pixels) into an inner width of 4 × 32 = 128: no bottleneck.
@@ -82,6 +87,9 @@ class ArtistModel:
     """Flow-matching scheduler config (``scheduler/scheduler_config.json``)."""
     path: Path
     """The directory it was loaded from."""
+    prediction: EditPrediction = "velocity"
+    """What the DiT's output means (``velocity`` for real checkpoints; see ``predict_velocity``); also set on
+    ``transformer`` so every caller of ``predict_velocity`` reads it from the network it runs."""
 
     @property
     def hidden_size(self) -> int:
@@ -120,6 +128,18 @@ def artist_codec_choice(path: str | Path) -> tuple[str, int]:
         recorded = json.loads(project.read_text())
         return str(recorded["codec"]), int(recorded.get("recipe", {}).get("codec_downscale", 8))
     return "vae", 8
+
+
+def artist_prediction(path: str | Path) -> EditPrediction:
+    """What an artist directory's DiT predicts: the project file's choice, else ``velocity`` (real checkpoints
+    and tiny artists built before the choice was recorded)."""
+    project = Path(path) / PROJECT_FILE
+    if project.is_file():
+        prediction = json.loads(project.read_text()).get("recipe", {}).get("prediction", "velocity")
+        if prediction not in EDIT_PREDICTIONS:
+            raise ValueError(f"{project}: unknown prediction {prediction!r}; expected one of {EDIT_PREDICTIONS}")
+        return prediction
+    return "velocity"
 
 
 def load_artist(
@@ -165,7 +185,10 @@ def load_artist(
             f"codec {codec_name!r} gives {4 * latent_codec.latent_channels} features per token but the DiT in "
             f"{root / 'transformer'} expects in_channels={in_channels}; use artist.codec: auto")
     scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    return ArtistModel(transformer=transformer, codec=latent_codec, scheduler_config=scheduler_config, path=root)
+    prediction = artist_prediction(root)
+    setattr(transformer, PREDICTION_ATTRIBUTE, prediction)
+    return ArtistModel(transformer=transformer, codec=latent_codec, scheduler_config=scheduler_config, path=root,
+                       prediction=prediction)
 
 
 def build_tiny_artist(

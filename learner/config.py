@@ -52,7 +52,11 @@ class CriticLearnerConfig(ConfigModel):
     norm_adv_by_std: bool = True
     """Divide group-centred rewards by the group std (False = Dr.GRPO)."""
     filter_zero_variance_groups: bool = False
-    """Drop groups whose rewards are all equal (DAPO dynamic sampling, without resampling)."""
+    """Drop groups whose rewards are all equal (DAPO dynamic sampling, without resampling). Off by default
+    although ALGORITHMS.md §7 recommends it: such a group's advantages are all 0, so it adds no policy
+    gradient either way; dropping it only shrinks the token-mean denominator and the KL sample, and without
+    DAPO's resampling a step whose groups are all flat (e.g. a critic that never writes the grammar) would
+    train nothing. docs/results.md reports the flat share measured (``groups/critic/zero_variance_frac``)."""
     overlong_buffer: int = Field(0, ge=0, le=8192)
     """DAPO overlong shaping buffer in tokens (0 = off)."""
     overlong_penalty: float = Field(1.0, ge=0.0, le=10.0)
@@ -103,7 +107,14 @@ class ArtistLearnerConfig(ConfigModel):
     ``artist.edits_per_critique`` ≥ 4, else per photo, since a mean over fewer edits makes the advantage
     mostly sampling noise (ALGORITHMS.md §8.13)."""
     mask_std_threshold: float = Field(0.0, ge=0.0, le=1.0)
-    """Mask groups whose reward std is ≤ this (0 = off; Edit-R1 uses 0.05)."""
+    """Mask groups whose reward std is ≤ this (0 = off; Edit-R1 uses 0.05). Off by default although
+    ALGORITHMS.md §7 recommends 0.05: r_PA here is gated by compliance and its components are small fractions,
+    so many groups of K edits differ by less than 0.05 yet still order their edits — the embedded runs of
+    docs/results.md measure that share (``groups/artist/low_std_frac``) and why masking it would drop signal."""
+    ban_mean_threshold: float = Field(0.9, ge=0.0, le=10.0)
+    """Edit-R1's ban: groups whose mean reward is ≥ this are not trained on (already solved; 0 = off). Adopted
+    at Edit-R1's 0.9; r_PA's scale is 1·r_photo + perceptual_weight·r_perc, so raise it with a larger
+    perceptual weight. docs/results.md measures how many groups it bans (``groups/artist/banned_frac``)."""
     micro_batch_size: int = Field(4, ge=1, le=1024)
     """Edits per forward/backward pass (on each rank)."""
     gradient_checkpointing: bool | Literal["auto"] = "auto"

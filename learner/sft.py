@@ -48,6 +48,9 @@ _LEVEL_ADVERBS = {1: "slightly", 2: "moderately", 3: "very"}
 SCORE_CEILING = 90
 """Annotation score of a photo with nothing to fix; each unit of severity takes :data:`SCORE_PER_SEVERITY`."""
 SCORE_PER_SEVERITY = 8
+MIN_RESIDUAL_SIGMA = 0.02
+"""Smallest σ an ``input_residual`` artist is trained at: the Qwen-Image schedule's terminal σ, the smallest
+noise level a sampler ever evaluates the DiT at."""
 DEGRADATION_SEVERITY = 3
 """Severity of one restoration degradation, in tone-level units (a level-3 tone op weighs the same)."""
 
@@ -253,10 +256,13 @@ class ArtistSFT:
 
     def loss(self, tasks: Sequence[PhotoTask], sigmas: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean squared error between the predicted velocity and ε − x0 at random σ (or the given ones).
+        """Flow-matching regression at random σ (or the given ones); x_t = (1 − σ)·x0 + σ·ε.
 
-        All ``tasks`` must share one artist resolution (the embedded data do). σ is drawn uniformly in
-        (0, 1); x_t = (1 − σ)·x0 + σ·ε.
+        A velocity artist regresses its velocity onto ε − x0 (σ uniform in [0, 1)). An ``input_residual``
+        artist regresses its clean-photo estimate x̂0 = x_t − σ·v onto x0 instead (σ uniform in
+        [:data:`MIN_RESIDUAL_SIGMA`, 1)): the same minimiser, but the velocity error of an x0-predicting
+        network grows as 1/σ and would let the few smallest σ of a batch dominate it. All ``tasks`` must
+        share one artist resolution (the embedded data do).
         """
         from artist_actor.conditioning import build_conditioning, pack_latents, predict_velocity
 
@@ -266,13 +272,18 @@ class ArtistSFT:
         cond = build_conditioning([p[0] for p in prepared], condition, hidden_size=self.artist.hidden_size,
                                   device=self.device, dtype=self.artist.dtype)
         batch = clean.shape[0]
+        residual = self.artist.prediction == "input_residual"
         if sigmas is None:
             sigmas = torch.rand(batch, generator=self.generator)
+            if residual:
+                sigmas = MIN_RESIDUAL_SIGMA + (1.0 - MIN_RESIDUAL_SIGMA) * sigmas
         if noise is None:
             noise = torch.randn(clean.shape, generator=self.generator)
         sigmas, noise = sigmas.to(self.device), noise.to(self.device)
         noisy = (1.0 - sigmas[:, None, None]) * clean + sigmas[:, None, None] * noise
         predicted = predict_velocity(self.transformer, noisy, sigmas, cond).float()
+        if residual:
+            return torch.nn.functional.mse_loss(noisy - sigmas[:, None, None] * predicted, clean)
         return torch.nn.functional.mse_loss(predicted, noise - clean)
 
     def step(self, tasks: Sequence[PhotoTask]) -> float:
@@ -314,3 +325,35 @@ def write_warmstart_manifest(out_dir: str | Path, **fields) -> Path:
     existing.update(fields)
     path.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def build_warm_start(critic_dir: str | Path, artist_dir: str | Path, tasks: Sequence[PhotoTask],
+                     out_dir: str | Path, *, critic_steps: int, critic_batch_size: int, critic_lr: float,
+                     artist_steps: int, artist_batch_size: int, artist_lr: float, resolution: int,
+                     max_new_tokens: int, min_pixels: int, max_pixels: int, seed: int = 0, log=print) -> Path:
+    """A complete warm start in ``out_dir`` (``critic/``, ``artist/``, ``warmstart.json``): critic SFT on the
+    annotation targets of ``tasks``, then stage-``adapt`` artist SFT conditioned on that critic's own
+    critiques — the two commands ``photocrafter sft --stage critic`` and ``--stage adapt`` run in a row."""
+    out = Path(out_dir)
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
+    annotated = [task for task in tasks if task.known_ops or task.degradations]
+    critic = CriticSFT(critic_dir, lr=critic_lr, seed=seed, **pixels)
+    critic_losses = run_sft_loop(critic, annotated, steps=critic_steps, batch_size=critic_batch_size, seed=seed,
+                                 log_every=max(1, critic_steps // 4), log=log)
+    critic.save(out / "critic")
+    del critic
+    artist = ArtistSFT(artist_dir, out / "critic", stage="adapt", lr=artist_lr, seed=seed, resolution=resolution,
+                       max_new_tokens=max_new_tokens, **pixels)
+    artist_losses = run_sft_loop(artist, tasks, steps=artist_steps, batch_size=artist_batch_size, seed=seed,
+                                 log_every=max(1, artist_steps // 4), log=log)
+    artist.save(out / "artist")
+
+    def summary(losses: list[float], steps: int, batch_size: int, source: Path) -> dict:
+        window = max(1, min(10, len(losses) // 4))
+        return {"steps": steps, "batch_size": batch_size, "seed": seed, "tasks": len(tasks), "source": str(source),
+                "loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window}
+
+    write_warmstart_manifest(out, critic_sft=summary(critic_losses, critic_steps, critic_batch_size, Path(critic_dir)),
+                             adapt_sft={**summary(artist_losses, artist_steps, artist_batch_size, Path(artist_dir)),
+                                        "critique_format_rate": sum(artist.format_ok.values()) / max(1, len(artist.format_ok))})
+    return out

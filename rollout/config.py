@@ -34,8 +34,8 @@ class DataConfig(ConfigModel):
     """Where training and evaluation photos come from."""
 
     source: Literal["embedded", "manifest"] = "embedded"
-    """``embedded``: synthetic pairs made from the colour photos scikit-image ships (no download);
-    ``manifest``: a JSONL manifest (see docs/data.md)."""
+    """``embedded``: synthetic pairs made from the colour photos scikit-image, scikit-learn, matplotlib and
+    mahotas ship (no download); ``manifest``: a JSONL manifest (see docs/data.md)."""
     train_manifest: str = ""
     """JSONL manifest of training pairs (required when source is ``manifest``)."""
     eval_manifest: str = ""
@@ -82,7 +82,9 @@ class TrainerConfig(ConfigModel):
     """Run name (empty = ``<config stem>-<timestamp>``); also the Ray namespace and MLflow run name."""
     init_from: str = ""
     """Warm-start directory written by ``photocrafter sft --out DIR``: its ``critic/`` and ``artist/`` model
-    directories replace ``critic.model`` and ``artist.model`` (empty = those models)."""
+    directories replace ``critic.model`` and ``artist.model`` (empty = those models). ``embedded`` = the
+    embedded tiny models' own small warm start, built once on first use and cached like the models
+    (``photocrafter init-models --warm-start``)."""
     sync_timeout_s: float = Field(120.0, gt=0.0, le=86400.0)
     """A weight sync that takes longer fails the step loudly instead of serving stale weights."""
 

@@ -46,6 +46,11 @@ from rollout.config import TrainConfig
 from rollout.types import ArtistGroup, Conditioning, Critique, CriticGroup, CritiqueReward, Edit, EditReward, PhotoTask
 
 
+EDIT_R1_STD_THRESHOLD = 0.05
+"""Edit-R1's artist group std threshold; the share of groups at or below it is logged in every run, so the
+effect of ``learner.artist.mask_std_threshold`` can be judged before switching it on."""
+
+
 @dataclass(slots=True)
 class StepRecords:
     """Everything one iteration produced, kept until its updates are done (refs, not images)."""
@@ -112,9 +117,13 @@ def critic_groups(critiques: list[Critique], rewards: list[CritiqueReward], lear
 
 def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edits: list[Edit],
                   rewards: list[EditReward], *, group_by: str, adv_clip_max: float,
-                  mask_std_threshold: float) -> tuple[list[ArtistGroup], float]:
+                  mask_std_threshold: float, ban_mean_threshold: float = 0.0
+                  ) -> tuple[list[ArtistGroup], dict[str, float]]:
     """One DiffusionNFT group per (photo, critique); optimality r from the mean of the ``group_by`` group and the
-    global std."""
+    global std. A group is invalid (not trained on) when its reward std is ≤ ``mask_std_threshold`` (> 0) or
+    its mean reward ≥ ``ban_mean_threshold`` (> 0; Edit-R1's ban of solved groups). Also returns the shares of
+    groups with zero variance, with std ≤ 0.05 (Edit-R1's mask threshold, logged whatever the setting) and
+    banned for their mean."""
     from learner.nft import normalisation_key, optimality_probabilities
 
     task_by_id = {t.task_id: t for t in tasks}
@@ -126,17 +135,21 @@ def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edi
     keys = [normalisation_key(e.task_id, e.critique_index, group_by, len(by_key[(e.task_id, e.critique_index)]))
             for e in edits]
     optimality = np.asarray(optimality_probabilities(totals, keys, adv_clip_max), dtype=np.float32)
-    groups, zero_var = [], 0
+    groups, zero_var, low_std, banned = [], 0, 0, 0
     for (task_id, critique_index), indices in by_key.items():
-        spread = float(np.std(totals[indices]))
-        flat = len(indices) > 1 and spread == 0.0
-        zero_var += flat
+        spread, mean = float(np.std(totals[indices])), float(np.mean(totals[indices]))
+        zero_var += len(indices) > 1 and spread == 0.0
+        low_std += len(indices) > 1 and spread <= EDIT_R1_STD_THRESHOLD
+        solved = ban_mean_threshold > 0 and mean >= ban_mean_threshold
+        banned += solved
         groups.append(ArtistGroup(
             task_id=task_id, critique_index=critique_index, conditioning=cond_by_key[(task_id, critique_index)],
             condition_image=task_by_id[task_id].input, edits=[edits[i] for i in indices],
             rewards=totals[indices].astype(np.float32), optimality=optimality[indices],
-            valid=not (mask_std_threshold > 0 and spread <= mask_std_threshold)))
-    return groups, zero_var / max(1, len(by_key))
+            valid=not ((mask_std_threshold > 0 and spread <= mask_std_threshold) or solved)))
+    count = max(1, len(by_key))
+    return groups, {"groups/artist/zero_variance_frac": zero_var / count,
+                    "groups/artist/low_std_frac": low_std / count, "groups/artist/banned_frac": banned / count}
 
 
 def sample_rows(records: StepRecords, max_photos: int = 4) -> list:
@@ -315,10 +328,11 @@ class Controller:
                                                                         records.edits, edit_scores)
         records.critic_groups, critic_zero = critic_groups(
             records.critiques, records.critique_rewards, cfg.learner.critic, cfg.critic.max_new_tokens)
-        records.artist_groups, artist_zero = artist_groups(
+        records.artist_groups, artist_group_shares = artist_groups(
             records.tasks, records.conditionings, records.edits, records.edit_rewards,
             group_by=cfg.learner.artist.group_by, adv_clip_max=cfg.learner.artist.adv_clip_max,
-            mask_std_threshold=cfg.learner.artist.mask_std_threshold)
+            mask_std_threshold=cfg.learner.artist.mask_std_threshold,
+            ban_mean_threshold=cfg.learner.artist.ban_mean_threshold)
 
         learner_metrics, sync_metrics = self._update_and_sync(records, timer)
         skipped = not all(math.isfinite(v) for v in learner_metrics.values())
@@ -338,7 +352,7 @@ class Controller:
                         "faults/retried_items": float(comp.retried_items)})
         metrics.update({
             "groups/critic/zero_variance_frac": critic_zero,
-            "groups/artist/zero_variance_frac": artist_zero,
+            **artist_group_shares,
             "policy/critic_version": float(self.critic_version),
             "policy/artist_version": float(self.artist_version),
             "data/rejected": float(self.rejected_total),

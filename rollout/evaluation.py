@@ -3,8 +3,10 @@
 Owns the numbers ``photocrafter evaluate`` reports for each method on a held-out set: PSNR, SSIM, LPIPS,
 mean |Δ attribute| to the target per attribute, r_photo, compliance rate (edits that followed every tone
 suggestion of their critique), critic format rate and the Spearman correlation between the critic's score and
-the known degradation severity. Baselines without a model (identity, grey-world white balance + auto levels)
-are computed here too. Attributes and rewards come from ``rewards`` so evaluation and training measure alike.
+the known degradation severity. Rows without a model are computed here too: the identity, a classical
+auto-retouch (grey-pixel white balance, auto contrast and auto exposure on L*) and the oracle (the known
+inverse of each synthetic degradation, the upper bound). Paired per-photo comparisons between methods
+(bootstrap confidence intervals over photos) are here as well. Attributes and rewards come from ``rewards`` so evaluation and training measure alike.
 It must not train or load models itself: model rows come from ``rollout.pipeline`` through the command.
 """
 
@@ -72,18 +74,105 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def auto_enhance(image: np.ndarray, clip_percent: float = 0.5) -> np.ndarray:
-    """Classical baseline: grey-world white balance, then per-image auto levels (clip ``clip_percent`` % at
-    each end of the luminance histogram and stretch to 0–255)."""
-    pixels = image.astype(np.float64)
-    means = pixels.reshape(-1, 3).mean(axis=0)
-    balanced = pixels * (means.mean() / np.maximum(means, 1e-6))
-    luminance = balanced @ np.array([0.299, 0.587, 0.114])
-    low, high = np.percentile(luminance, [clip_percent, 100.0 - clip_percent])
-    if high - low < 1e-6:
-        return np.clip(balanced, 0, 255).round().astype(np.uint8)
-    stretched = (balanced - low) * (255.0 / (high - low))
-    return np.clip(stretched, 0, 255).round().astype(np.uint8)
+NEUTRAL_CHROMA = 8.0
+"""C*ab below which a mid-tone pixel counts as near-neutral for white balance. 8 keeps an orange cat orange
+(its fur does not vote) while greys under a level-3 warmth cast still do."""
+MIN_NEUTRAL_FRACTION = 0.03
+"""White balance is estimated only when at least this share of mid-tone pixels is near-neutral; a scene with
+no neutral surface (a red cup filling the frame) keeps its colours."""
+MAX_WHITE_BALANCE_GAIN = 1.6
+"""Largest per-channel gain the white balance may apply (and 1/this the smallest)."""
+EXPOSURE_BAND = (40.0, 60.0)
+"""Median L* band auto exposure leaves alone; a median outside it is moved to the nearer edge."""
+LEVELS_CLIP_PERCENT = 0.5
+"""Auto contrast stretches the L* range between these percentiles (from each end) to 0–100."""
+MAX_LEVELS_STRETCH = 1.6
+"""Largest factor auto contrast may stretch the L* range by."""
+LINEAR_RGB_LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
+"""Y of linear sRGB (the white balance keeps the white's luminance)."""
+
+
+def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2Lab)
+
+
+def _lab_to_srgb(lab: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return np.clip(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_Lab2RGB), 0.0, 1.0)
+
+
+def neutral_white_balance_gains(image: np.ndarray) -> np.ndarray | None:
+    """Per-channel linear-RGB gains that make the photo's near-neutral surfaces grey, or ``None``.
+
+    Grey-pixel white balance: only mid-tone pixels whose chroma is below :data:`NEUTRAL_CHROMA` vote, and the
+    illuminant is the mean linear RGB of those pixels. Unlike grey-world, it assumes nothing about the scene's
+    average colour: with fewer than :data:`MIN_NEUTRAL_FRACTION` of such pixels there is no estimate and the
+    colours are kept. The gains keep the white's luminance and are bounded by :data:`MAX_WHITE_BALANCE_GAIN`.
+    """
+    from rollout.data.degradations import srgb_decode
+
+    rgb = image.astype(np.float32) / 255.0
+    lab = _srgb_to_lab(rgb)
+    lightness, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    midtones = (lightness > 15.0) & (lightness < 95.0)
+    neutral = midtones & (np.hypot(a, b) < NEUTRAL_CHROMA)
+    if midtones.sum() < 16 or neutral.sum() < MIN_NEUTRAL_FRACTION * midtones.sum():
+        return None
+    white = srgb_decode(rgb)[neutral].mean(axis=0).astype(np.float64)
+    if white.min() <= 1e-6:
+        return None
+    luminance = float(white @ LINEAR_RGB_LUMINANCE)
+    return np.clip(luminance / white, 1.0 / MAX_WHITE_BALANCE_GAIN, MAX_WHITE_BALANCE_GAIN)
+
+
+def auto_retouch(image: np.ndarray) -> np.ndarray:
+    """Classical baseline: grey-pixel white balance, then auto contrast and auto exposure on L*.
+
+    1. White balance (:func:`neutral_white_balance_gains`): a von Kries gain per channel in linear light, the
+       model of the warmth operator's cast; skipped when the photo has no near-neutral surface.
+    2. Auto contrast: the L* range between the :data:`LEVELS_CLIP_PERCENT` percentiles is stretched toward
+       0–100 (by at most :data:`MAX_LEVELS_STRETCH`, never compressed), about the range's centre.
+    3. Auto exposure: a gamma on L* moves the median L* into :data:`EXPOSURE_BAND` (nearer edge); photos
+       already inside it are left alone.
+    a*, b* are kept through steps 2–3, so tone changes do not shift hue or chroma.
+    """
+    from rollout.data.degradations import linear_to_srgb, srgb_decode
+
+    rgb = image.astype(np.float32) / 255.0
+    gains = neutral_white_balance_gains(image)
+    if gains is not None:
+        rgb = linear_to_srgb(srgb_decode(rgb) * gains.astype(np.float32)).astype(np.float32) / 255.0
+    lab = _srgb_to_lab(rgb)
+    lightness = lab[..., 0].astype(np.float64)
+    low, high = np.percentile(lightness, [LEVELS_CLIP_PERCENT, 100.0 - LEVELS_CLIP_PERCENT])
+    if high - low > 1.0:
+        stretch = float(np.clip(100.0 / (high - low), 1.0, MAX_LEVELS_STRETCH))
+        centre = 0.5 * (low + high)
+        lightness = np.clip(centre + stretch * (lightness - centre), 0.0, 100.0)
+    median = float(np.median(lightness))
+    goal = float(np.clip(median, *EXPOSURE_BAND))
+    if 0.0 < median < 100.0 and goal != median:
+        gamma = np.log(goal / 100.0) / np.log(median / 100.0)
+        lightness = 100.0 * (lightness / 100.0) ** gamma
+    lab[..., 0] = lightness
+    return np.clip(np.rint(_lab_to_srgb(lab) * 255.0), 0, 255).astype(np.uint8)
+
+
+def oracle_output(source: np.ndarray, target: np.ndarray, known_ops, kind: str) -> np.ndarray:
+    """The upper-bound row: the known inverse of the synthetic degradation.
+
+    Retouch pairs get their known ops (the inverse of the perturbation) applied to the input with the same
+    operators that made the pair; restoration pairs have no exact inverse (noise and blur destroy
+    information), so their oracle is the clean target itself.
+    """
+    from rewards.operators import apply_edit_ops
+
+    if kind == "retouch" and known_ops:
+        return apply_edit_ops(source, list(known_ops))
+    return target
 
 
 @dataclass(slots=True)
@@ -188,4 +277,57 @@ def markdown_table(rows: Sequence[MethodSummary]) -> str:
                  _cell(row.photometric), _cell(row.compliance_rate), _cell(row.format_rate),
                  _cell(row.score_severity_spearman)]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_bootstrap(values: Sequence[float], reference: Sequence[float], *, resamples: int = 10_000,
+                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean difference, low, high): percentile bootstrap interval of mean(values − reference) over pairs.
+
+    ``values[i]`` and ``reference[i]`` are two methods' numbers on the same photo i; photos are resampled with
+    replacement, so the interval reflects how much the difference depends on which photos were held out.
+    """
+    a, b = np.asarray(values, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"a paired comparison needs two equal-length 1-D series of ≥ 2 photos; got {a.shape} "
+                         f"and {b.shape}")
+    differences = a - b
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, differences.size, (resamples, differences.size))].mean(axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(differences.mean()), float(low), float(high)
+
+
+def per_photo(samples: Sequence[SampleMeasurement], num_photos: int) -> dict[str, list[float]]:
+    """Per-photo means of r_photo and mean |Δattr| for samples listed sample-major (sample j of photo i at
+    index j·num_photos + i), the order ``evaluate`` measures them in."""
+    if num_photos < 1 or len(samples) % num_photos:
+        raise ValueError(f"{len(samples)} samples are not a whole number of passes over {num_photos} photos")
+    photometric = np.array([s.photometric for s in samples]).reshape(-1, num_photos).mean(axis=0)
+    attribute = np.array([np.mean(list(s.attribute_error.values())) for s in samples])
+    return {"photometric": photometric.tolist(),
+            "mean_attribute_error": attribute.reshape(-1, num_photos).mean(axis=0).tolist()}
+
+
+def compare_to_reference(rows: Sequence[MethodSummary], photo_values: dict[str, dict[str, list[float]]],
+                         group_prefix: str, reference: str, seed: int = 0) -> str:
+    """Markdown: rows whose name starts with ``group_prefix`` (e.g. one per RL seed) as mean ± std, and the
+    paired per-photo bootstrap of (their per-photo mean − ``reference``) for r_photo and mean |Δattr|."""
+    members = [row for row in rows if row.method.startswith(group_prefix) and row.method != reference]
+    by_name = {row.method: row for row in rows}
+    if not members or reference not in by_name:
+        raise ValueError(f"--compare {group_prefix}={reference}: need rows starting with {group_prefix!r} and a row "
+                         f"named {reference!r}; have {', '.join(by_name)}")
+    lines = [f"{group_prefix}* ({len(members)} rows: {', '.join(m.method for m in members)}) against {reference}",
+             "", "| metric | " + " | ".join(m.method for m in members) + " | mean ± std | " + reference
+             + " | paired Δ (95 % CI) |", "|" + "---|" * (len(members) + 4)]
+    for name, key, digits in (("r_photo↑", "photometric", 3), ("mean |Δattr|↓", "mean_attribute_error", 2)):
+        values = [getattr(m, key) for m in members]
+        group = np.mean([photo_values[m.method][key] for m in members], axis=0)
+        difference, low, high = paired_bootstrap(group, photo_values[reference][key], seed=seed)
+        spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        lines.append(f"| {name} | " + " | ".join(f"{v:.{digits}f}" for v in values)
+                     + f" | {np.mean(values):.{digits}f} ± {spread:.{digits}f} | {getattr(by_name[reference], key):.{digits}f}"
+                     + f" | {difference:+.{digits + 1}f} [{low:+.{digits + 1}f}, {high:+.{digits + 1}f}] |")
     return "\n".join(lines) + "\n"

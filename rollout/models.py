@@ -2,9 +2,11 @@
 
 Owns the cache of the embedded default. ``critic.model: embedded`` / ``artist.model: embedded`` resolve to
 directories built by ``critic_actor.model.build_tiny_critic`` and ``artist_actor.model.build_tiny_artist``;
-the directory name carries a hash of the recipe, so a changed recipe builds a new model and an unchanged one is
-reused. Builds go to a temporary directory renamed into place, so a crash never leaves a half-written model
-that later runs would load. Actors never see the word "embedded": they receive concrete paths.
+``trainer.init_from: embedded`` resolves to a small warm start of those two models (critic SFT, then artist
+SFT on the critic's own critiques; :data:`EMBEDDED_WARM_START_RECIPE`) trained once on the embedded training
+split, so the embedded default's RL starts from a critic that speaks the grammar. Each directory name carries a
+hash of its recipe, so a changed recipe builds anew and an unchanged one is reused. Builds go to a temporary
+directory renamed into place, so a crash never leaves a half-written model that later runs would load. Actors never see the word "embedded": they receive concrete paths.
 """
 
 from __future__ import annotations
@@ -18,6 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollout.config import TrainConfig, default_cache_dir
+
+
+EMBEDDED = "embedded"
+"""The value of ``critic.model`` / ``artist.model`` / ``trainer.init_from`` that names the cached tiny models."""
+
+EMBEDDED_WARM_START_RECIPE: dict = {
+    "version": 1,
+    # The embedded default's own training split (data section defaults): built once, shared with the run.
+    "data": {"image_size": 64, "num_train": 32, "num_eval": 8, "restoration_fraction": 0.25, "seed": 0},
+    "critic": {"steps": 300, "batch_size": 4, "lr": 3e-3},
+    "artist": {"steps": 100, "batch_size": 8, "lr": 1e-3},
+    "resolution": 64, "max_new_tokens": 96, "min_pixels": 56 * 56, "max_pixels": 112 * 112,
+    "seed": 0, "torch_threads": 2,
+}
+"""What the embedded warm start trains. Sized to build in a few minutes on a 2-core machine (the critic learns
+the grammar; the artist learns to keep the photo and follow the tone suggestions roughly); docs/results.md
+measures it and RL from it. Changing it builds a new cached warm start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +72,64 @@ def ensure_embedded_models(cache_dir: Path | None = None, seed: int = 0) -> Embe
     return EmbeddedModels(critic=critic_dir, artist=artist_dir)
 
 
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
+def ensure_embedded_warm_start(cache_dir: Path | None = None, log=_print_now) -> Path:
+    """Build the embedded warm start if its recipe changed; return its directory (``critic/``, ``artist/``).
+
+    Deterministic and offline: the tiny models, the embedded training split (photos the packages ship) and
+    seeded SFT with a fixed thread count. The first call trains it (a few minutes on 2 cores; the progress
+    is printed); later calls return the cached directory.
+    """
+    import torch
+
+    from rollout.data.synthesis import ensure_embedded_dataset
+
+    cache = Path(cache_dir or default_cache_dir())
+    recipe = EMBEDDED_WARM_START_RECIPE
+    models = ensure_embedded_models(cache)
+    train_manifest, _ = ensure_embedded_dataset(**recipe["data"], cache_dir=cache / "data")
+    key = {**recipe, "critic_model": models.critic.name, "artist_model": models.artist.name,
+           "dataset": train_manifest.parent.parent.name}
+    root = cache / "models"
+    out = root / f"warmstart-{_recipe_hash(key)}"
+    with _locked(root / ".lock"):
+        if out.exists():
+            return out
+        from learner.sft import build_warm_start
+        from rollout.data.manifest import read_manifest
+
+        log(f"[photocrafter] building the embedded warm start once (cached in {out}): critic SFT "
+            f"{recipe['critic']['steps']} steps, artist SFT {recipe['artist']['steps']} steps")
+        tasks = read_manifest(train_manifest).tasks
+        threads = torch.get_num_threads()
+        torch.set_num_threads(recipe["torch_threads"])
+        try:
+            _build_atomically(out, lambda tmp: build_warm_start(
+                models.critic, models.artist, tasks, tmp,
+                critic_steps=recipe["critic"]["steps"], critic_batch_size=recipe["critic"]["batch_size"],
+                critic_lr=recipe["critic"]["lr"], artist_steps=recipe["artist"]["steps"],
+                artist_batch_size=recipe["artist"]["batch_size"], artist_lr=recipe["artist"]["lr"],
+                resolution=recipe["resolution"], max_new_tokens=recipe["max_new_tokens"],
+                min_pixels=recipe["min_pixels"], max_pixels=recipe["max_pixels"], seed=recipe["seed"],
+                log=lambda line: log(f"[photocrafter] warm start: {line}")))
+        finally:
+            torch.set_num_threads(threads)
+    return out
+
+
 def resolve_model_paths(config: TrainConfig) -> tuple[Path, Path]:
     """Concrete (critic_dir, artist_dir) for a config; checks that real checkpoint directories exist.
 
     ``trainer.init_from: DIR`` (a warm start written by ``photocrafter sft``) takes precedence: its ``critic/``
-    (transformers layout) and ``artist/`` (diffusers layout) directories are the models the run starts from.
+    (transformers layout) and ``artist/`` (diffusers layout) directories are the models the run starts from;
+    ``trainer.init_from: embedded`` is the cached embedded warm start (built on first use).
     """
+    if config.trainer.init_from == EMBEDDED:
+        root = ensure_embedded_warm_start()
+        return root / "critic", root / "artist"
     if config.trainer.init_from:
         root = Path(config.trainer.init_from).expanduser()
         paths = (root / "critic", root / "artist")

@@ -1,13 +1,17 @@
 """``photocrafter evaluate``: every method's metrics on a held-out set, in one table, on disk and in MLflow.
 
 Owns the command-line surface and the per-method loop. Rows: ``identity`` (the input unchanged),
-``auto-enhance`` (grey-world white balance + auto levels) and one row per ``--checkpoint LABEL=DIR`` (a
+``auto-retouch`` (grey-pixel white balance, auto contrast and exposure on L*), ``oracle`` (the known inverse of
+each synthetic degradation: the upper bound) and one row per ``--checkpoint LABEL=DIR`` (a
 directory holding ``critic/`` and ``artist/``, e.g. a warm start as ``SFT-only`` and an RL result as
 ``SFT+RL``; a bare ``DIR`` is labelled by its name). Each model row runs the critic then the artist on every
 held-out photo (``rollout.pipeline``): one greedy critique, then ``--samples`` edits from different artist noise
 seeds, so that a model row averages over the artist's sampling noise rather than reporting one draw of it.
 Metrics come from ``rollout.evaluation``. Writes ``table.md``,
-``results.json`` and ``metrics.png`` under ``--out`` and logs them with the table's numbers to MLflow.
+``results.json`` (with every row's per-photo r_photo and mean |Δattr|) and ``metrics.png`` under ``--out`` and
+logs them with the table's numbers to MLflow. ``--compare PREFIX=LABEL`` adds ``comparison.md``: the rows
+whose label starts with PREFIX (e.g. one per RL seed) as mean ± std, and the paired per-photo bootstrap
+interval of their mean against row LABEL.
 Exit status: 0 evaluated, 2 unusable arguments.
 """
 
@@ -31,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="artist noise seed (photo i, sample j: seed + i + j·photos)")
     parser.add_argument("--samples", type=int, default=1, metavar="N",
                         help="artist edits per photo from different noise seeds, averaged in each row (1)")
+    parser.add_argument("--compare", action="append", default=[], metavar="PREFIX=LABEL",
+                        help="rows whose label starts with PREFIX (e.g. RL seeds) against row LABEL: mean ± std "
+                             "and a paired per-photo bootstrap interval (repeatable)")
     parser.add_argument("--no-mlflow", action="store_true", help="write files only")
 
 
@@ -43,6 +50,13 @@ def _parse_checkpoint(value: str) -> tuple[str, Path]:
     return label or path_obj.name, path_obj
 
 
+def _parse_comparison(value: str) -> tuple[str, str]:
+    prefix, separator, reference = value.partition("=")
+    if not separator or not prefix or not reference:
+        raise ValueError(f"--compare {value}: expected PREFIX=LABEL, e.g. SFT+RL=SFT-only")
+    return prefix, reference
+
+
 def run(args: argparse.Namespace) -> int:
     from critic_actor.inputs import resolve_image
     from learner.sft import annotate_task, degradation_severity
@@ -50,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from rollout.config import ConfigError, load_config
     from rollout.data.manifest import read_manifest
     from rollout.data.sources import manifest_paths
-    from rollout.evaluation import auto_enhance, markdown_table, measure, summarise
+    from rollout.evaluation import (auto_retouch, compare_to_reference, markdown_table, measure, oracle_output,
+                                    per_photo, summarise)
     from rollout.pipeline import PhotoPipeline
 
     try:
@@ -58,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--samples {args.samples}: need at least one edit per photo")
         config = load_config(args.config, args.set)
         checkpoints = [_parse_checkpoint(value) for value in args.checkpoint]
+        comparisons = [_parse_comparison(value) for value in args.compare]
         manifest = Path(args.data) if args.data else manifest_paths(config.data)[1]
         if manifest is None or not manifest.is_file():
             raise FileNotFoundError(f"held-out manifest {manifest}: no such file")
@@ -71,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         annotate_task(task)  # refuses tasks with nothing known to fix before any model runs
     lpips = LPIPSScorer(config.rewards.lpips_weights, resolution=config.rewards.lpips_resolution)
     resolution = config.rewards.attribute_resolution
-    rows, outputs = [], {}
+    rows, outputs, photo_values = [], {}, {}
 
     def score_outputs(name, produced, critiques=None):
         """``produced[j][i]``: sample j of photo i; ``critiques[i]``: the critique of photo i (model rows)."""
@@ -86,12 +102,15 @@ def run(args: argparse.Namespace) -> int:
                 suggestions=parsed.suggestions if parsed else None, format_ok=parsed.format_ok if parsed else None,
                 score=parsed.score if parsed else None, severity=float(degradation_severity(task))))
         rows.append(summarise(name, samples))
+        photo_values[name] = per_photo(samples, len(photos))
         outputs[name] = produced[0]
         print(f"{name}: r_photo {rows[-1].photometric:.3f}, mean |Δattr| {rows[-1].mean_attribute_error:.2f}")
 
     # The baselines are deterministic: one sample each.
     score_outputs("identity", [[source for _, source, _ in photos]])
-    score_outputs("auto-enhance", [[auto_enhance(source) for _, source, _ in photos]])
+    score_outputs("auto-retouch", [[auto_retouch(source) for _, source, _ in photos]])
+    score_outputs("oracle", [[oracle_output(source, target, task.known_ops, task.kind)
+                              for task, source, target in photos]])
     critique_texts = {}
     for label, directory in checkpoints:
         pipeline = PhotoPipeline(directory / "critic", directory / "artist", min_pixels=config.critic.min_pixels,
@@ -112,7 +131,18 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps({
         "manifest": str(manifest), "seed": args.seed, "samples": args.samples,
         "checkpoints": {k: str(v) for k, v in checkpoints},
-        "rows": [asdict(row) for row in rows], "critiques": critique_texts}, indent=2, default=float) + "\n")
+        "rows": [asdict(row) for row in rows], "per_photo": photo_values, "tasks": [task.task_id for task in tasks],
+        "critiques": critique_texts}, indent=2, default=float) + "\n")
+    (out / "comparison.md").unlink(missing_ok=True)
+    for prefix, reference in comparisons:
+        try:
+            comparison = compare_to_reference(rows, photo_values, prefix, reference)
+        except ValueError as error:
+            print(f"photocrafter evaluate: {error}", file=sys.stderr)
+            return 2
+        with open(out / "comparison.md", "a") as handle:
+            handle.write(comparison + "\n")
+        print(comparison)
     _plot(rows, out / "metrics.png")
     _sample_grid(photos, outputs, out / "samples.png")
     print(table)

@@ -1,5 +1,6 @@
-"""``photocrafter init-models``: build (or find cached) the embedded tiny critic and artist, and report how
-well the embedded artist's latent codec preserves photos.
+"""``photocrafter init-models``: build (or find cached) the embedded tiny critic and artist (and, with
+``--warm-start``, their embedded warm start), and report how well the embedded artist's latent codec preserves
+photos.
 
 The report is the bar the embedded codec must clear: encode→decode of held-out photo crops keeps ≥ 30 dB PSNR
 and every Lab attribute within the rewards' negligible-change thresholds. The crops come from photos that the
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                     "(default: only the cache, ~/.cache/photocrafter/models)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the tiny models")
     parser.add_argument("--json", action="store_true", help="print the codec report as JSON")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="also build (or find cached) the embedded warm start that trainer.init_from: "
+                             "embedded uses (a few minutes the first time)")
 
 
 def held_out_crops(size: int = 64) -> list:
@@ -59,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     models = ensure_embedded_models(seed=args.seed)
     print(f"critic: {models.critic}")
     print(f"artist: {models.artist}")
+    if args.warm_start:
+        from rollout.models import ensure_embedded_warm_start
+
+        print(f"warm start: {ensure_embedded_warm_start()}")
     if args.out:
         out = Path(args.out)
         for name, path in (("critic", models.critic), ("artist", models.artist)):

@@ -31,10 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_models(config, init_from: str | None) -> tuple[Path, Path]:
-    """(critic_dir, artist_dir): the config's models, each replaced by ``init_from``'s when it holds one."""
+    """(critic_dir, artist_dir): the config's models, each replaced by ``init_from``'s when it holds one.
+
+    ``trainer.init_from`` (where the RL loop starts) does not apply: SFT trains ``critic.model`` /
+    ``artist.model`` themselves, or the ``--init-from`` directory of an earlier stage.
+    """
     from rollout.models import resolve_model_paths
 
-    critic, artist = resolve_model_paths(config)
+    critic, artist = resolve_model_paths(config.model_copy(update={
+        "trainer": config.trainer.model_copy(update={"init_from": ""})}))
     if init_from:
         root = Path(init_from)
         if not root.is_dir():

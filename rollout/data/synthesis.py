@@ -8,8 +8,8 @@ Owns turning clean photos into (input, target) pairs and writing them as PNG fil
   (``rewards.attributes``) from input toward target by more than half its negligible-change tolerance, as
   the compliance reward would require; op sets that fail (clipping, cross-talk, flat crops) are redrawn.
 - restoration: labelled blur / noise / haze / low-light from :mod:`rollout.data.degradations`.
-Also owns the embedded dataset (crops of scikit-image's colour photos, held-out photos for evaluation,
-cached by recipe hash) and synthesis from a user's folder of photos. Every pair is a pure function of
+Also owns the embedded dataset (crops of the colour photos scikit-image, scikit-learn, matplotlib and mahotas
+ship, held-out photos for evaluation, cached by recipe hash) and synthesis from a user's folder of photos. Every pair is a pure function of
 ``(seed, split, pair index)``, so adding pairs never changes existing ones. It must not load models.
 """
 
@@ -34,16 +34,29 @@ from rollout.data.pairs import task_id_for
 from rollout.images import ImageLimits, ImageRejected, is_image_file, read_image, write_png
 from rollout.types import TONE_ATTRIBUTES, EditOp, PhotoTask, RejectedRecord
 
-DATA_RECIPE_VERSION = 1
+DATA_RECIPE_VERSION = 2
 """Bump when synthesis changes what a given seed produces: cached embedded datasets are then rebuilt."""
 
-EMBEDDED_TRAIN_PHOTOS: tuple[str, ...] = (
-    "astronaut", "rocket", "stereo_motorcycle_left", "stereo_motorcycle_right", "hubble_deep_field",
-    "immunohistochemistry", "retina")
-"""scikit-image photos the embedded training split is cropped from."""
+EMBEDDED_PHOTO_SOURCES: dict[str, str] = {
+    "astronaut": "scikit-image", "chelsea": "scikit-image", "coffee": "scikit-image", "rocket": "scikit-image",
+    "stereo_motorcycle_left": "scikit-image", "stereo_motorcycle_right": "scikit-image",
+    "hubble_deep_field": "scikit-image", "immunohistochemistry": "scikit-image", "retina": "scikit-image",
+    "china": "scikit-learn", "flower": "scikit-learn",
+    "grace_hopper": "matplotlib",
+    "luispedro": "mahotas",
+}
+"""Every photo the embedded dataset uses and the package whose wheel ships it (no download; licences in
+docs/data.md)."""
 
-EMBEDDED_EVAL_PHOTOS: tuple[str, ...] = ("chelsea", "coffee")
-"""Held-out scikit-image photos: the evaluation split never sees a training photo."""
+EMBEDDED_TRAIN_PHOTOS: tuple[str, ...] = (
+    "astronaut", "stereo_motorcycle_left", "stereo_motorcycle_right", "china", "immunohistochemistry")
+"""Photos the embedded training split is cropped from (four scenes: a portrait, a street scene in two views, a
+temple, a micrograph)."""
+
+EMBEDDED_EVAL_PHOTOS: tuple[str, ...] = (
+    "chelsea", "coffee", "rocket", "flower", "grace_hopper", "luispedro", "hubble_deep_field", "retina")
+"""Held-out photos: eight scenes the training split never sees (a cat, a cup, a launch, a flower, two
+portraits, a telescope field and a retina scan)."""
 
 VERIFY_MARGIN = 0.5
 """A known op counts as real when the attribute moves toward the target by more than this × τ_k."""
@@ -246,28 +259,45 @@ def synthesise_from_folder(source: str | os.PathLike[str], out_dir: str | os.Pat
 
 
 def embedded_photos(names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-    """The named scikit-image colour photos as uint8 ``[H, W, 3]`` (shipped in the wheel: no download)."""
+    """The named photos of :data:`EMBEDDED_PHOTO_SOURCES` as uint8 ``[H, W, 3]`` (shipped in the packages'
+    wheels: no download)."""
+    unknown = [name for name in names if name not in EMBEDDED_PHOTO_SOURCES]
+    if unknown:
+        raise ValueError(f"unknown embedded photo(s) {unknown}; known: {', '.join(EMBEDDED_PHOTO_SOURCES)}")
+    return [(name, np.ascontiguousarray(_load_packaged_photo(name)[..., :3])) for name in names]
+
+
+def _load_packaged_photo(name: str) -> np.ndarray:
+    package = EMBEDDED_PHOTO_SOURCES[name]
+    if package == "scikit-learn":
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+    if package == "matplotlib":
+        from matplotlib import cbook
+
+        return read_image(cbook.get_sample_data(f"{name}.jpg", asfileobj=False))
+    if package == "mahotas":
+        from importlib.resources import files
+
+        return read_image(files("mahotas") / "demos" / "data" / f"{name}.jpg")
     from skimage import data as skdata
 
-    photos = []
-    for name in names:
-        if name.startswith("stereo_motorcycle_"):
-            left, right, _disparity = skdata.stereo_motorcycle()
-            image = left if name.endswith("_left") else right
-        else:
-            image = getattr(skdata, name)()
-        photos.append((name, np.ascontiguousarray(image[..., :3])))
-    return photos
+    if name.startswith("stereo_motorcycle_"):
+        left, right, _disparity = skdata.stereo_motorcycle()
+        return left if name.endswith("_left") else right
+    return getattr(skdata, name)()
 
 
 def embedded_recipe(image_size: int, num_train: int, num_eval: int, restoration_fraction: float,
                     seed: int) -> dict[str, object]:
-    import skimage
+    from importlib.metadata import version
 
+    packages = sorted(set(EMBEDDED_PHOTO_SOURCES.values()))
     return {"version": DATA_RECIPE_VERSION, "image_size": image_size, "num_train": num_train,
             "num_eval": num_eval, "restoration_fraction": restoration_fraction, "seed": seed,
             "train_photos": list(EMBEDDED_TRAIN_PHOTOS), "eval_photos": list(EMBEDDED_EVAL_PHOTOS),
-            "scikit_image": skimage.__version__}
+            "packages": {package: version(package) for package in packages}}
 
 
 def recipe_hash(recipe: dict[str, object]) -> str:

@@ -36,12 +36,18 @@ def test_sft_then_enhance_then_evaluate(tmp_path, capsys, embedded_models):
     assert main(["evaluate", "--checkpoint", f"SFT-only={warm}", "--out", str(out), "--samples", "0",
                  "--no-mlflow", *fast]) == 2
     assert "--samples 0" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", f"SFT-only={warm}", "--out", str(out), "--samples", "2",
+    assert main(["evaluate", "--checkpoint", f"SFT-only={warm}", "--checkpoint", f"RL-a={warm}",
+                 "--checkpoint", f"RL-b={warm}", "--compare", "RL=SFT-only", "--out", str(out), "--samples", "2",
                  "--no-mlflow", *fast]) == 0
     table = (out / "table.md").read_text()
-    for method in ("identity", "auto-enhance", "SFT-only"):
+    for method in ("identity", "auto-retouch", "oracle", "SFT-only", "RL-a"):
         assert f"| {method} |" in table
-    # Two held-out photos: the baselines are measured once each, the model row once per noise seed.
-    counts = {row["method"]: row["count"] for row in json.loads((out / "results.json").read_text())["rows"]}
-    assert counts == {"identity": 2, "auto-enhance": 2, "SFT-only": 4}
+    # Two held-out photos: the baselines are measured once each, the model rows once per noise seed.
+    results = json.loads((out / "results.json").read_text())
+    counts = {row["method"]: row["count"] for row in results["rows"]}
+    assert counts == {"identity": 2, "auto-retouch": 2, "oracle": 2, "SFT-only": 4, "RL-a": 4, "RL-b": 4}
+    assert len(results["per_photo"]["RL-a"]["photometric"]) == 2
+    # The same models under the same noise seeds: the paired difference is exactly zero.
+    comparison = (out / "comparison.md").read_text()
+    assert "RL* (2 rows: RL-a, RL-b) against SFT-only" in comparison and "+0.0000 [+0.0000, +0.0000]" in comparison
     assert (out / "metrics.png").is_file() and (out / "samples.png").is_file()

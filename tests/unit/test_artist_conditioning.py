@@ -91,3 +91,27 @@ def test_right_padded_batch_gives_the_same_velocities_as_singles(artist):
         other = predict_velocity(artist.transformer, x_t[:1], sigmas[0],
                                  build_conditioning([hidden[1]], latents[:1], hidden_size=HIDDEN))
     assert (other - singles[0]).abs().max() > 1e-3
+
+
+def test_the_embedded_artist_predicts_a_correction_to_the_input(artist):
+    assert artist.prediction == "input_residual"
+    assert getattr(artist.transformer, "edit_prediction") == "input_residual"
+
+
+def test_input_residual_velocity_denoises_onto_the_input_plus_the_output(artist):
+    """x_t − σ·v is the condition latents plus the DiT's raw output, at every σ: with a zero output the
+    clean-photo estimate is the input photo itself."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    latents = PixelUnshuffleCodec().encode(images_to_pixels([image]))
+    cond = build_conditioning([rng.standard_normal((5, HIDDEN)).astype(np.float32)], latents, hidden_size=HIDDEN)
+    x_t = torch.randn(1, 256, 48, generator=torch.Generator().manual_seed(2))
+    transformer = artist.transformer
+    with torch.no_grad():
+        raw = transformer(hidden_states=torch.cat([x_t, cond.image_latents], dim=1), encoder_hidden_states=cond.hidden,
+                          encoder_hidden_states_mask=cond.mask, timestep=torch.tensor([0.4]),
+                          img_shapes=cond.img_shapes, return_dict=False)[0][:, :256]
+        v = predict_velocity(transformer, x_t, 0.4, cond)
+    torch.testing.assert_close(x_t - 0.4 * v, cond.image_latents + raw, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="σ > 0"):
+        predict_velocity(transformer, x_t, 0.0, cond)

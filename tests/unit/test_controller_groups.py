@@ -54,8 +54,8 @@ def _two_photos_two_critiques_two_edits(values):
 
 def test_artist_groups_are_per_photo_and_critique_with_optimality_in_unit_interval():
     tasks, conditionings, edits, rewards = _two_photos_two_critiques_two_edits([0.1, 0.9, 0.5, 0.5, 0.2, 0.4, 0.3, 0.3])
-    groups, zero_fraction = artist_groups(tasks, conditionings, edits, rewards, group_by="critique",
-                                          adv_clip_max=5.0, mask_std_threshold=0.05)
+    groups, shares = artist_groups(tasks, conditionings, edits, rewards, group_by="critique",
+                                   adv_clip_max=5.0, mask_std_threshold=0.05)
     assert [(g.task_id, g.critique_index) for g in groups] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert all(len(g.edits) == 2 and g.conditioning.critique_index == g.critique_index for g in groups)
     r = np.concatenate([g.optimality for g in groups])
@@ -63,8 +63,21 @@ def test_artist_groups_are_per_photo_and_critique_with_optimality_in_unit_interv
     # Within a group the better edit gets the higher optimality; a flat group sits at exactly 1/2.
     assert groups[0].optimality[1] > 0.5 > groups[0].optimality[0]
     np.testing.assert_allclose(groups[1].optimality, [0.5, 0.5])
-    assert zero_fraction == pytest.approx(0.5)
+    assert shares["groups/artist/zero_variance_frac"] == pytest.approx(0.5)
+    assert shares["groups/artist/low_std_frac"] == pytest.approx(0.5)
     assert [g.valid for g in groups] == [True, False, True, False]  # std ≤ 0.05 masked
+
+
+def test_solved_artist_groups_are_banned_at_the_mean_threshold():
+    """Edit-R1: a group whose edits already score ≥ 0.9 on average is not trained on (it has nothing to learn)."""
+    tasks, conditionings, edits, rewards = _two_photos_two_critiques_two_edits([0.95, 0.9, 0.5, 0.7, 0.2, 0.4, 0.3, 0.1])
+    groups, shares = artist_groups(tasks, conditionings, edits, rewards, group_by="critique", adv_clip_max=5.0,
+                                   mask_std_threshold=0.0, ban_mean_threshold=0.9)
+    assert [g.valid for g in groups] == [False, True, True, True]
+    assert shares["groups/artist/banned_frac"] == pytest.approx(0.25)
+    kept, shares = artist_groups(tasks, conditionings, edits, rewards, group_by="critique", adv_clip_max=5.0,
+                                 mask_std_threshold=0.0, ban_mean_threshold=0.0)
+    assert all(g.valid for g in kept) and shares["groups/artist/banned_frac"] == 0.0
 
 
 def test_summarise_ignores_missing_and_non_finite_values():

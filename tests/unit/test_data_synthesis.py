@@ -114,13 +114,13 @@ def test_combined_degradations_are_deterministic_and_labelled(crops):
 
 
 def test_embedded_dataset_splits_counts_determinism_and_cache(tmp_path):
-    kwargs = dict(image_size=48, num_train=12, num_eval=4, restoration_fraction=0.25, seed=5)
+    kwargs = dict(image_size=48, num_train=12, num_eval=8, restoration_fraction=0.25, seed=5)
     train_manifest, eval_manifest = build_embedded_dataset(tmp_path / "a", **kwargs)
     train, held_out = read_manifest(train_manifest), read_manifest(eval_manifest)
     assert not train.rejected and not held_out.rejected
-    assert len(train.tasks) == 12 and len(held_out.tasks) == 4
+    assert len(train.tasks) == 12 and len(held_out.tasks) == 8
     assert sum(t.kind == "restoration" for t in train.tasks) == 3
-    assert sum(t.kind == "restoration" for t in held_out.tasks) == 1
+    assert sum(t.kind == "restoration" for t in held_out.tasks) == 2
     assert {t.source for t in train.tasks} <= set(EMBEDDED_TRAIN_PHOTOS)
     assert {t.source for t in held_out.tasks} == set(EMBEDDED_EVAL_PHOTOS), "held-out photos only"
     for task in train.tasks + held_out.tasks:
@@ -145,3 +145,16 @@ def test_embedded_dataset_splits_counts_determinism_and_cache(tmp_path):
     assert build_embedded_dataset(tmp_path / "a", **kwargs)[0].stat().st_mtime_ns == stamp
     rebuilt, _ = build_embedded_dataset(tmp_path / "a", **{**kwargs, "num_train": 6})
     assert len(read_manifest(rebuilt).tasks) == 6
+
+
+def test_every_packaged_photo_loads_and_the_splits_share_no_scene():
+    from rollout.data.synthesis import EMBEDDED_PHOTO_SOURCES
+
+    photos = dict(embedded_photos(list(EMBEDDED_PHOTO_SOURCES)))
+    for name, photo in photos.items():
+        assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3, name
+        assert min(photo.shape[:2]) >= 256, name
+    assert len(set(EMBEDDED_EVAL_PHOTOS)) >= 8
+    assert not set(EMBEDDED_TRAIN_PHOTOS) & set(EMBEDDED_EVAL_PHOTOS)
+    with pytest.raises(ValueError, match="unknown embedded photo"):
+        embedded_photos(["lena"])

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from rollout.evaluation import (SampleMeasurement, auto_enhance, markdown_table, measure, psnr, spearman, ssim,
-                                summarise)
+from rewards.attributes import compute_attributes
+from rewards.operators import apply_edit_ops
+from rollout.evaluation import (SampleMeasurement, auto_retouch, markdown_table, measure, oracle_output,
+                                paired_bootstrap, psnr, spearman, ssim, summarise)
 from rollout.types import EditOp, Suggestion
 
 
@@ -42,14 +44,68 @@ def test_spearman_hand_values():
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
-def test_auto_enhance_removes_a_colour_cast_and_stretches_levels():
-    rng = np.random.default_rng(1)
-    grey = rng.integers(60, 160, (32, 32, 1)).astype(np.float64)
-    cast = np.clip(grey * np.array([1.3, 1.0, 0.7]), 0, 255).astype(np.uint8)
-    fixed = auto_enhance(cast)
-    means = fixed.reshape(-1, 3).mean(axis=0)
-    assert means.max() - means.min() < 3.0 < np.ptp(cast.reshape(-1, 3).mean(axis=0))
-    assert fixed.min() <= 2 and fixed.max() >= 253
+def _grey_card_scene(rng: np.random.Generator) -> np.ndarray:
+    """A 64 px scene of neutral greys (a card, a wall) with one saturated red and one green patch."""
+    scene = np.repeat(rng.integers(70, 190, (64, 64, 1)), 3, axis=2).astype(np.uint8)
+    scene[8:24, 8:24] = (190, 40, 40)
+    scene[40:56, 36:56] = (40, 150, 60)
+    return scene
+
+
+def test_auto_retouch_cools_a_warm_cast_back_toward_the_scene():
+    scene = _grey_card_scene(np.random.default_rng(1))
+    warm = apply_edit_ops(scene, [EditOp(attribute="warmth", direction=1, level=3)])
+    truth, cast, fixed = (compute_attributes(x).warmth for x in (scene, warm, auto_retouch(warm)))
+    assert cast - truth > 20.0, "the cast is real"
+    assert fixed < cast - 15.0 and abs(fixed - truth) < 0.4 * abs(cast - truth)
+    # The neutral wall ends up neutral: R, G and B of the grey pixels agree within a few code values.
+    wall = auto_retouch(warm)[30:36, 4:30].reshape(-1, 3).astype(float).mean(axis=0)
+    assert np.ptp(wall) < 6.0 < np.ptp(warm[30:36, 4:30].reshape(-1, 3).astype(float).mean(axis=0))
+
+
+def test_auto_retouch_keeps_a_red_scene_red():
+    """A frame filled by a red cup has no neutral surface: grey-world would turn it cyan, this keeps it."""
+    rng = np.random.default_rng(2)
+    shade = rng.uniform(0.6, 1.0, (64, 64, 1))
+    red = np.clip(np.array([200.0, 45.0, 35.0]) * shade, 0, 255).astype(np.uint8)
+    out = auto_retouch(red).reshape(-1, 3).astype(float).mean(axis=0)
+    assert out[0] > 2.5 * out[1] and out[0] > 2.5 * out[2], f"red scene lost its red: mean RGB {out}"
+    before, after = compute_attributes(red), compute_attributes(auto_retouch(red))
+    assert abs(after.warmth - before.warmth) < 10.0 and after.saturation > 0.9 * before.saturation
+
+
+def test_auto_retouch_lifts_a_dark_flat_photo_and_leaves_a_good_one_alone():
+    scene = _grey_card_scene(np.random.default_rng(3))
+    dark = apply_edit_ops(scene, [EditOp(attribute="exposure", direction=-1, level=3),
+                                  EditOp(attribute="exposure", direction=-1, level=3),
+                                  EditOp(attribute="contrast", direction=-1, level=3)])
+    before, after = compute_attributes(dark), compute_attributes(auto_retouch(dark))
+    assert after.exposure > before.exposure + 5.0 and after.contrast > 1.5 * before.contrast
+    good = compute_attributes(scene)
+    kept = compute_attributes(auto_retouch(scene))
+    assert abs(kept.exposure - good.exposure) < 3.0 and abs(kept.warmth - good.warmth) < 5.0
+
+
+def test_oracle_is_the_known_inverse():
+    scene = _grey_card_scene(np.random.default_rng(4))
+    degraded = apply_edit_ops(scene, [EditOp(attribute="exposure", direction=-1, level=2)])
+    fix = (EditOp(attribute="exposure", direction=1, level=2),)
+    restored = oracle_output(degraded, scene, fix, "retouch")
+    assert np.abs(restored.astype(int) - scene.astype(int)).max() <= 2
+    assert oracle_output(degraded, scene, (), "restoration") is scene
+
+
+def test_paired_bootstrap_interval_covers_the_mean_difference_and_excludes_zero_only_when_it_should():
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0.2, 0.6, 40)
+    better = base + 0.05 + rng.normal(0, 0.01, 40)
+    mean, low, high = paired_bootstrap(better, base, seed=0)
+    assert low < mean < high and mean == pytest.approx(np.mean(better - base))
+    assert low > 0.0
+    _, low, high = paired_bootstrap(base + rng.normal(0, 0.05, 40), base, seed=0)
+    assert low < 0.0 < high
+    with pytest.raises(ValueError, match="paired"):
+        paired_bootstrap(base, base[:5])
 
 
 def test_measure_and_summary_of_a_perfect_and_an_identity_output():

@@ -132,3 +132,17 @@ def test_a_shared_condition_photo_is_encoded_once_per_batch(artist):
     batch = [EditRequest(condition_image=shared.condition_image, hidden=shared.hidden, seed=s) for s in range(4)]
     edits = FlowMatchSampler(counted, num_steps=2, resolution=64).sample(batch)
     assert CountingCodec.encoded == 1 and len({e.x0.tobytes() for e in edits}) == 4
+
+
+def test_an_input_residual_artist_with_zero_change_returns_the_photo(tmp_path):
+    """Identity edit: when the DiT's correction is zero, every seed and both solvers give back the input."""
+    artist = load_artist(build_tiny_artist(tmp_path / "artist", critic_hidden_size=HIDDEN))
+    assert artist.prediction == "input_residual"
+    with torch.no_grad():
+        artist.transformer.proj_out.weight.zero_()
+        artist.transformer.proj_out.bias.zero_()
+    photos = requests(2, size=(64, 64))
+    for solver in ("euler", "dpm2"):
+        edits = FlowMatchSampler(artist, num_steps=6, solver=solver, resolution=64).sample(photos)
+        for edit, request in zip(edits, photos):
+            assert np.array_equal(edit.image, request.condition_image), solver

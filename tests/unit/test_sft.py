@@ -95,3 +95,26 @@ def test_saved_directories_load_through_the_standard_paths(embedded_models, tmp_
     loaded = load_artist(tmp_path / "artist", dtype="float32")
     assert loaded.hidden_size == artist.artist.hidden_size
     assert type(loaded.codec).__name__ == "PixelUnshuffleCodec"
+
+
+def test_embedded_warm_start_is_built_once_and_reused(tmp_path, monkeypatch):
+    """``trainer.init_from: embedded`` resolves to a cached warm start: a critic and an input-residual artist
+    trained by the recipe, built on first use, found again (not rebuilt) on the next call."""
+    from artist_actor.model import load_artist
+    from rollout import models
+    from rollout.config import load_config
+
+    small = {**models.EMBEDDED_WARM_START_RECIPE, "critic": {"steps": 2, "batch_size": 2, "lr": 3e-3},
+             "artist": {"steps": 2, "batch_size": 2, "lr": 1e-3}, "max_new_tokens": 16,
+             "data": {"image_size": 64, "num_train": 4, "num_eval": 8, "restoration_fraction": 0.25, "seed": 0}}
+    monkeypatch.setattr(models, "EMBEDDED_WARM_START_RECIPE", small)
+    monkeypatch.setenv("PHOTOCRAFTER_CACHE", str(tmp_path))
+    lines: list[str] = []
+    built = models.ensure_embedded_warm_start(log=lines.append)
+    assert any("building the embedded warm start" in line for line in lines)
+    assert (built / "critic" / "config.json").is_file() and load_artist(built / "artist").prediction == "input_residual"
+    stamp = (built / "artist" / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    lines.clear()
+    config = load_config(None, ["trainer.init_from=embedded"])
+    assert models.resolve_model_paths(config) == (built / "critic", built / "artist")
+    assert not lines and (built / "artist" / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
