@@ -244,7 +244,8 @@ class ArtistSamplerActor:
                 if marker in name and ".lora_" in name}
 
     def __repr__(self) -> str:
-        return f"ArtistSamplerActor(artist-sampler-{self.index}, policy_version={self._version})"
+        # getattr: Ray formats a constructor's failure with repr, before the version exists.
+        return f"ArtistSamplerActor(artist-sampler-{self.index}, policy_version={getattr(self, '_version', None)})"
 
 
 def _adapter_free(name: str) -> str:

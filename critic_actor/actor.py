@@ -109,7 +109,8 @@ class CriticRolloutActor:
                 "problem": self._stale_reason, "repr": repr(self), **self._stats}
 
     def __repr__(self) -> str:
-        return (f"CriticRolloutActor(role={ROLE}, index={self.index}, version={self._version}, "
+        # getattr: Ray formats a constructor's failure with repr, before the version exists.
+        return (f"CriticRolloutActor(role={ROLE}, index={self.index}, version={getattr(self, '_version', None)}, "
                 f"engine={self.config.engine})")
 
     # ------------------------------------------------------------------ generation

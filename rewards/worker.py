@@ -115,7 +115,8 @@ class RewardWorker:
 
     def __repr__(self) -> str:
         # Ray shows this in the dashboard and in log prefixes.
-        backbone = "random" if self.lpips.backbone_is_random else "pretrained"
+        lpips = getattr(self, "lpips", None)  # absent when the constructor failed (Ray formats that with repr)
+        backbone = "none" if lpips is None else "random" if lpips.backbone_is_random else "pretrained"
         return f"RewardWorker(reward-{self.index}, lpips={backbone}, threads={self.threads})"
 
     def ready(self) -> dict[str, Any]:
