@@ -111,8 +111,8 @@ class Components:
         self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
                                                  max_restarts=restarts, startup=startup)
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
-                                                  sync_timeout_s=timeout, max_restarts=restarts)
-        self.rewards = RewardPool(config.rewards, max_restarts=restarts)
+                                                  sync_timeout_s=timeout, max_restarts=restarts, startup=startup)
+        self.rewards = RewardPool(config.rewards, max_restarts=restarts, startup=startup)
         self.learner_info = [self.critic_learner.info[0], self.artist_learner.info[0]]
 
     # ----------------------------------------------------------------------------------- stages
