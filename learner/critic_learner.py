@@ -317,6 +317,20 @@ class CriticLearner:
 
         return merged_state_dict(self.model, _ADAPTER)
 
+    @torch.no_grad()
+    def probe_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:
+        """log p(token_ids[i] | token_ids[:i]) for i ≥ 1 under the current weights, at temperature 1, text only:
+        the served-output probe a weight sync compares every rollout replica against."""
+        ids = torch.tensor([list(token_ids)], device=self.device)
+        training = self.model.training
+        self.model.eval()
+        try:
+            with self._autocast():
+                logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+        finally:
+            self.model.train(training)
+        return logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0].double().cpu().numpy()
+
     def get_state(self) -> dict[str, Any]:
         """Everything a checkpoint needs to resume this learner exactly: trained tensors, AdamW, version.
 

@@ -134,19 +134,19 @@ class WeightSender:
     # ---------------------------------------------------------------------------------------- internals
     @staticmethod
     def _pack_dense(manifest: SyncManifest, pieces, rows_of, nbytes: int) -> torch.Tensor:
-        dtype = getattr(torch, manifest.wire_dtype)
         buffer = torch.empty(nbytes + ALIGN, dtype=torch.uint8)
         for piece, rows in zip(pieces, rows_of):
-            region = buffer[piece.offset:piece.offset + piece.numel * manifest.itemsize].view(dtype)
+            dtype = _wire_dtype(manifest, piece)
+            region = buffer[piece.offset:piece.offset + piece.numel * piece.itemsize].view(dtype)
             region.copy_(rows.reshape(-1))  # the cast to the wire dtype happens in this copy
         return buffer
 
     def _encode_delta(self, manifest: SyncManifest, pieces, rows_of, snapshot) -> tuple[list[int], torch.Tensor]:
         """Per piece: -1 (dense), 0 (unchanged) or the count of changed elements (sparse), and the payload."""
-        dtype, itemsize = getattr(torch, manifest.wire_dtype), manifest.itemsize
         parts: list[tuple[str, Any, Any]] = []
         counts: list[int] = []
         for piece, rows in zip(pieces, rows_of):
+            dtype, itemsize = _wire_dtype(manifest, piece), piece.itemsize
             new = rows.reshape(-1).to("cpu", dtype)
             old = self._previous(snapshot, manifest, piece)
             # Compare bit patterns: a NaN that stayed NaN is unchanged, and -0.0 → +0.0 is a change.
@@ -161,10 +161,11 @@ class WeightSender:
             else:
                 counts.append(-1)
                 parts.append(("dense", new, None))
-        _, nbytes = layout_from_header(pieces, counts, itemsize)
+        _, nbytes = layout_from_header(pieces, counts)
         buffer = torch.zeros(nbytes + ALIGN, dtype=torch.uint8)
         offset = 0
         for piece, (mode, first, second) in zip(pieces, parts):
+            dtype, itemsize = _wire_dtype(manifest, piece), piece.itemsize
             if mode == "dense":
                 buffer[offset:offset + piece.numel * itemsize].view(dtype).copy_(first)
                 offset += padded_bytes(piece.numel * itemsize)
@@ -191,8 +192,12 @@ class WeightSender:
         row_numel = row_layout(spec.shape)[1]
         held = fresh.get(spec.name)
         if held is None:
-            held = fresh[spec.name] = torch.empty((stop - start, row_numel), dtype=getattr(torch, manifest.wire_dtype))
+            held = fresh[spec.name] = torch.empty((stop - start, row_numel), dtype=_wire_dtype(manifest, piece))
         held[piece.row_start - start:piece.row_stop - start].copy_(rows.reshape(-1, row_numel))
+
+
+def _wire_dtype(manifest: SyncManifest, piece) -> torch.dtype:
+    return getattr(torch, manifest.dtype_of(manifest.tensors[piece.index]))
 
 
 def _int_view(dtype: torch.dtype) -> torch.dtype:

@@ -120,6 +120,7 @@ class Components:
                                                   sync_timeout_s=timeout, max_restarts=restarts)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts)
         self.learner_info = ray.get([self.critic_learner.ready.remote(), self.artist_learner.ready.remote()])
+        self._build_weight_sync(config, timeout)
 
     # ----------------------------------------------------------------------------------- stages
     def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
@@ -207,22 +208,28 @@ class Components:
 
         return ray.get(self.artist_learner.current_version.remote())
 
-    def sync_critic(self, version: int, timeout_s: float) -> float:
-        import ray
+    def _build_weight_sync(self, config: TrainConfig, timeout_s: float) -> None:
+        """One sync owner per model, on the path ``sync.backend`` resolves to (announced once)."""
+        from rollout.weight_sync import WeightSync, announce, resolve_backend
 
-        started = time.perf_counter()
-        learner_version, weights_ref, checksum = ray.get(self.critic_learner.weights_ref.remote(), timeout=timeout_s)
-        self.critic_rollout.set_weights(learner_version, weights_ref, checksum)
-        return time.perf_counter() - started
+        backend, reason = resolve_backend(config.sync)
+        announce(backend, reason)
+        self.sync_backend = backend
+        self.critic_sync = WeightSync(
+            "critic", [self.critic_learner], self.critic_rollout, config=config.sync, timeout_s=timeout_s,
+            backend=backend, wire_dtype=self.critic_rollout.serving_dtype, delta=config.sync.delta,
+            probe_tokens=config.sync.probe_tokens, lora_learner=config.learner.critic.lora.enabled)
+        self.artist_sync = WeightSync(
+            "artist", [self.artist_learner], self.artist_samplers, config=config.sync, timeout_s=timeout_s,
+            backend=backend, wire_dtype=self.artist_samplers.serving_dtype)
 
-    def sync_artist(self, version: int, timeout_s: float) -> tuple[float, int]:
-        import ray
+    def sync_critic(self, version: int) -> dict[str, float]:
+        """Every rollout replica serves the critic learner's ``version``; the sync's metrics."""
+        return self.critic_sync.sync(version).metrics("critic")
 
-        started = time.perf_counter()
-        learner_version, weights_ref, nbytes = ray.get(self.artist_learner.sampler_weights_ref.remote(),
-                                                       timeout=timeout_s)
-        self.artist_samplers.set_weights(learner_version, weights_ref)
-        return time.perf_counter() - started, nbytes
+    def sync_artist(self, version: int) -> dict[str, float]:
+        """Every sampler serves the artist learner's sampling adapter ``version``; the sync's metrics."""
+        return self.artist_sync.sync(version).metrics("artist")
 
     # --------------------------------------------------------------------------------- checkpoints
     def save_learners(self, directory: Path) -> None:

@@ -5,7 +5,9 @@ Owns the actor-side glue that keeps weights and hidden states out of the control
 - ``prepare`` keeps the prepared batch (old/reference log-probs) inside the critic learner for the update that
   follows, and puts each H_c into the object store, returning only ``Conditioning`` records whose ``hidden``
   is an ObjectRef the samplers fetch directly;
-- weights for sync are put into the object store by the learner and handed out as ObjectRefs;
+- weight sync: the learner either puts its weights into the object store and hands out an ObjectRef, or, on the
+  collective path, hosts the sync's rendezvous, describes the payload (full model, LoRA adapter, sampling
+  adapter) and sends it bucket by bucket as rank 0 of a world of one learner rank (``learner.weight_sender``);
 - checkpoints are written by the learner process itself into the checkpoint directory (shared storage on a
   cluster) with the learner's own ``save_state`` files, plus the process's RNG states so a resumed CPU run
   reproduces the uninterrupted one;
@@ -67,7 +69,47 @@ class CheckpointedLearner:
         _set_rng_state(load_state_tree(directory, f"{self.checkpoint_name}_rng"))
 
 
-class CriticLearnerActor(CheckpointedLearner, CriticLearner):
+class CollectiveWeightSource:
+    """The learner side of a collective weight sync, as rank 0 of a world of one learner rank: open the sync's
+    rendezvous and manifest for a payload (``begin``), then send that payload (``send_weights``)."""
+
+    _sender = None
+    _payload: dict[str, Any] | None = None
+
+    def _open_weight_sync(self, request, tensors: dict[str, Any], *, version: int, full_bytes: int,
+                          kind: str = "full", lora=None, probe=None, dtypes: dict[str, str] | None = None):
+        import ray
+
+        from learner.weight_sender import WeightSender
+        from rollout.weight_transport import SyncManifest, TensorSpec
+
+        if self._sender is None:
+            self._sender = WeightSender(0, 1, keep_snapshot=request.delta_keep)
+        full = kind == "full"
+        dtypes = dtypes or {}
+        manifest = SyncManifest(
+            version=version, tensors=tuple(TensorSpec(n, tuple(t.shape), dtypes.get(n)) for n, t in tensors.items()),
+            wire_dtype=request.wire_dtype, num_senders=1, bucket_bytes=request.bucket_bytes, kind=kind, lora=lora,
+            delta_from=self._sender.delta_base(request.delta_from) if full else None,
+            delta_keep=request.delta_keep and full, probe=probe)
+        endpoint = self._sender.open_endpoint(ray.util.get_node_ip_address(), request.num_receivers,
+                                              request.timeout_s)
+        self._payload = tensors
+        return endpoint, manifest, full_bytes
+
+    def send_weights(self, endpoint, manifest):
+        """Send the payload the last ``begin_weight_sync`` described (blocks until every bucket is out)."""
+        tensors, self._payload = self._payload, None
+        if tensors is None:
+            raise RuntimeError("send_weights called before begin_weight_sync")
+        return self._sender.send(endpoint, manifest, ((spec.name, tensors[spec.name]) for spec in manifest.tensors))
+
+
+def _wire_bytes(tensors: dict[str, Any], dtype: str) -> int:
+    return sum(t.numel() for t in tensors.values()) * {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+
+
+class CriticLearnerActor(CheckpointedLearner, CollectiveWeightSource, CriticLearner):
     """``CriticLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
 
     checkpoint_name = "critic_learner"
@@ -103,20 +145,53 @@ class CriticLearnerActor(CheckpointedLearner, CriticLearner):
     def version(self) -> int:
         return self.policy_version
 
-    def weights_ref(self) -> tuple[int, Any, str]:
-        """(version, ObjectRef of the weights the rollout replicas load, their checksum)."""
+    def weights_ref(self) -> tuple[int, Any, str, int]:
+        """(version, ObjectRef of the weights the rollout replicas load, their digest, their size in bytes)."""
         import ray
 
-        from critic_actor.engines import state_checksum
+        from rollout.weight_transport import tensor_digest
 
         weights = self.get_weights()
-        return self.policy_version, ray.put(weights), state_checksum(weights)
+        nbytes = sum(t.numel() * t.element_size() for t in weights.values())
+        return self.policy_version, ray.put(weights), tensor_digest(weights), nbytes
+
+    def begin_weight_sync(self, request):
+        """Open a collective sync of the current weights: the LoRA adapter when training one (and the adapted
+        blocks' base tensors if asked), else the full model; with the served-output probe."""
+        from learner.lora import adapter_sync_state
+        from rollout.weight_transport import LoraSpec, ProbeSpec
+
+        if request.version is not None and request.version != self.policy_version:
+            raise RuntimeError(f"critic learner holds version {self.policy_version}, cannot re-send "
+                               f"{request.version}")
+        base = {n: t for n, t in self.model.state_dict().items() if ".lora_" not in n}
+        full_bytes = _wire_bytes(base, request.wire_dtype)
+        probe = None
+        if request.probe_tokens:
+            from critic_actor.grammar import CRITIC_INSTRUCTION
+
+            ids = self.processor.tokenizer(CRITIC_INSTRUCTION, add_special_tokens=False)["input_ids"]
+            ids = ids[:request.probe_tokens]
+            probe = ProbeSpec(tuple(ids), tuple(self.probe_log_probs(ids).tolist()), request.probe_tolerance)
+        if self.peft_model is not None and request.lora_adapter:
+            tensors, modules, scaling = adapter_sync_state(self.model, "default", include_base=request.lora_base)
+            # The factors stay float32 on the wire: they are small, and the merge then matches the learner's.
+            factors = {n: "float32" for n in tensors if ".lora_" in n}
+            return self._open_weight_sync(request, tensors, version=self.policy_version, full_bytes=full_bytes,
+                                          kind="lora", lora=LoraSpec(scaling, tuple(modules), request.lora_base),
+                                          probe=probe, dtypes=factors)
+        tensors = self.get_weights() if self.peft_model is not None else self.model.state_dict()
+        return self._open_weight_sync(request, tensors, version=self.policy_version, full_bytes=full_bytes,
+                                      probe=probe)
 
 
-class ArtistLearnerActor(CheckpointedLearner, ArtistLearner):
+class ArtistLearnerActor(CheckpointedLearner, CollectiveWeightSource, ArtistLearner):
     """``ArtistLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
 
     checkpoint_name = "artist_learner"
+    _published: tuple[int, dict[str, Any]] | None = None
+    """The sampling adapter as last sent: a restarted sampler gets that version back even after the learner
+    moved on (with overlapped updates it is re-synced while the next update runs)."""
 
     def update_timed(self, groups) -> dict[str, float]:
         start = time.perf_counter()
@@ -134,3 +209,14 @@ class ArtistLearnerActor(CheckpointedLearner, ArtistLearner):
         version, tensors = self.get_sampler_weights()
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return version, ray.put(tensors), nbytes
+
+    def begin_weight_sync(self, request):
+        """Open a collective sync of the sampling adapter (the published one when ``request.version`` names it)."""
+        if request.version is None or request.version == self.version:
+            self._published = self.get_sampler_weights()
+        elif self._published is None or self._published[0] != request.version:
+            raise RuntimeError(f"artist learner cannot re-send version {request.version}: it holds {self.version}, "
+                               f"last sent {self._published[0] if self._published else None}")
+        version, tensors = self._published
+        return self._open_weight_sync(request, tensors, version=version,
+                                      full_bytes=_wire_bytes(tensors, request.wire_dtype))

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 """Dtypes tensors may travel in (the serving dtype of the receivers)."""
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 ALIGN = 8
 """Every region of a bucket starts on an 8-byte boundary, so any dtype view of it is aligned."""
 MAX_BUCKET_BYTES = 1 << 31
@@ -71,10 +72,12 @@ class TransferEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """One tensor of a sync: its name as the receiver loads it, and its full (unsharded) shape."""
+    """One tensor of a sync: its name as the receiver loads it, its full (unsharded) shape, and its wire dtype
+    when it differs from the manifest's (LoRA factors travel in float32 beside bfloat16 base weights)."""
 
     name: str
     shape: tuple[int, ...]
+    dtype: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +121,14 @@ class SyncManifest:
     lora: LoraSpec | None = None
     delta_from: int | None = None
     """Version whose tensors every receiver already holds; pieces then travel as changes against it."""
+    delta_keep: bool = False
+    """Receivers keep a copy of what they receive, so the next sync can be a delta against it."""
     probe: ProbeSpec | None = None
 
     def __post_init__(self) -> None:
-        if self.wire_dtype not in WIRE_DTYPES:
-            raise ValueError(f"wire dtype {self.wire_dtype!r} is not one of {WIRE_DTYPES}")
+        for dtype in {self.wire_dtype, *(t.dtype for t in self.tensors if t.dtype)}:
+            if dtype not in WIRE_DTYPES:
+                raise ValueError(f"wire dtype {dtype!r} is not one of {WIRE_DTYPES}")
         if not 0 < self.bucket_bytes < MAX_BUCKET_BYTES:
             raise ValueError(f"bucket_bytes must be in (0, 2**31), got {self.bucket_bytes}")
         if self.num_senders < 1:
@@ -130,14 +136,16 @@ class SyncManifest:
         if self.kind == "lora" and self.lora is None:
             raise ValueError("a lora manifest needs its LoraSpec")
 
-    @property
-    def itemsize(self) -> int:
-        return {"float32": 4, "bfloat16": 2, "float16": 2}[self.wire_dtype]
+    def dtype_of(self, spec: TensorSpec) -> str:
+        return spec.dtype or self.wire_dtype
+
+    def itemsize_of(self, spec: TensorSpec) -> int:
+        return _ITEMSIZE[self.dtype_of(spec)]
 
     @property
     def dense_bytes(self) -> int:
-        """Bytes of every tensor in the wire dtype: what a dense sync moves to each receiver."""
-        return sum(math.prod(t.shape) for t in self.tensors) * self.itemsize
+        """Bytes of every tensor in its wire dtype: what a dense sync moves to each receiver."""
+        return sum(math.prod(t.shape) * self.itemsize_of(t) for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (it crosses vLLM's ``update_weights`` and Ray as a dict)."""
@@ -146,7 +154,7 @@ class SyncManifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SyncManifest":
         data = dict(data)
-        data["tensors"] = tuple(TensorSpec(t["name"], tuple(t["shape"])) for t in data["tensors"])
+        data["tensors"] = tuple(TensorSpec(t["name"], tuple(t["shape"]), t.get("dtype")) for t in data["tensors"])
         if data.get("lora") is not None:
             lora = dict(data["lora"])
             data["lora"] = LoraSpec(float(lora["scaling"]), tuple(lora["modules"]), bool(lora["base_included"]))
@@ -168,6 +176,7 @@ class Piece:
     row_stop: int
     numel: int
     offset: int
+    itemsize: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +212,7 @@ def plan_buckets(manifest: SyncManifest) -> list[Bucket]:
     into row ranges that fit (a single row larger than a bucket travels alone). A bucket closes when the next
     piece would push it past ``bucket_bytes``.
     """
-    itemsize, limit, senders = manifest.itemsize, manifest.bucket_bytes, manifest.num_senders
+    limit, senders = manifest.bucket_bytes, manifest.num_senders
     buckets: list[Bucket] = []
     current: list[list[Piece]] = [[] for _ in range(senders)]
     offsets = [0] * senders
@@ -217,6 +226,7 @@ def plan_buckets(manifest: SyncManifest) -> list[Bucket]:
 
     for index, spec in enumerate(manifest.tensors):
         rows, row_numel = row_layout(spec.shape)
+        itemsize = manifest.itemsize_of(spec)
         max_rows = max(1, limit // max(1, row_numel * itemsize))
         for sender in range(senders):
             start, stop = shard_rows(rows, senders, sender)
@@ -226,7 +236,7 @@ def plan_buckets(manifest: SyncManifest) -> list[Bucket]:
                 nbytes = padded_bytes(numel * itemsize)
                 if filled and filled + nbytes > limit:
                     close()
-                current[sender].append(Piece(index, sender, start, start + take, numel, offsets[sender]))
+                current[sender].append(Piece(index, sender, start, start + take, numel, offsets[sender], itemsize))
                 offsets[sender] += nbytes
                 filled += nbytes
                 start += take
@@ -400,14 +410,12 @@ def receive_tensors(group: TransferGroup, manifest: SyncManifest, receipt: Recei
 
     if group.is_sender:
         raise ValueError("receive_tensors is for receivers; senders use learner.weight_sender")
-    dtype = _torch_dtype(manifest.wire_dtype)
-    itemsize = manifest.itemsize
     if manifest.delta_from is not None:
         if mirror is None:
             raise WeightTransferError(f"delta sync from version {manifest.delta_from} but this receiver keeps no "
                                       f"copy of the weights to apply it to")
-        wrong = [t.name for t in manifest.tensors
-                 if t.name not in mirror or tuple(mirror[t.name].shape) != t.shape or mirror[t.name].dtype != dtype]
+        wrong = [t.name for t in manifest.tensors if t.name not in mirror or tuple(mirror[t.name].shape) != t.shape
+                 or mirror[t.name].dtype != _torch_dtype(manifest.dtype_of(t))]
         if wrong:
             raise WeightTransferError(f"delta sync from version {manifest.delta_from}: this receiver's copy lacks "
                                       f"{len(wrong)} tensors (e.g. {wrong[:2]})")
@@ -435,6 +443,7 @@ def receive_tensors(group: TransferGroup, manifest: SyncManifest, receipt: Recei
             receipt.bytes_received += buffer.numel()
             for piece, (mode, offset, count) in zip(bucket.pieces[sender], layouts[sender][0]):
                 spec = manifest.tensors[piece.index]
+                dtype, itemsize = _torch_dtype(manifest.dtype_of(spec)), piece.itemsize
                 full = assembling.get(piece.index)
                 if full is None:
                     full = mirror[spec.name] if manifest.delta_from is not None else torch.empty(spec.shape, dtype=dtype)
@@ -474,16 +483,16 @@ def _receive_layouts(group: TransferGroup, manifest: SyncManifest, bucket: Bucke
     layouts = {}
     for sender in senders:
         receipt.bytes_received += headers[sender].numel() * 8
-        layouts[sender] = layout_from_header(bucket.pieces[sender], headers[sender].tolist(), manifest.itemsize)
+        layouts[sender] = layout_from_header(bucket.pieces[sender], headers[sender].tolist())
     return layouts
 
 
-def layout_from_header(pieces: tuple[Piece, ...], counts: list[int],
-                       itemsize: int) -> tuple[list[tuple[str, int, int]], int]:
+def layout_from_header(pieces: tuple[Piece, ...], counts: list[int]) -> tuple[list[tuple[str, int, int]], int]:
     """Where each piece's bytes sit in a delta bucket: dense pieces hold every element, sparse ones int32 indices
     then values (each region 8-byte aligned), unchanged ones nothing."""
     layout, offset = [], 0
     for piece, count in zip(pieces, counts, strict=True):
+        itemsize = piece.itemsize
         if count < 0:
             layout.append(("dense", offset, piece.numel))
             offset += padded_bytes(piece.numel * itemsize)

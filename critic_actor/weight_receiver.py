@@ -1,0 +1,114 @@
+"""What a critic replica does with the tensors of a collective weight sync, whichever engine it runs.
+
+Owns :class:`ReplicaWeights`, the replica-side state that outlives one sync, and the rule that turns a sync's
+tensor stream (:func:`rollout.weight_transport.receive_tensors`) into the tensors the engine loads:
+
+- a ``full`` payload passes through (kept as the copy a later delta sync patches, when delta sync is on);
+- a ``lora`` payload carries the adapter — A and B of every adapted module — and, the first time a replica
+  sees one, the base tensors of the adapted modules' parent modules (attention and MLP blocks). The replica keeps
+  those base tensors and loads, for every one of them, either the base value or the merged weight
+  W = W_base + (α/r)·B·A. Whole parent modules travel so that engines which fuse siblings into one kernel
+  (vLLM's ``qkv_proj``, ``gate_up_proj``) always receive every part of a fused layer.
+
+The silent failure of LoRA sync — an adapter whose names match nothing, so the replica keeps serving the base
+model while the learner moves on — is refused here: every module the adapter names must find its base weight,
+else :class:`LoraBindingError` says how many bound. The engines (``engines.py``, ``vllm_weight_engine.py``)
+call :meth:`ReplicaWeights.tensors_to_load`; the served-output probe in ``actor.py`` checks the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout.weight_transport import SyncManifest
+
+LORA_FACTORS = (".lora_A.weight", ".lora_B.weight")
+
+
+class LoraBindingError(RuntimeError):
+    """A LoRA payload whose adapter does not bind to every module it names."""
+
+
+@dataclass(slots=True)
+class LoadReport:
+    """What one payload turned into on the replica."""
+
+    tensors_loaded: int = 0
+    lora_modules_bound: int = 0
+    lora_modules_expected: int = 0
+
+
+@dataclass(slots=True)
+class ReplicaWeights:
+    """Replica-side weight state kept between syncs."""
+
+    lora_base: dict[str, Any] = field(default_factory=dict)
+    """Base tensors of the LoRA-adapted modules' parents, by the learner's (Hugging Face) names."""
+    mirror: dict[str, Any] = field(default_factory=dict)
+    """Every tensor of the last full sync, for delta syncs (only kept when the manifest asks for it)."""
+    mirror_version: int | None = None
+
+    @property
+    def has_lora_base(self) -> bool:
+        return bool(self.lora_base)
+
+    def mirror_for(self, manifest: SyncManifest) -> dict[str, Any] | None:
+        """The dict a sync assembles into, after checking a delta applies to the version held here."""
+        if manifest.delta_from is not None and manifest.delta_from != self.mirror_version:
+            raise RuntimeError(f"delta sync against version {manifest.delta_from}, but this replica holds "
+                               f"{self.mirror_version}; the next sync must be dense")
+        if manifest.kind != "full" or not (manifest.delta_keep or manifest.delta_from is not None):
+            self.mirror, self.mirror_version = {}, None
+            return None
+        self.mirror_version = None  # until the sync completes
+        return self.mirror
+
+    def sync_finished(self, manifest: SyncManifest) -> None:
+        if manifest.kind == "full" and manifest.delta_keep:
+            self.mirror_version = manifest.version
+
+    def tensors_to_load(self, manifest: SyncManifest, received: Iterable[tuple[str, Any]],
+                        report: LoadReport) -> Iterator[tuple[str, Any]]:
+        """The ``(name, tensor)`` pairs the engine must load for this payload, streamed where possible."""
+        if manifest.kind == "full":
+            for name, tensor in received:
+                report.tensors_loaded += 1
+                yield name, tensor
+            return
+        yield from self._merged(manifest, received, report)
+
+    def _merged(self, manifest: SyncManifest, received: Iterable[tuple[str, Any]],
+                report: LoadReport) -> Iterator[tuple[str, Any]]:
+        lora = manifest.lora
+        factors: dict[str, Any] = {}
+        base: dict[str, Any] = {}
+        for name, tensor in received:  # an adapter is small: take the whole payload before merging
+            (factors if name.endswith(LORA_FACTORS) else base)[name] = tensor
+        if lora.base_included:
+            self.lora_base = base
+        elif base:
+            raise LoraBindingError(f"LoRA payload of version {manifest.version} carries {len(base)} base tensors "
+                                   f"but says it does not")
+        bound = [m for m in lora.modules if f"{m}.weight" in self.lora_base
+                 and f"{m}.lora_A.weight" in factors and f"{m}.lora_B.weight" in factors]
+        report.lora_modules_bound, report.lora_modules_expected = len(bound), len(lora.modules)
+        if not lora.modules or len(bound) != len(lora.modules):
+            unbound = [m for m in lora.modules if m not in set(bound)]
+            held = "no base weights" if not self.lora_base else f"base weights of {len(self.lora_base)} tensors"
+            raise LoraBindingError(
+                f"LoRA adapter of version {manifest.version} bound to {len(bound)} of {len(lora.modules)} modules "
+                f"(unbound e.g. {unbound[:2]}; this replica holds {held}, e.g. {sorted(self.lora_base)[:1]}): "
+                f"serving it would silently keep the old weights")
+        merged = {f"{m}.weight": m for m in bound}
+        for name, value in self.lora_base.items():
+            module = merged.get(name)
+            if module is not None:
+                a, b = factors[f"{module}.lora_A.weight"], factors[f"{module}.lora_B.weight"]
+                value = (value.float() + lora.scaling * (b.float() @ a.float())).to(value.dtype)
+            report.tensors_loaded += 1
+            yield name, value
+
+
+__all__ = ["LORA_FACTORS", "LoadReport", "LoraBindingError", "ReplicaWeights"]
