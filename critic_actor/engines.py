@@ -270,7 +270,7 @@ class TransformersCriticEngine:
         with TransferGroup(endpoint, endpoint.receiver_rank(receiver_index)) as group:
             mirror = self._weights.mirror_for(manifest)
             self.load_weights(self._weights.tensors_to_load(
-                manifest, receive_tensors(group, manifest, receipt, mirror), report))
+                manifest, receive_tensors(group, manifest, receipt, mirror), report, device=self.model.device))
         self._weights.sync_finished(manifest)
         return {"version": manifest.version, "digest": receipt.digest, "bytes_received": receipt.bytes_received,
                 "tensors_received": receipt.tensors, "tensors_loaded": report.tensors_loaded,

@@ -101,7 +101,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         try:
             mirror = self.weights.mirror_for(manifest)
             stream = self.weights.tensors_to_load(manifest, receive_tensors(self.group, manifest, receipt, mirror),
-                                                  report)
+                                                  report, device=self.device)
             loaded = self.model.load_weights(stream)
             if not loaded:
                 raise RuntimeError(f"vLLM loaded no parameter from the {report.tensors_loaded} tensors of version "

@@ -69,18 +69,19 @@ class ReplicaWeights:
         if manifest.kind == "full" and manifest.delta_keep:
             self.mirror_version = manifest.version
 
-    def tensors_to_load(self, manifest: SyncManifest, received: Iterable[tuple[str, Any]],
-                        report: LoadReport) -> Iterator[tuple[str, Any]]:
-        """The ``(name, tensor)`` pairs the engine must load for this payload, streamed where possible."""
+    def tensors_to_load(self, manifest: SyncManifest, received: Iterable[tuple[str, Any]], report: LoadReport,
+                        device: Any = None) -> Iterator[tuple[str, Any]]:
+        """The ``(name, tensor)`` pairs the engine must load for this payload, streamed where possible; LoRA
+        merges run on ``device`` (the engine's), the kept base stays in host memory."""
         if manifest.kind == "full":
             for name, tensor in received:
                 report.tensors_loaded += 1
                 yield name, tensor
             return
-        yield from self._merged(manifest, received, report)
+        yield from self._merged(manifest, received, report, device)
 
-    def _merged(self, manifest: SyncManifest, received: Iterable[tuple[str, Any]],
-                report: LoadReport) -> Iterator[tuple[str, Any]]:
+    def _merged(self, manifest: SyncManifest, received: Iterable[tuple[str, Any]], report: LoadReport,
+                device: Any) -> Iterator[tuple[str, Any]]:
         lora = manifest.lora
         factors: dict[str, Any] = {}
         base: dict[str, Any] = {}
@@ -106,7 +107,8 @@ class ReplicaWeights:
             module = merged.get(name)
             if module is not None:
                 a, b = factors[f"{module}.lora_A.weight"], factors[f"{module}.lora_B.weight"]
-                value = (value.float() + lora.scaling * (b.float() @ a.float())).to(value.dtype)
+                on = device or value.device
+                value = (value.to(on).float() + lora.scaling * (b.to(on).float() @ a.to(on).float())).to(value.dtype)
             report.tensors_loaded += 1
             yield name, value
 

@@ -109,6 +109,8 @@ class WeightSender:
                     header = torch.tensor(counts, dtype=torch.int64)
                     group.wait(group.broadcast(self.rank, header), f"header of bucket {bucket.index}")
                     report.bytes_sent += header.numel() * 8
+                    for count in counts:
+                        report.pieces["dense" if count < 0 else "sparse" if count else "unchanged"] += 1
                     buffer = encoded
                 else:
                     buffer = self._pack_dense(manifest, pieces, rows_of, bucket.dense_bytes[self.rank])
