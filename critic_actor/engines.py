@@ -197,7 +197,7 @@ class TransformersCriticEngine:
 
         self.model, _ = load_critic(model_path, dtype=dtype, device=device)
         self.processor = load_critic_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
-        self._weights = ReplicaWeights()
+        self._weights = ReplicaWeights(model_names=frozenset(self.model.state_dict()))
         self._suppressed = list(suppressed_token_ids)
         eos = self.model.generation_config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos])

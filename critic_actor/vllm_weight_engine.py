@@ -55,8 +55,9 @@ class GlooUpdateInfo(WeightTransferUpdateInfo):
 
 
 class _OnlyPartialReloadNotices(logging.Filter):
-    """A LoRA payload reloads only the adapted blocks; vLLM then warns once per untouched layer that it 'failed
-    to load weights' (it puts the layer's current tensors back, which is what we want). Drop that notice only."""
+    """A LoRA payload without base tensors reloads only the adapted blocks; vLLM then warns once per untouched
+    layer that it 'failed to load weights' (it puts the layer's current tensors back, which is what we want).
+    Drop that notice only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Failed to load weights" not in record.getMessage()
@@ -71,8 +72,11 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
 
     def __init__(self, config, vllm_config, device: torch.device, model: torch.nn.Module) -> None:
         super().__init__(config, vllm_config, device, model)
+        from critic_actor.actor import expected_state_shapes
+
         self.group: TransferGroup | None = None
-        self.weights = ReplicaWeights()
+        # The learner's names for the served model's parameters (a meta-device build: nothing is allocated).
+        self.weights = ReplicaWeights(model_names=frozenset(expected_state_shapes(self.model_config.model)))
         self.last_receipt: dict[str, Any] | None = None
         self._partial = False
 
@@ -97,7 +101,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             raise RuntimeError("weight transfer not initialised: call init_weight_transfer_engine first")
         manifest = SyncManifest.from_dict(update_info.manifest)
         receipt, report = Receipt(), LoadReport()
-        self._partial = manifest.kind == "lora"
+        self._partial = manifest.kind == "lora" and not manifest.lora.base_included
         try:
             mirror = self.weights.mirror_for(manifest)
             stream = self.weights.tensors_to_load(manifest, receive_tensors(self.group, manifest, receipt, mirror),

@@ -5,14 +5,16 @@ tensor stream (:func:`rollout.weight_transport.receive_tensors`) into the tensor
 
 - a ``full`` payload passes through (kept as the copy a later delta sync patches, when delta sync is on);
 - a ``lora`` payload carries the adapter — A and B of every adapted module — and, the first time a replica
-  sees one, the base tensors of the adapted modules' parent modules (attention and MLP blocks). The replica keeps
-  those base tensors and loads, for every one of them, either the base value or the merged weight
-  W = W_base + (α/r)·B·A. Whole parent modules travel so that engines which fuse siblings into one kernel
-  (vLLM's ``qkv_proj``, ``gate_up_proj``) always receive every part of a fused layer.
+  sees one, every base tensor of the model. That first time the replica loads the whole model (merged where
+  adapted), so it serves exactly the learner's weights whatever it held before, and keeps the base tensors of
+  the adapted modules' parent blocks (attention, MLP). Later payloads carry only A and B: the replica reloads
+  those blocks, each tensor either its base value or the merged W = W_base + (α/r)·B·A. Whole parent blocks
+  are reloaded so that engines which fuse siblings into one kernel (vLLM's ``qkv_proj``, ``gate_up_proj``)
+  always receive every part of a fused layer.
 
 The silent failure of LoRA sync — an adapter whose names match nothing, so the replica keeps serving the base
-model while the learner moves on — is refused here: every module the adapter names must find its base weight,
-else :class:`LoraBindingError` says how many bound. The engines (``engines.py``, ``vllm_weight_engine.py``)
+model while the learner moves on — is refused here: every module the adapter names must be a module of the
+served model and find its base weight, else :class:`LoraBindingError` says how many bound. The engines (``engines.py``, ``vllm_weight_engine.py``)
 call :meth:`ReplicaWeights.tensors_to_load`; the served-output probe in ``actor.py`` checks the result.
 """
 
@@ -44,8 +46,11 @@ class LoadReport:
 class ReplicaWeights:
     """Replica-side weight state kept between syncs."""
 
+    model_names: frozenset[str] = frozenset()
+    """Parameter names of the served model as the learner names them (Hugging Face ``state_dict`` keys): an
+    adapter module binds only if its weight is one of them."""
     lora_base: dict[str, Any] = field(default_factory=dict)
-    """Base tensors of the LoRA-adapted modules' parents, by the learner's (Hugging Face) names."""
+    """Base tensors of the LoRA-adapted modules' parent blocks, by the learner's (Hugging Face) names."""
     mirror: dict[str, Any] = field(default_factory=dict)
     """Every tensor of the last full sync, for delta syncs (only kept when the manifest asks for it)."""
     mirror_version: int | None = None
@@ -88,11 +93,13 @@ class ReplicaWeights:
         for name, tensor in received:  # an adapter is small: take the whole payload before merging
             (factors if name.endswith(LORA_FACTORS) else base)[name] = tensor
         if lora.base_included:
-            self.lora_base = base
+            parents = tuple({module.rsplit(".", 1)[0] + "." for module in lora.modules})
+            self.lora_base = {name: tensor for name, tensor in base.items() if name.startswith(parents)}
         elif base:
             raise LoraBindingError(f"LoRA payload of version {manifest.version} carries {len(base)} base tensors "
                                    f"but says it does not")
-        bound = [m for m in lora.modules if f"{m}.weight" in self.lora_base
+        to_load = base if lora.base_included else self.lora_base
+        bound = [m for m in lora.modules if f"{m}.weight" in self.lora_base and f"{m}.weight" in self.model_names
                  and f"{m}.lora_A.weight" in factors and f"{m}.lora_B.weight" in factors]
         report.lora_modules_bound, report.lora_modules_expected = len(bound), len(lora.modules)
         if not lora.modules or len(bound) != len(lora.modules):
@@ -103,7 +110,7 @@ class ReplicaWeights:
                 f"(unbound e.g. {unbound[:2]}; this replica holds {held}, e.g. {sorted(self.lora_base)[:1]}): "
                 f"serving it would silently keep the old weights")
         merged = {f"{m}.weight": m for m in bound}
-        for name, value in self.lora_base.items():
+        for name, value in to_load.items():
             module = merged.get(name)
             if module is not None:
                 a, b = factors[f"{module}.lora_A.weight"], factors[f"{module}.lora_B.weight"]

@@ -168,9 +168,9 @@ def adapter_sync_state(model: nn.Module, adapter: str, *,
     """What an adapter-only weight sync sends: (tensors by name, adapted module names, scaling α/r).
 
     The tensors are ``<module>.lora_A.weight`` ``[r, in]`` and ``<module>.lora_B.weight`` ``[out, r]`` of every
-    module carrying ``adapter`` and, with ``include_base``, every non-LoRA tensor under those modules' parents
-    (``...self_attn.``, ``...mlp.``) by its adapter-free name: the base a replica merges into, with whole parent
-    blocks so that engines fusing siblings (q/k/v, gate/up) receive every part of a fused layer. Live tensors,
+    module carrying ``adapter`` and, with ``include_base``, every base tensor of the model by its adapter-free
+    name (what a replica that never received this adapter needs: it then serves exactly the learner's weights
+    whatever it held before, and keeps the adapted blocks' base to merge later factors into). Live tensors,
     not copies.
     """
     from peft.tuners.lora import LoraLayer
@@ -194,11 +194,8 @@ def adapter_sync_state(model: nn.Module, adapter: str, *,
         raise ValueError(f"adapter {adapter!r} scales its modules differently ({sorted(scalings)}); adapter sync "
                          f"sends one α/r, so send the merged model instead")
     if include_base:
-        parents = tuple(sorted({module.rsplit(".", 1)[0] + "." for module in modules}))
-        for name, tensor in model.state_dict().items():
-            plain = name.replace(".base_layer.", ".")
-            if ".lora_" not in name and plain.startswith(parents):
-                tensors[plain] = tensor
+        tensors.update({name.replace(".base_layer.", "."): tensor for name, tensor in model.state_dict().items()
+                        if ".lora_" not in name})
     return tensors, modules, scalings.pop()
 
 

@@ -11,7 +11,6 @@ the controller sees only ObjectRefs and the per-record verdict.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any

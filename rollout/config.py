@@ -123,8 +123,9 @@ class SyncConfig(ConfigModel):
     bucket_mb: int = Field(256, ge=1, le=2047)
     """Bucket size in MiB: bounds the staging memory of every sender and receiver of a collective sync."""
     critic_lora: Literal["adapter", "merged"] = "adapter"
-    """With ``learner.critic.lora.enabled``: ``adapter`` moves only the LoRA factors (replicas keep their copy of
-    the adapted blocks' base weights, sent once, and merge); ``merged`` sends the merged full model each sync."""
+    """With ``learner.critic.lora.enabled``: ``adapter`` moves only the LoRA factors after a replica's first sync
+    (which sends the whole model once; the replica keeps the adapted blocks' base weights in host memory and
+    merges each new adapter into them); ``merged`` sends the merged full model every sync."""
     delta: bool = False
     """Full fine-tune over the collective: send only the elements that changed since the last sync (sparse
     per piece where that is smaller; replicas keep a host copy of the weights to patch)."""

@@ -57,7 +57,7 @@ class SyncRequest:
     lora_adapter: bool = True
     """A LoRA learner sends its adapter (False: the merged model)."""
     lora_base: bool = False
-    """Include the adapted blocks' base tensors (some receiver does not hold them yet)."""
+    """Include every base tensor (some receiver has not received this adapter before)."""
     delta_from: int | None = None
     """Version every receiver holds a copy of: encode against it if the learner's snapshot is of it too."""
     delta_keep: bool = False

@@ -101,8 +101,8 @@ class LoraSpec:
     """Adapted module names (``<module>.weight`` is the base weight); A and B travel as
     ``<module>.lora_A.weight`` ``[r, in]`` and ``<module>.lora_B.weight`` ``[out, r]``."""
     base_included: bool
-    """Whether the payload also carries the base tensors of the adapted modules' parents (sent to replicas that
-    do not hold them yet; the others keep their copy)."""
+    """Whether the payload also carries every base tensor of the model (sent when some replica has not received
+    this adapter before: it loads the whole model once and keeps the adapted blocks' base for later merges)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The real ``photocrafter train`` / ``resume`` commands on the embedded config, as a user runs them.
 
 One uninterrupted run (A) and one run stopped after step 2 and resumed (B) share the module: A's MLflow run must
-show every reward component, learner metrics, stage times and a sample grid; B must reproduce A's metrics after
-the resume. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits exactly on an
+show every reward component, learner metrics, stage times, weight-sync figures and a sample grid; B must
+reproduce A's metrics after the resume. Both move weights over the collective (``sync.backend: collective``) for
+both models. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits exactly on an
 epoch boundary, where a resume must continue training rather than run zero steps.
 """
 
@@ -22,7 +23,7 @@ from rollout.config import PROJECT_ROOT
 STEPS = 4
 # The artist edits at 32 px (8 × 8 tokens): the loop is the same, each step four times cheaper than at 64 px.
 COMMON = ["--set", f"trainer.steps={STEPS}", "--set", "data.num_train=4", "--set", "data.num_eval=2",
-          "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32"]
+          "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32", "--set", "sync.backend=collective"]
 
 
 def photocrafter(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -68,12 +69,17 @@ def test_train_logs_every_component_to_mlflow(runs):
                 "reward/critic/rank/mean", "reward/critic/suggestion/mean", "learner/grpo/loss", "learner/grpo/kl",
                 "learner/nft/loss", "time/stage/critic_rollout_s", "time/stage/artist_sample_s",
                 "time/stage/rewards_s", "time/stage/update_s", "time/stage/sync_s", "perf/edits_per_s",
-                "policy/critic_version", "policy/artist_version"]:
+                "policy/critic_version", "policy/artist_version", "sync/critic_bytes", "sync/artist_bytes",
+                "sync/critic_probe_abs_diff"]:
         assert key in history, f"{key} missing from the MLflow run"
         assert sorted(history[key]) == list(range(1, STEPS + 1)), f"{key} not logged at every step"
-    # Both learners published a new version at every step.
+    # Both learners published a new version at every step, over the collective, and the replicas served the
+    # critic learner's weights (fp32 on both sides: the probe agrees to float rounding).
     assert history["policy/artist_version"][STEPS] == STEPS
     assert history["policy/critic_version"][STEPS] == STEPS
+    assert "weight sync: collective" in a.stderr
+    assert max(history["sync/critic_probe_abs_diff"].values()) < 1e-4
+    assert all(v >= 1.0 for v in history["sync/critic_sent_fraction"].values())  # a full fine-tune: every byte
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
