@@ -221,9 +221,10 @@ def bench_delta_fraction(steps: int, lrs: list[float]) -> list[dict[str, Any]]:
                 optimizer.zero_grad()
             state = model.state_dict()
             endpoint = sender.open_endpoint("127.0.0.1", 1, timeout_s=60.0)
-            manifest = SyncManifest(version=step, tensors=tuple(TensorSpec(n, tuple(t.shape)) for n, t in state.items()),
-                                    wire_dtype="bfloat16", num_senders=1, bucket_bytes=1 << 20,
-                                    delta_from=sender.delta_base(step - 1 if step else None), delta_keep=True)
+            specs = tuple(TensorSpec(n, tuple(t.shape)) for n, t in state.items())
+            manifest = SyncManifest(version=step, tensors=specs, wire_dtype="bfloat16", num_senders=1,
+                                    bucket_bytes=1 << 20, delta_from=sender.delta_base(step - 1 if step else None),
+                                    delta_keep=True)
             reports: list = []
             thread = threading.Thread(target=lambda: reports.append(sender.send(endpoint, manifest, state.items())))
             thread.start()

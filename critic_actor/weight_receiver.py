@@ -14,8 +14,9 @@ tensor stream (:func:`rollout.weight_transport.receive_tensors`) into the tensor
 
 The silent failure of LoRA sync — an adapter whose names match nothing, so the replica keeps serving the base
 model while the learner moves on — is refused here: every module the adapter names must be a module of the
-served model and find its base weight, else :class:`LoraBindingError` says how many bound. The engines (``engines.py``, ``vllm_weight_engine.py``)
-call :meth:`ReplicaWeights.tensors_to_load`; the served-output probe in ``actor.py`` checks the result.
+served model and find its base weight, else :class:`LoraBindingError` says how many bound. The engines
+(``engines.py``, ``vllm_weight_engine.py``) call :meth:`ReplicaWeights.tensors_to_load`; the served-output
+probe in ``actor.py`` checks the result.
 """
 
 from __future__ import annotations

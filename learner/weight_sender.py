@@ -98,42 +98,55 @@ class WeightSender:
         shards = _ShardCursor(manifest, self.rank, named_shards)
         snapshot = self._snapshot if self.keep_snapshot else None
         fresh: dict[str, torch.Tensor] = {}
-        with TransferGroup(endpoint, self.rank, store=store) as group:
-            for bucket in plan_buckets(manifest):
-                pieces = bucket.pieces[self.rank]
-                if not pieces:
-                    continue
-                rows_of = [shards.rows(piece) for piece in pieces]
-                if manifest.delta_from is not None:
-                    counts, encoded = self._encode_delta(manifest, pieces, rows_of, snapshot)
-                    header = torch.tensor(counts, dtype=torch.int64)
-                    group.wait(group.broadcast(self.rank, header), f"header of bucket {bucket.index}")
-                    report.bytes_sent += header.numel() * 8
-                    for count in counts:
-                        report.pieces["dense" if count < 0 else "sparse" if count else "unchanged"] += 1
-                    buffer = encoded
-                else:
-                    buffer = self._pack_dense(manifest, pieces, rows_of, bucket.dense_bytes[self.rank])
-                    report.pieces["dense"] += len(pieces)
-                checksum = bucket_checksum(buffer[:-ALIGN])
-                buffer[-ALIGN:].view(torch.int64)[0] = checksum
-                group.wait(group.broadcast(self.rank, buffer), f"bucket {bucket.index}")
-                report.checksums[(bucket.index, self.rank)] = checksum
-                report.bytes_sent += buffer.numel()
-                report.dense_bytes += bucket.dense_bytes[self.rank] + ALIGN
-                report.buckets += 1
-                if self.keep_snapshot:
-                    for piece, rows in zip(pieces, rows_of):
-                        self._remember(fresh, manifest, piece, rows)
-            shards.finish()
+        try:
+            with TransferGroup(endpoint, self.rank, store=store) as group:
+                in_flight = None  # the previous bucket's broadcast: packing the next one overlaps it
+                for bucket in plan_buckets(manifest):
+                    pieces = bucket.pieces[self.rank]
+                    if not pieces:
+                        continue
+                    rows_of = [shards.rows(piece) for piece in pieces]
+                    if manifest.delta_from is not None:
+                        counts, buffer = self._encode_delta(manifest, pieces, rows_of, snapshot)
+                        header = torch.tensor(counts, dtype=torch.int64)
+                        in_flight = self._finish(group, in_flight)
+                        group.wait(group.broadcast(self.rank, header), f"header of bucket {bucket.index}")
+                        report.bytes_sent += header.numel() * 8
+                        for count in counts:
+                            report.pieces["dense" if count < 0 else "sparse" if count else "unchanged"] += 1
+                    else:
+                        buffer = self._pack_dense(manifest, pieces, rows_of, bucket.dense_bytes[self.rank])
+                        report.pieces["dense"] += len(pieces)
+                    checksum = bucket_checksum(buffer[:-ALIGN])
+                    buffer[-ALIGN:].view(torch.int64)[0] = checksum
+                    work = group.broadcast(self.rank, buffer)
+                    self._finish(group, in_flight)
+                    in_flight = (work, buffer, bucket.index)
+                    report.checksums[(bucket.index, self.rank)] = checksum
+                    report.bytes_sent += buffer.numel()
+                    report.dense_bytes += bucket.dense_bytes[self.rank] + ALIGN
+                    report.buckets += 1
+                    if self.keep_snapshot:
+                        for piece, rows in zip(pieces, rows_of):
+                            self._remember(fresh, manifest, piece, rows)
+                self._finish(group, in_flight)
+                shards.finish()
+        finally:
+            if self.rank == 0:  # a sync's store serves that sync only; a late joiner then finds nobody
+                self._store, self._endpoint = None, None
         if self.keep_snapshot:
             self._snapshot, self.snapshot_version = fresh, manifest.version
-        if self.rank == 0:
-            self._store, self._endpoint = None, None
         report.seconds = time.perf_counter() - started
         return report
 
     # ---------------------------------------------------------------------------------------- internals
+    @staticmethod
+    def _finish(group: TransferGroup, in_flight) -> None:
+        """Wait for a broadcast started earlier (its buffer stays referenced until then)."""
+        if in_flight is not None:
+            work, _, index = in_flight
+            group.wait(work, f"bucket {index}")
+
     @staticmethod
     def _pack_dense(manifest: SyncManifest, pieces, rows_of, nbytes: int) -> torch.Tensor:
         buffer = torch.empty(nbytes + ALIGN, dtype=torch.uint8)

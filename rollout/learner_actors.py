@@ -106,11 +106,13 @@ class CollectiveWeightSource:
 
 
 def _wire_bytes(tensors: dict[str, Any], dtype: str) -> int:
-    return sum(t.numel() for t in tensors.values()) * {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    from rollout.weight_transport import ITEMSIZE
+
+    return sum(t.numel() for t in tensors.values()) * ITEMSIZE[dtype]
 
 
 class CriticLearnerActor(CheckpointedLearner, CollectiveWeightSource, CriticLearner):
-    """``CriticLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
+    """``CriticLearner`` with object-store and weight-sync plumbing; the controller applies ``ray.remote`` to it."""
 
     checkpoint_name = "critic_learner"
 
@@ -156,8 +158,8 @@ class CriticLearnerActor(CheckpointedLearner, CollectiveWeightSource, CriticLear
         return self.policy_version, ray.put(weights), tensor_digest(weights), nbytes
 
     def begin_weight_sync(self, request):
-        """Open a collective sync of the current weights: the LoRA adapter when training one (and the adapted
-        blocks' base tensors if asked), else the full model; with the served-output probe."""
+        """Open a collective sync of the current weights: the LoRA adapter when training one (with every base
+        tensor when some replica has not received it yet), else the full model; with the served-output probe."""
         from learner.lora import adapter_sync_state
         from rollout.weight_transport import LoraSpec, ProbeSpec
 
@@ -186,7 +188,7 @@ class CriticLearnerActor(CheckpointedLearner, CollectiveWeightSource, CriticLear
 
 
 class ArtistLearnerActor(CheckpointedLearner, CollectiveWeightSource, ArtistLearner):
-    """``ArtistLearner`` with object-store plumbing; the controller applies ``ray.remote`` to it."""
+    """``ArtistLearner`` with object-store and weight-sync plumbing; the controller applies ``ray.remote`` to it."""
 
     checkpoint_name = "artist_learner"
     _published: tuple[int, dict[str, Any]] | None = None

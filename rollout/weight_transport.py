@@ -36,7 +36,8 @@ from typing import Any, Literal
 
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 """Dtypes tensors may travel in (the serving dtype of the receivers)."""
-_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+"""Bytes per element of each wire dtype."""
 ALIGN = 8
 """Every region of a bucket starts on an 8-byte boundary, so any dtype view of it is aligned."""
 MAX_BUCKET_BYTES = 1 << 31
@@ -140,7 +141,7 @@ class SyncManifest:
         return spec.dtype or self.wire_dtype
 
     def itemsize_of(self, spec: TensorSpec) -> int:
-        return _ITEMSIZE[self.dtype_of(spec)]
+        return ITEMSIZE[self.dtype_of(spec)]
 
     @property
     def dense_bytes(self) -> int:
@@ -446,7 +447,8 @@ def receive_tensors(group: TransferGroup, manifest: SyncManifest, receipt: Recei
                 dtype, itemsize = _torch_dtype(manifest.dtype_of(spec)), piece.itemsize
                 full = assembling.get(piece.index)
                 if full is None:
-                    full = mirror[spec.name] if manifest.delta_from is not None else torch.empty(spec.shape, dtype=dtype)
+                    delta = manifest.delta_from is not None
+                    full = mirror[spec.name] if delta else torch.empty(spec.shape, dtype=dtype)
                     assembling[piece.index] = full
                 rows = full.reshape(row_layout(spec.shape)[0], -1)[piece.row_start:piece.row_stop].reshape(-1)
                 if mode == "dense":
@@ -505,8 +507,8 @@ def layout_from_header(pieces: tuple[Piece, ...], counts: list[int]) -> tuple[li
 
 
 __all__ = [
-    "ALIGN", "Bucket", "LoraSpec", "Piece", "ProbeSpec", "Receipt", "SyncManifest", "TensorSpec", "TransferEndpoint",
-    "TransferGroup", "WeightTransferError", "WIRE_DTYPES", "bucket_checksum", "combine_checksums",
+    "ALIGN", "Bucket", "ITEMSIZE", "LoraSpec", "Piece", "ProbeSpec", "Receipt", "SyncManifest", "TensorSpec",
+    "TransferEndpoint", "TransferGroup", "WeightTransferError", "WIRE_DTYPES", "bucket_checksum", "combine_checksums",
     "layout_from_header", "local_address_towards", "open_store", "padded_bytes", "plan_buckets", "receive_tensors",
     "row_layout", "shard_rows", "tensor_digest",
 ]
