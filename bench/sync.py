@@ -4,11 +4,12 @@ and delta syncs send.
 - :func:`bench_paths`: one sender actor (a learner rank) and 1 or 2 receiver actors (replicas) on the local Ray
   cluster, a synthetic fp32 model of ~10 MB to ~1 GB in 8 MB tensors. Object store: the sender puts the state
   (with its digest, as ``CriticLearnerActor.weights_ref`` does) and every receiver fetches it, checks the digest
-  and copies it into its own weights. Collective: the sender broadcasts its buckets
-  (``learner.weight_sender``) and every receiver assembles and copies them into its weights
-  (``rollout.weight_transport.receive_tensors``). Both paths end with the weights in each receiver's memory; an
-  engine's own load (vLLM's reload) comes on top of either and is left out. Time = the driver's wall time of one
-  sync (best of ``--repeats``); bytes = what one replica receives.
+  and copies it into its own weights. Collective: the sender publishes its buckets (``learner.weight_sender``)
+  and every receiver assembles and copies them into its weights (``rollout.weight_transport.receive_tensors``),
+  once with the buckets in shared memory (what a single machine gets by default) and once broadcast over the
+  group's TCP connections (what replicas on other machines get). Every path ends with the weights in each
+  receiver's memory; an engine's own load (vLLM's reload) comes on top of any of them and is left out. Time =
+  the driver's wall time of one sync (best of ``--repeats``); bytes = what one replica receives.
 - :func:`bench_lora_fraction`: bytes of an adapter-only sync vs the full model, measured on the tiny critic and
   computed from the real architectures (Qwen2.5-VL-7B with r64 on every language-model linear layer,
   Qwen-Image's 20.4 B DiT with r32 on its 8 attention projections).
@@ -77,18 +78,20 @@ class BenchSender:
         state = {name: tensor.clone() for name, tensor in self.state.items()}  # the learner's get_weights copy
         return [ray.put(state)], tensor_digest(state), sum(t.numel() * 4 for t in state.values())
 
-    def begin(self, num_receivers: int, bucket_bytes: int):
+    def begin(self, num_receivers: int, bucket_bytes: int, shared_memory: bool):
         import ray
 
         from rollout.weight_transport import SyncManifest, TensorSpec
 
         manifest = SyncManifest(version=1, tensors=tuple(TensorSpec(n, tuple(t.shape)) for n, t in self.state.items()),
                                 wire_dtype="float32", num_senders=1, bucket_bytes=bucket_bytes)
-        endpoint = self.sender.open_endpoint(ray.util.get_node_ip_address(), num_receivers, timeout_s=300.0)
+        endpoint = self.sender.open_endpoint(ray.util.get_node_ip_address(), num_receivers, timeout_s=300.0,
+                                             shared_memory=shared_memory)
         return endpoint, manifest
 
-    def send(self, endpoint, manifest) -> int:
-        return self.sender.send(endpoint, manifest, self.state.items()).bytes_sent
+    def send(self, endpoint, manifest) -> tuple[int, bool]:
+        report = self.sender.send(endpoint, manifest, self.state.items())
+        return report.bytes_sent, report.shared_memory
 
 
 class BenchReceiver:
@@ -138,28 +141,31 @@ def bench_paths(sizes_mb: list[int], replica_counts: list[int], repeats: int, bu
         ray.get([r.checksum.remote() for r in receivers] + [sender.put.remote()])  # all started
         for count in replica_counts:
             chosen = receivers[:count]
-            store_s, collective_s = [], []
-            store_bytes = collective_bytes = 0
+            seconds: dict[str, list[float]] = {"object_store": [], "shared_memory": [], "broadcast": []}
+            sent_bytes: dict[str, int] = {}
             for _ in range(repeats):
                 started = time.perf_counter()
-                ref, digest, store_bytes = ray.get(sender.put.remote())
+                ref, digest, sent_bytes["object_store"] = ray.get(sender.put.remote())
                 ray.get([r.fetch.remote(ref, digest) for r in chosen])
-                store_s.append(time.perf_counter() - started)
+                seconds["object_store"].append(time.perf_counter() - started)
                 del ref
-                started = time.perf_counter()
-                endpoint, manifest = ray.get(sender.begin.remote(count, bucket_mb << 20))
-                sent = sender.send.remote(endpoint, manifest)
-                ray.get([r.receive.remote(endpoint, i, manifest) for i, r in enumerate(chosen)])
-                collective_bytes = ray.get(sent)
-                collective_s.append(time.perf_counter() - started)
-            sums = ray.get([r.checksum.remote() for r in chosen])
-            assert len(set(sums)) == 1, f"replicas differ after the sync: {sums}"
-            rows.append({"payload_mb": size_mb, "replicas": count, "object_store_s": min(store_s),
-                         "collective_s": min(collective_s), "object_store_bytes": store_bytes,
-                         "collective_bytes": collective_bytes,
-                         "collective_over_object_store": min(collective_s) / min(store_s)})
-            print(f"  {size_mb:>6} MB  {count} replica(s)  object store {min(store_s):7.3f} s  collective "
-                  f"{min(collective_s):7.3f} s  ({min(collective_s) / min(store_s):.2f}x)", flush=True)
+                for plane in ("shared_memory", "broadcast"):
+                    started = time.perf_counter()
+                    endpoint, manifest = ray.get(sender.begin.remote(count, bucket_mb << 20, plane == "shared_memory"))
+                    sent = sender.send.remote(endpoint, manifest)
+                    ray.get([r.receive.remote(endpoint, i, manifest) for i, r in enumerate(chosen)])
+                    sent_bytes[plane], shared = ray.get(sent)
+                    assert shared == (plane == "shared_memory"), f"{plane} sync went through shared={shared}"
+                    seconds[plane].append(time.perf_counter() - started)
+                sums = ray.get([r.checksum.remote() for r in chosen])
+                assert len(set(sums)) == 1, f"replicas differ after the sync: {sums}"
+            best = {path: min(values) for path, values in seconds.items()}
+            rows.append({"payload_mb": size_mb, "replicas": count, **{f"{p}_s": v for p, v in best.items()},
+                         **{f"{p}_bytes": v for p, v in sent_bytes.items()}})
+            print(f"  {size_mb:>6} MB  {count} replica(s)  object store {best['object_store']:7.3f} s   collective: "
+                  f"shared memory {best['shared_memory']:7.3f} s ({best['shared_memory'] / best['object_store']:.2f}x)"
+                  f"  broadcast {best['broadcast']:7.3f} s ({best['broadcast'] / best['object_store']:.2f}x)",
+                  flush=True)
         for actor in [sender, *receivers]:
             ray.kill(actor)
     return rows
@@ -323,13 +329,17 @@ def main(argv: list[str] | None = None) -> int:
         paths = bench_paths(args.sizes_mb, args.replicas, args.repeats, args.bucket_mb)
     finally:
         ray.shutdown()
-    print("flatness (collective time, 2 replicas / 1 replica):")
-    flatness = {}
+    print("flatness (time with 2 replicas / with 1 replica):")
+    flatness: dict[str, dict[int, float]] = {}
     for size in args.sizes_mb:
-        by_count = {r["replicas"]: r["collective_s"] for r in paths if r["payload_mb"] == size}
+        by_count = {r["replicas"]: r for r in paths if r["payload_mb"] == size}
         if 1 in by_count and 2 in by_count:
-            flatness[size] = by_count[2] / by_count[1]
-            print(f"  {size:>6} MB  {flatness[size]:.2f}x")
+            ratios = {p: by_count[2][f"{p}_s"] / by_count[1][f"{p}_s"]
+                      for p in ("object_store", "shared_memory", "broadcast")}
+            for path, ratio in ratios.items():
+                flatness.setdefault(path, {})[size] = ratio
+            print(f"  {size:>6} MB  object store {ratios['object_store']:.2f}x  collective: shared memory "
+                  f"{ratios['shared_memory']:.2f}x  broadcast {ratios['broadcast']:.2f}x")
     print("LoRA-only sync (fp32 factors) vs the full model:")
     lora = bench_lora_fraction()
     print(f"  tiny critic r8 (measured): {lora['tiny_critic_r8']['fraction']:.1%} of the fp32 model")

@@ -1,9 +1,10 @@
 """The sending side of weight sync, as one learner rank runs it.
 
 Owns, for one rank: joining a sync's transfer group, walking the bucket plan of :mod:`rollout.weight_transport`,
-casting each of this rank's pieces to the wire (serving) dtype into a bucket-sized staging buffer, the per-bucket
-checksum trailer, the broadcast, and — when delta sync is on — the snapshot of what this rank last sent, against
-which the next sync encodes only the elements that changed.
+casting each of this rank's pieces to the wire (serving) dtype into a bucket-sized staging buffer (the shared
+bucket file when every receiver is on this machine), the per-bucket checksum trailer, publishing the bucket,
+and — when delta sync is on — the snapshot of what this rank last sent, against which the next sync encodes only
+the elements that changed.
 
 The API is narrow on purpose: a rank calls :meth:`WeightSender.send` with the sync's endpoint and manifest and an
 iterable of ``(name, local_shard)`` in manifest order, where ``local_shard`` is the rank's own dim-0 chunk of the
@@ -44,6 +45,8 @@ class SendReport:
     buckets: int = 0
     seconds: float = 0.0
     pieces: dict[str, int] = field(default_factory=lambda: {"dense": 0, "sparse": 0, "unchanged": 0})
+    shared_memory: bool = False
+    """Whether the buckets went through shared memory (every receiver on this rank's machine)."""
 
     @property
     def digest(self) -> str:
@@ -65,11 +68,12 @@ class WeightSender:
         self._endpoint: TransferEndpoint | None = None
 
     # ------------------------------------------------------------------------------------------ rank 0
-    def open_endpoint(self, host: str, num_receivers: int, timeout_s: float) -> TransferEndpoint:
+    def open_endpoint(self, host: str, num_receivers: int, timeout_s: float,
+                      shared_memory: bool = True) -> TransferEndpoint:
         """Rank 0: host the rendezvous store of a new sync (replacing any earlier one) and describe it."""
         if self.rank != 0:
             raise RuntimeError("only sender rank 0 hosts the sync's store")
-        self._endpoint, self._store = open_store(host, self.num_ranks, num_receivers, timeout_s)
+        self._endpoint, self._store = open_store(host, self.num_ranks, num_receivers, timeout_s, shared_memory)
         return self._endpoint
 
     def delta_base(self, requested: int | None) -> int | None:
@@ -98,16 +102,22 @@ class WeightSender:
         shards = _ShardCursor(manifest, self.rank, named_shards)
         snapshot = self._snapshot if self.keep_snapshot else None
         fresh: dict[str, torch.Tensor] = {}
+        buckets = [b for b in plan_buckets(manifest) if b.pieces[self.rank]]
+        capacity = max((b.dense_bytes[self.rank] for b in buckets), default=0) + ALIGN
         try:
-            with TransferGroup(endpoint, self.rank, store=store) as group:
-                in_flight = None  # the previous bucket's broadcast: packing the next one overlaps it
-                for bucket in plan_buckets(manifest):
+            with TransferGroup(endpoint, self.rank, store=store, capacity=capacity) as group:
+                shared = group.shared[self.rank]
+                in_flight = None  # over broadcast, packing the next bucket overlaps the previous one's transfer
+                for bucket in buckets:
                     pieces = bucket.pieces[self.rank]
-                    if not pieces:
-                        continue
                     rows_of = [shards.rows(piece) for piece in pieces]
+                    if shared:  # the file is rewritten in place: every receiver must have copied it out
+                        in_flight = self._finish(group, in_flight)
                     if manifest.delta_from is not None:
-                        counts, buffer = self._encode_delta(manifest, pieces, rows_of, snapshot)
+                        counts, parts = self._delta_parts(manifest, pieces, rows_of, snapshot)
+                        _, nbytes = layout_from_header(pieces, counts)
+                        buffer = group.stage(nbytes + ALIGN, capacity)
+                        self._write_delta(buffer, manifest, pieces, parts)
                         header = torch.tensor(counts, dtype=torch.int64)
                         in_flight = self._finish(group, in_flight)
                         group.wait(group.broadcast(self.rank, header), f"header of bucket {bucket.index}")
@@ -115,11 +125,12 @@ class WeightSender:
                         for count in counts:
                             report.pieces["dense" if count < 0 else "sparse" if count else "unchanged"] += 1
                     else:
-                        buffer = self._pack_dense(manifest, pieces, rows_of, bucket.dense_bytes[self.rank])
+                        buffer = group.stage(bucket.dense_bytes[self.rank] + ALIGN, capacity)
+                        self._pack_dense(buffer, manifest, pieces, rows_of)
                         report.pieces["dense"] += len(pieces)
                     checksum = bucket_checksum(buffer[:-ALIGN])
                     buffer[-ALIGN:].view(torch.int64)[0] = checksum
-                    work = group.broadcast(self.rank, buffer)
+                    work = group.publish(buffer)
                     self._finish(group, in_flight)
                     in_flight = (work, buffer, bucket.index)
                     report.checksums[(bucket.index, self.rank)] = checksum
@@ -131,6 +142,7 @@ class WeightSender:
                             self._remember(fresh, manifest, piece, rows)
                 self._finish(group, in_flight)
                 shards.finish()
+                report.shared_memory = shared
         finally:
             if self.rank == 0:  # a sync's store serves that sync only; a late joiner then finds nobody
                 self._store, self._endpoint = None, None
@@ -142,22 +154,22 @@ class WeightSender:
     # ---------------------------------------------------------------------------------------- internals
     @staticmethod
     def _finish(group: TransferGroup, in_flight) -> None:
-        """Wait for a broadcast started earlier (its buffer stays referenced until then)."""
+        """Wait until a bucket published earlier has reached every receiver (its buffer stays referenced until
+        then); returns None, the new in-flight state."""
         if in_flight is not None:
             work, _, index = in_flight
-            group.wait(work, f"bucket {index}")
+            group.complete(work, f"bucket {index}")
+        return None
 
     @staticmethod
-    def _pack_dense(manifest: SyncManifest, pieces, rows_of, nbytes: int) -> torch.Tensor:
-        buffer = torch.empty(nbytes + ALIGN, dtype=torch.uint8)
+    def _pack_dense(buffer: torch.Tensor, manifest: SyncManifest, pieces, rows_of) -> None:
         for piece, rows in zip(pieces, rows_of):
             dtype = _wire_dtype(manifest, piece)
             region = buffer[piece.offset:piece.offset + piece.numel * piece.itemsize].view(dtype)
             region.copy_(rows.reshape(-1))  # the cast to the wire dtype happens in this copy
-        return buffer
 
-    def _encode_delta(self, manifest: SyncManifest, pieces, rows_of, snapshot) -> tuple[list[int], torch.Tensor]:
-        """Per piece: -1 (dense), 0 (unchanged) or the count of changed elements (sparse), and the payload."""
+    def _delta_parts(self, manifest: SyncManifest, pieces, rows_of, snapshot) -> tuple[list[int], list]:
+        """Per piece: -1 (dense), 0 (unchanged) or the count of changed elements (sparse), and what to write."""
         parts: list[tuple[str, Any, Any]] = []
         counts: list[int] = []
         for piece, rows in zip(pieces, rows_of):
@@ -176,8 +188,10 @@ class WeightSender:
             else:
                 counts.append(-1)
                 parts.append(("dense", new, None))
-        _, nbytes = layout_from_header(pieces, counts)
-        buffer = torch.zeros(nbytes + ALIGN, dtype=torch.uint8)
+        return counts, parts
+
+    @staticmethod
+    def _write_delta(buffer: torch.Tensor, manifest: SyncManifest, pieces, parts) -> None:
         offset = 0
         for piece, (mode, first, second) in zip(pieces, parts):
             dtype, itemsize = _wire_dtype(manifest, piece), piece.itemsize
@@ -190,7 +204,6 @@ class WeightSender:
                 offset += padded_bytes(count * 4)
                 buffer[offset:offset + count * itemsize].view(dtype).copy_(second)
                 offset += padded_bytes(count * itemsize)
-        return counts, buffer
 
     def _previous(self, snapshot, manifest: SyncManifest, piece) -> torch.Tensor:
         spec = manifest.tensors[piece.index]

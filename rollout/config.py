@@ -122,6 +122,10 @@ class SyncConfig(ConfigModel):
     torch.distributed has gloo, else the object store (the choice is logged at start)."""
     bucket_mb: int = Field(256, ge=1, le=2047)
     """Bucket size in MiB: bounds the staging memory of every sender and receiver of a collective sync."""
+    shared_memory: bool = True
+    """Collective sync: when every replica is on a learner rank's machine, pass that rank's buckets through a
+    file in /dev/shm (one copy in, one copy out per replica) instead of the network stack; only the ready and
+    release signals then travel over the group. Used only if /dev/shm has room for two buckets."""
     critic_lora: Literal["adapter", "merged"] = "adapter"
     """With ``learner.critic.lora.enabled``: ``adapter`` moves only the LoRA factors after a replica's first sync
     (which sends the whole model once; the replica keeps the adapted blocks' base weights in host memory and

@@ -93,7 +93,7 @@ class CollectiveWeightSource:
             delta_from=self._sender.delta_base(request.delta_from) if full else None,
             delta_keep=request.delta_keep and full, probe=probe)
         endpoint = self._sender.open_endpoint(ray.util.get_node_ip_address(), request.num_receivers,
-                                              request.timeout_s)
+                                              request.timeout_s, shared_memory=request.shared_memory)
         self._payload = tensors
         return endpoint, manifest, full_bytes
 

@@ -64,6 +64,8 @@ class SyncRequest:
     """Receivers keep a copy (and the learner a snapshot) for the next delta."""
     probe_tokens: int = 0
     probe_tolerance: float = 0.05
+    shared_memory: bool = True
+    """Receivers on a sender's machine may take its buckets through shared memory."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -182,7 +184,7 @@ class WeightSync:
             lora_adapter=cfg.critic_lora == "adapter",
             lora_base=self.lora_learner and not set(replicas) <= self._lora_base_holders,
             delta_from=self._delta_version if self.delta and not resend else None, delta_keep=self.delta,
-            probe_tokens=self.probe_tokens, probe_tolerance=cfg.probe_tolerance)
+            probe_tokens=self.probe_tokens, probe_tolerance=cfg.probe_tolerance, shared_memory=cfg.shared_memory)
         endpoint, manifest, full_bytes = ray.get(self.learners[0].begin_weight_sync.remote(request),
                                                  timeout=max(self.timeout_s, BEGIN_TIMEOUT_S))
         self._check_version(manifest.version, version)

@@ -2,7 +2,9 @@
 
 Two learner ranks shard a model with FSDP2 (their own default process group, as a sharded learner has) and each
 sends only its own dim-0 shard; receivers in other processes reassemble the full tensors in the serving dtype.
-A second sync sends only what changed. A receiver that never joins fails the sync within the timeout.
+Later syncs send only what changed. Each data plane carries a dense and a delta sync: the buckets broadcast over
+the group, and (the receivers share the senders' machine) through the senders' shared-memory files. A receiver
+that never joins fails the sync within the timeout.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch.multiprocessing as mp
 from rollout.weight_transport import SyncManifest, TensorSpec, plan_buckets, shard_rows
 
 SENDERS, RECEIVERS = 2, 2
+# version → (dense or delta against the previous version, buckets through shared memory)
+SYNCS = {1: (False, True), 2: (True, False), 3: (True, True), 4: (False, False)}
 
 
 def _free_port() -> int:
@@ -62,23 +66,24 @@ def _sender(rank: int, fsdp_port: int, endpoints: "mp.Queue", results: "mp.Queue
     for module in model.values():
         fully_shard(module, mesh=init_device_mesh("cpu", (SENDERS,)))
     sender = WeightSender(rank, SENDERS, keep_snapshot=True)
-    for version in (1, 2):
-        if version == 2:  # a sparse change: one element of the big weight on each rank's shard, one bias entry
+    for version, (delta, shared) in SYNCS.items():
+        if version > 1:  # a sparse change: one element of the big weight on each rank's shard, one bias entry
             with torch.no_grad():
                 model["wide"].weight.to_local()[0, rank] += 1.0
                 if rank == 0:
                     model["proj"].bias.to_local()[1] -= 0.5
         if rank == 0:
-            endpoint = sender.open_endpoint("127.0.0.1", RECEIVERS, timeout_s=30.0)
+            endpoint = sender.open_endpoint("127.0.0.1", RECEIVERS, timeout_s=30.0, shared_memory=shared)
             for _ in range(SENDERS - 1 + RECEIVERS):
                 endpoints.put(endpoint)
         else:
             endpoint = endpoints.get(timeout=60)
-        manifest = _manifest(version, delta_from=sender.delta_base(1 if version == 2 else None))
+        manifest = _manifest(version, delta_from=sender.delta_base(version - 1 if delta else None))
         shards = ((name, p.to_local()) for name, p in model.named_parameters())
         report = sender.send(endpoint, manifest, shards)
         full = {name: _bits(p.full_tensor().detach().to(torch.bfloat16)) for name, p in model.named_parameters()}
-        results.put(("sender", rank, version, report.checksums, report.bytes_sent, report.dense_bytes, full))
+        results.put(("sender", rank, version, report.checksums, report.bytes_sent, report.dense_bytes, full,
+                     report.shared_memory))
     dist.destroy_process_group()
 
 
@@ -87,9 +92,9 @@ def _receiver(index: int, endpoints: "mp.Queue", results: "mp.Queue") -> None:
 
     torch.set_num_threads(1)
     mirror: dict = {}
-    for version in (1, 2):
+    for version, (delta, _) in SYNCS.items():
         endpoint = endpoints.get(timeout=60)
-        manifest = _manifest(version, delta_from=1 if version == 2 else None)
+        manifest = _manifest(version, delta_from=version - 1 if delta else None)
         receipt = Receipt()
         with TransferGroup(endpoint, endpoint.receiver_rank(index)) as group:
             got = {name: (str(tensor.dtype), _bits(tensor)) for name, tensor in
@@ -159,8 +164,9 @@ def test_two_fsdp2_ranks_send_their_own_shards_and_receivers_reassemble_then_get
                    + [(_receiver, (index, endpoints)) for index in range(RECEIVERS)])
     senders = {(r[1], r[2]): r for r in results if r[0] == "sender"}
     receivers = {(r[1], r[2]): r for r in results if r[0] == "receiver"}
-    assert len(senders) == SENDERS * 2 and len(receivers) == RECEIVERS * 2
-    for version in (1, 2):
+    assert len(senders) == SENDERS * len(SYNCS) and len(receivers) == RECEIVERS * len(SYNCS)
+    for version, (_, shared) in SYNCS.items():
+        assert all(senders[(rank, version)][7] == shared for rank in range(SENDERS)), version
         full = senders[(0, version)][6]
         sent_checksums = {**senders[(0, version)][3], **senders[(1, version)][3]}
         # Both ranks sent part of every bucket that holds rows of both: nobody gathered the model.
@@ -174,10 +180,11 @@ def test_two_fsdp2_ranks_send_their_own_shards_and_receivers_reassemble_then_get
             for name, bits in full.items():
                 assert got[name][0] == "torch.bfloat16" and (got[name][1] == bits).all(), name
     dense = sum(senders[(rank, 1)][4] for rank in range(SENDERS))
-    delta = sum(senders[(rank, 2)][4] for rank in range(SENDERS))
     assert dense == sum(senders[(rank, 1)][5] for rank in range(SENDERS))
-    # Three changed elements out of ~2.7k: headers, trailers and three sparse entries instead of every weight.
-    assert delta < dense / 10, (delta, dense)
+    for version in (2, 3):
+        delta = sum(senders[(rank, version)][4] for rank in range(SENDERS))
+        # Three changed elements out of ~2.7k: headers, trailers and three sparse entries instead of every weight.
+        assert delta < dense / 10, (version, delta, dense)
 
 
 def _lone_sender(endpoints: "mp.Queue", results: "mp.Queue") -> None:
