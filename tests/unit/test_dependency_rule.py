@@ -42,8 +42,8 @@ def test_types_is_a_leaf():
 
 def test_the_weight_transport_is_a_leaf():
     """Senders and receivers share it, so it may not pull in Ray, vLLM or any package of ours."""
-    allowed = {"__future__", "collections", "dataclasses", "datetime", "hashlib", "math", "socket", "typing", "uuid",
-               "numpy", "torch"}
+    allowed = {"__future__", "collections", "dataclasses", "datetime", "hashlib", "math", "os", "socket", "typing",
+               "uuid", "numpy", "torch"}
     for module, top_level in _imports(ROOT / "rollout" / "weight_transport.py"):
         assert module.split(".")[0] in allowed, module
         assert not top_level or module.split(".")[0] != "torch", f"torch at module level: {module}"
