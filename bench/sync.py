@@ -9,7 +9,8 @@ and delta syncs send.
   once with the buckets in shared memory (what a single machine gets by default) and once broadcast over the
   group's TCP connections (what replicas on other machines get). Every path ends with the weights in each
   receiver's memory; an engine's own load (vLLM's reload) comes on top of any of them and is left out. Time =
-  the driver's wall time of one sync (best of ``--repeats``); bytes = what one replica receives.
+  the driver's wall time of one sync, median of ``--repeats``; ratios are medians of per-repeat ratios between
+  syncs run back to back; bytes = what one replica receives.
 - :func:`bench_lora_fraction`: bytes of an adapter-only sync vs the full model, measured on the tiny critic and
   computed from the real architectures (Qwen2.5-VL-7B with r64 on every language-model linear layer,
   Qwen-Image's 20.4 B DiT with r32 on its 8 attention projections).
@@ -129,7 +130,28 @@ class BenchReceiver:
         return float(sum(t.double().sum() for t in self.state.values()))
 
 
+PATHS = ("object_store", "shared_memory", "broadcast")
+
+
+def _one_sync(ray, sender, receivers: list, path: str, bucket_mb: int) -> tuple[float, int]:
+    """Seconds and bytes per replica of one sync of the sender's state into ``receivers`` by ``path``."""
+    started = time.perf_counter()
+    if path == "object_store":
+        ref, digest, nbytes = ray.get(sender.put.remote())
+        ray.get([r.fetch.remote(ref, digest) for r in receivers])
+        return time.perf_counter() - started, nbytes
+    endpoint, manifest = ray.get(sender.begin.remote(len(receivers), bucket_mb << 20, path == "shared_memory"))
+    sent = sender.send.remote(endpoint, manifest)
+    ray.get([r.receive.remote(endpoint, i, manifest) for i, r in enumerate(receivers)])
+    nbytes, shared = ray.get(sent)
+    assert shared == (path == "shared_memory"), f"{path} sync went through shared={shared}"
+    return time.perf_counter() - started, nbytes
+
+
 def bench_paths(sizes_mb: list[int], replica_counts: list[int], repeats: int, bucket_mb: int) -> list[dict]:
+    """Each repeat runs every (replica count, path) back to back, so that ratios are taken between syncs a few
+    seconds apart: on a machine shared with other jobs, load swings by 2x between minutes."""
+    import numpy as np
     import ray
 
     rows = []
@@ -139,33 +161,33 @@ def bench_paths(sizes_mb: list[int], replica_counts: list[int], repeats: int, bu
         sender = sender_cls.remote(shapes)
         receivers = [receiver_cls.remote(shapes) for _ in range(max(replica_counts))]
         ray.get([r.checksum.remote() for r in receivers] + [sender.put.remote()])  # all started
-        for count in replica_counts:
-            chosen = receivers[:count]
-            seconds: dict[str, list[float]] = {"object_store": [], "shared_memory": [], "broadcast": []}
-            sent_bytes: dict[str, int] = {}
-            for _ in range(repeats):
-                started = time.perf_counter()
-                ref, digest, sent_bytes["object_store"] = ray.get(sender.put.remote())
-                ray.get([r.fetch.remote(ref, digest) for r in chosen])
-                seconds["object_store"].append(time.perf_counter() - started)
-                del ref
-                for plane in ("shared_memory", "broadcast"):
-                    started = time.perf_counter()
-                    endpoint, manifest = ray.get(sender.begin.remote(count, bucket_mb << 20, plane == "shared_memory"))
-                    sent = sender.send.remote(endpoint, manifest)
-                    ray.get([r.receive.remote(endpoint, i, manifest) for i, r in enumerate(chosen)])
-                    sent_bytes[plane], shared = ray.get(sent)
-                    assert shared == (plane == "shared_memory"), f"{plane} sync went through shared={shared}"
-                    seconds[plane].append(time.perf_counter() - started)
-                sums = ray.get([r.checksum.remote() for r in chosen])
+        seconds = {(count, path): [] for count in replica_counts for path in PATHS}
+        sent_bytes: dict[str, int] = {}
+        for _ in range(repeats):
+            for count in replica_counts:
+                for path in PATHS:
+                    elapsed, sent_bytes[path] = _one_sync(ray, sender, receivers[:count], path, bucket_mb)
+                    seconds[(count, path)].append(elapsed)
+                sums = ray.get([r.checksum.remote() for r in receivers[:count]])
                 assert len(set(sums)) == 1, f"replicas differ after the sync: {sums}"
-            best = {path: min(values) for path, values in seconds.items()}
-            rows.append({"payload_mb": size_mb, "replicas": count, **{f"{p}_s": v for p, v in best.items()},
-                         **{f"{p}_bytes": v for p, v in sent_bytes.items()}})
-            print(f"  {size_mb:>6} MB  {count} replica(s)  object store {best['object_store']:7.3f} s   collective: "
-                  f"shared memory {best['shared_memory']:7.3f} s ({best['shared_memory'] / best['object_store']:.2f}x)"
-                  f"  broadcast {best['broadcast']:7.3f} s ({best['broadcast'] / best['object_store']:.2f}x)",
-                  flush=True)
+        for count in replica_counts:
+            median = {path: float(np.median(seconds[(count, path)])) for path in PATHS}
+            # Per repeat, each collective against the object-store sync just before it; the median of those.
+            vs_store = {path: float(np.median(np.array(seconds[(count, path)]) /
+                                              np.array(seconds[(count, "object_store")]))) for path in PATHS[1:]}
+            row = {"payload_mb": size_mb, "replicas": count, **{f"{p}_s": v for p, v in median.items()},
+                   **{f"{p}_over_object_store": v for p, v in vs_store.items()},
+                   **{f"{p}_bytes": v for p, v in sent_bytes.items()}, "seconds": {
+                       p: seconds[(count, p)] for p in PATHS}}
+            if count != replica_counts[0]:
+                row["over_first_count"] = {p: float(np.median(np.array(seconds[(count, p)]) /
+                                                              np.array(seconds[(replica_counts[0], p)])))
+                                           for p in PATHS}
+            rows.append(row)
+            print(f"  {size_mb:>6} MB  {count} replica(s)  object store {median['object_store']:7.3f} s   "
+                  f"collective: shared memory {median['shared_memory']:7.3f} s "
+                  f"({vs_store['shared_memory']:.2f}x)  broadcast {median['broadcast']:7.3f} s "
+                  f"({vs_store['broadcast']:.2f}x)", flush=True)
         for actor in [sender, *receivers]:
             ray.kill(actor)
     return rows
@@ -309,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bucket-mb", type=int, default=256)
     parser.add_argument("--delta-steps", type=int, default=3)
     parser.add_argument("--lora-serving", action="store_true", help="also time vLLM's LoRA path (two engines)")
@@ -323,23 +345,21 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
              configure_logging=False)
-    print(f"weight sync bench: payloads {args.sizes_mb} MB (fp32), replicas {args.replicas}, best of "
+    print(f"weight sync bench: payloads {args.sizes_mb} MB (fp32), replicas {args.replicas}, median of "
           f"{args.repeats}, buckets {args.bucket_mb} MiB, {os.cpu_count()} cores", flush=True)
     try:
         paths = bench_paths(args.sizes_mb, args.replicas, args.repeats, args.bucket_mb)
     finally:
         ray.shutdown()
-    print("flatness (time with 2 replicas / with 1 replica):")
+    print("flatness (time with 2 replicas / with 1 replica, median of paired repeats):")
     flatness: dict[str, dict[int, float]] = {}
-    for size in args.sizes_mb:
-        by_count = {r["replicas"]: r for r in paths if r["payload_mb"] == size}
-        if 1 in by_count and 2 in by_count:
-            ratios = {p: by_count[2][f"{p}_s"] / by_count[1][f"{p}_s"]
-                      for p in ("object_store", "shared_memory", "broadcast")}
-            for path, ratio in ratios.items():
-                flatness.setdefault(path, {})[size] = ratio
-            print(f"  {size:>6} MB  object store {ratios['object_store']:.2f}x  collective: shared memory "
-                  f"{ratios['shared_memory']:.2f}x  broadcast {ratios['broadcast']:.2f}x")
+    for row in paths:
+        if "over_first_count" in row:
+            for path, ratio in row["over_first_count"].items():
+                flatness.setdefault(path, {})[row["payload_mb"]] = ratio
+            ratios = row["over_first_count"]
+            print(f"  {row['payload_mb']:>6} MB  object store {ratios['object_store']:.2f}x  collective: shared "
+                  f"memory {ratios['shared_memory']:.2f}x  broadcast {ratios['broadcast']:.2f}x")
     print("LoRA-only sync (fp32 factors) vs the full model:")
     lora = bench_lora_fraction()
     print(f"  tiny critic r8 (measured): {lora['tiny_critic_r8']['fraction']:.1%} of the fp32 model")
