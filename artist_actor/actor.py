@@ -4,7 +4,9 @@ Owns one loaded artist, its sampling ("old") LoRA adapter and the policy version
 records out: ``sample`` resolves image / H_c handles, derives each edit's seed from (base seed, step, task,
 critique, edit index), runs :class:`artist_actor.sampler.FlowMatchSampler`, and returns ``Edit`` records tagged
 with the artist and critic versions, plus a ``RejectedRecord`` for every critique it could not use (so one bad
-record never stops a run). ``set_weights`` loads the old-policy adapter tensors the learner sends.
+record never stops a run). ``set_weights`` loads the old-policy adapter tensors the learner sends, handed over
+whole (object store) or received bucket by bucket from the learner's ranks (``receive_weights``, the collective
+path of :mod:`rollout.weight_transport`).
 
 A plain class: ``ArtistSamplerGroup`` applies ``ray.remote``; unit tests construct it directly. It must not
 train, score or talk to other actors.
@@ -22,6 +24,7 @@ import numpy as np
 from artist_actor.config import ArtistConfig
 from rollout.startup import actor_device
 from rollout.types import Conditioning, Edit, PhotoTask, RejectedRecord
+from rollout.weight_transport import SyncManifest, TransferEndpoint
 
 SAMPLING_ADAPTER = "old"
 """Name of the LoRA adapter the sampler runs (DiffusionNFT's sampling policy v_old)."""
@@ -225,6 +228,26 @@ class ArtistSamplerActor:
                     param.copy_(state[name].to(param.device, param.dtype))
         self._version = int(version)
         return len(state)
+
+    def receive_weights(self, version: int, endpoint: TransferEndpoint, receiver_index: int,
+                        manifest: SyncManifest | Mapping[str, Any]) -> dict[str, Any]:
+        """Join a collective sync as receiver ``receiver_index`` and serve the adapter it carries as ``version``.
+
+        Returns ``{"policy_version", "digest", "bytes_received", "tensors"}``; the digest of the bucket checksums
+        lets the group check every replica received what the learner sent. A transfer that fails, or an adapter
+        that does not match the sampling adapter, raises and leaves the previous weights and version in place.
+        """
+        from rollout.weight_transport import Receipt, TransferGroup, receive_tensors
+
+        manifest = manifest if isinstance(manifest, SyncManifest) else SyncManifest.from_dict(manifest)
+        if manifest.version != version:
+            raise ValueError(f"manifest is for version {manifest.version}, not {version}")
+        receipt = Receipt()
+        with TransferGroup(endpoint, endpoint.receiver_rank(receiver_index)) as group:
+            tensors = dict(receive_tensors(group, manifest, receipt))
+        self.set_weights(version, tensors)
+        return {"policy_version": version, "digest": receipt.digest, "bytes_received": receipt.bytes_received,
+                "tensors": receipt.tensors}
 
     def _adapter_parameters(self, rank: int) -> dict[str, Any]:
         transformer = self.model.transformer

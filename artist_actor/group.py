@@ -1,7 +1,9 @@
 """ArtistSamplerGroup: the driver-side owner of M ArtistSamplerActor replicas.
 
 Owns the replicas' placement group (one bundle per replica, SPREAD so replicas land on different GPUs/nodes),
-their Ray names (``artist-sampler-<i>``), fanning work out and back in, and weight sync with a deadline. Work is
+their Ray names (``artist-sampler-<i>``), fanning work out and back in, weight sync through the object store with
+a deadline, and starting the replicas' side of a collective sync (:meth:`ArtistSamplerGroup.start_receive`; the
+driver's ``rollout.weight_sync`` waits on it together with the learner). Work is
 balanced by splitting the critiques into M contiguous shares of near-equal size (each critique costs K edits of
 the same resolution, so counts balance the work); results come back in input order. Every wait has a timeout:
 a stalled replica fails the call loudly instead of hanging the run or serving stale weights.
@@ -12,13 +14,14 @@ It must not load models itself or decide what to sample; the controller passes t
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
 from rollout.startup import StartupLimits, wait_for_placement, wait_for_restart, wait_until_ready
 from rollout.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
+from rollout.weight_transport import SyncManifest, TransferEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +71,13 @@ class ArtistSamplerGroup:
         ]
         self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
         self.info = wait_until_ready([actor.ready.remote() for actor in self.actors], self.names, self.startup)
-        # The last synced adapter stays in the object store so a replica that Ray restarts (on the base
-        # model) is brought back to the current version before it samples again.
+        # With object-store sync the last synced adapter stays in the object store so a replica that Ray restarts
+        # (on the base model) is brought back to the current version before it samples again; with collective
+        # sync ``resync`` (set by the sync's owner) sends the current version to that replica.
         self._version = 0
         self._state_ref = None
+        self.resync: Callable[[int], None] | None = None
+        """Called with a restarted replica's index to bring it to the current version over the collective."""
         self.restarts = 0
         """Replica restarts this group recovered from."""
         self.retried_items = 0
@@ -134,7 +140,9 @@ class ArtistSamplerGroup:
         actor = self.actors[index]
         wait_for_restart(actor.ready.remote, self.names[index], self.startup)
         self.restarts += 1
-        if self._state_ref is not None:
+        if self.resync is not None:
+            self.resync(index)
+        elif self._state_ref is not None:
             ray.get(actor.set_weights.remote(self._version, self._state_ref), timeout=self.sync_timeout_s)
         logger.warning("%s was restarted (%s); reloaded adapter version %d", self.names[index], reason, self._version)
 
@@ -148,6 +156,33 @@ class ArtistSamplerGroup:
         self._wait([actor.set_weights.remote(version, state_ref) for actor in self.actors], self.names,
                    self.sync_timeout_s, f"weight sync to version {version}")
         self._version, self._state_ref = version, state_ref
+        self.resync = None
+
+    @property
+    def version(self) -> int:
+        """Policy version every replica serves (set by :meth:`set_weights`, or by the collective sync)."""
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version, self._state_ref = int(value), None
+
+    def start_receive(self, version: int, endpoint: TransferEndpoint, manifest: SyncManifest,
+                      replicas: Sequence[int] | None = None) -> list[tuple[str, Any]]:
+        """Start the collective sync's receive on ``replicas`` (all by default, in order, as receivers 0..R-1);
+        returns ``(replica name, ObjectRef of its report)`` for the caller to wait on with the senders."""
+        replicas = list(range(len(self.actors))) if replicas is None else list(replicas)
+        if endpoint.num_receivers != len(replicas):
+            raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, not {len(replicas)}")
+        manifest_data = manifest.to_dict()
+        return [(self.names[replica],
+                 self.actors[replica].receive_weights.remote(version, endpoint, index, manifest_data))
+                for index, replica in enumerate(replicas)]
+
+    @property
+    def serving_dtype(self) -> str:
+        """The replicas' weight dtype (what a sync sends)."""
+        return self.info[0]["dtype"]
 
     def policy_versions(self) -> list[int]:
         return self._wait([actor.policy_version.remote() for actor in self.actors], self.names,

@@ -3,23 +3,27 @@
 Owns turning (prompt text, pixel-bounded image, sampling settings) into :class:`EngineSample` records — token
 ids, the log-prob of every sampled token under the engine's *raw* distribution (full softmax of the model's
 logits at temperature 1, before suppression, top-p or temperature; exactly what the learner's teacher-forced
-forward recomputes), finish reason — and loading new weights into the engine in place. It must not know about
-tasks, records or Ray: :mod:`critic_actor.actor` does that.
+forward recomputes), finish reason — loading new weights into the engine in place (a state dict, or a collective
+sync received bucket by bucket), and the raw log-probs of a fixed token sequence (the served-output probe). It
+must not know about tasks, records or Ray: :mod:`critic_actor.actor` does that.
 
 vLLM is imported only inside :class:`VLLMCriticEngine`. With ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` the engine
-core and its model live in this process, so weights are loaded with ``LLM.apply_model`` (no restart).
+core and its model live in this process, so weights are loaded in place (no restart). Collective syncs go through
+vLLM's weight-transfer calls with our gloo engine (:mod:`critic_actor.vllm_weight_engine`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+from rollout.weight_transport import SyncManifest, TransferEndpoint
 
 SUPPRESSED_LOGIT_BIAS = -100.0
 """vLLM clamps logit_bias to ±100; at -100 a suppressed token's probability is ~e^-100 (never sampled)."""
@@ -63,50 +67,12 @@ class CriticEngine(Protocol):
 
     def load_weights(self, named_tensors: Iterable[tuple[str, "object"]]) -> None: ...
 
-    def weight_fingerprint(self) -> dict[str, float]: ...
+    def receive_weights(self, endpoint: TransferEndpoint, receiver_index: int,
+                        manifest: SyncManifest) -> dict[str, Any]: ...
+
+    def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray: ...
 
     def shutdown(self) -> None: ...
-
-
-def weight_fingerprint(tensors: Iterable) -> dict[str, float]:
-    """(sum, sum of squares, sum of |x|) over all weight elements, in float64.
-
-    Invariant to parameter names and to concatenation. Replicas of one engine kind holding the same weights
-    give equal fingerprints up to float64 summation order (compare with :func:`fingerprints_match`); vLLM's
-    CPU kernels repack some weights after loading, so a vLLM fingerprint is not comparable with the HF state
-    dict's — compare replicas with each other, and the received state with :func:`state_checksum`.
-    """
-    import torch
-
-    total = total_sq = total_abs = 0.0
-    for tensor in tensors:
-        t = torch.as_tensor(tensor).detach().to(torch.float64)
-        total += float(t.sum())
-        total_sq += float((t * t).sum())
-        total_abs += float(t.abs().sum())
-    return {"sum": total, "sum_sq": total_sq, "sum_abs": total_abs}
-
-
-def state_checksum(state: dict) -> str:
-    """sha256 over (name, dtype, shape, bytes) of a state dict in name order: what the learner sent."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        value = state[name]
-        array = value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else np.ascontiguousarray(value)
-        if isinstance(array, torch.Tensor):
-            array = array.view(torch.uint8).numpy() if array.dtype == torch.bfloat16 else array.numpy()
-        digest.update(f"{name}|{array.dtype}|{tuple(array.shape)}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def fingerprints_match(a: dict[str, float], b: dict[str, float], rtol: float = 1e-7) -> bool:
-    """True when two fingerprints agree up to float64 summation-order noise."""
-    return all(abs(a[k] - b[k]) <= rtol * max(1.0, abs(a[k]), abs(b[k])) for k in ("sum", "sum_sq", "sum_abs"))
 
 
 class VLLMCriticEngine:
@@ -116,8 +82,10 @@ class VLLMCriticEngine:
                  suppressed_token_ids: list[int], seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, max_model_len: int | None = None):
         from vllm import LLM
+        from vllm.config import WeightTransferConfig
 
         from critic_actor.model import resolve_dtype
+        from critic_actor.vllm_weight_engine import ENGINE_NAME
 
         torch_dtype = resolve_dtype(dtype)
         self._suppressed = {int(i): SUPPRESSED_LOGIT_BIAS for i in suppressed_token_ids}
@@ -133,6 +101,10 @@ class VLLMCriticEngine:
             mm_processor_kwargs={"size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}},
             logprobs_mode="raw_logprobs",
             disable_log_stats=True,
+            # Collective syncs arrive through vLLM's weight-transfer calls into our gloo engine; importing the
+            # extension in each worker registers that engine there too.
+            weight_transfer_config=WeightTransferConfig(backend=ENGINE_NAME),
+            worker_extension_cls="critic_actor.vllm_weight_engine.WeightReceiptExtension",
         )
         # vLLM's CPU worker replaces torch.set_num_threads with a function that skips the call and logs a
         # warning; libraries in this process call it on every request, which floods the job log with a
@@ -171,6 +143,23 @@ class VLLMCriticEngine:
         # The worker's reload path maps HF names to vLLM's fused parameters and re-runs the post-load
         # processing (CPU kernels repack weights after the first load, so a plain model.load_weights fails).
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
+        self._drop_caches()
+
+    def receive_weights(self, endpoint: TransferEndpoint, receiver_index: int,
+                        manifest: SyncManifest) -> dict[str, Any]:
+        """Join a collective sync and load what it carries; returns the workers' receipt (they must agree)."""
+        self.llm.init_weight_transfer_engine(
+            {"init_info": {"endpoint": asdict(endpoint), "receiver_index": receiver_index}})
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": {"manifest": manifest.to_dict()}})
+        self.llm.finish_weight_update(weight_version=str(manifest.version))
+        self._drop_caches()
+        receipts = self.llm.collective_rpc("photocrafter_weight_receipt")
+        if any(r is None or r["digest"] != receipts[0]["digest"] for r in receipts):
+            raise RuntimeError(f"the engine's workers disagree on what they received: {receipts}")
+        return receipts[0]
+
+    def _drop_caches(self) -> None:
         # Every cache derived from the old weights must go, on the scheduler side as well as in the worker
         # (the worker alone dropping its vision encoder outputs makes the scheduler report cache misses):
         # cached prefix KV blocks, vision encoder outputs, and the processed multi-modal items.
@@ -178,8 +167,14 @@ class VLLMCriticEngine:
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
 
-    def weight_fingerprint(self) -> dict[str, float]:
-        return self.llm.apply_model(lambda model: weight_fingerprint(p for _, p in model.named_parameters()))[0]
+    def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:
+        """log p(token_ids[i] | token_ids[:i]) for i ≥ 1 under the served weights (raw logits, temperature 1)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        output = self.llm.generate([{"prompt_token_ids": list(token_ids)}], params, use_tqdm=False)[0]
+        return np.array([step[token].logprob for step, token in zip(output.prompt_logprobs[1:], token_ids[1:])],
+                        dtype=np.float64)
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)
@@ -198,8 +193,11 @@ class TransformersCriticEngine:
                  suppressed_token_ids: list[int], device: str | None = None):
         from critic_actor.model import load_critic, load_critic_processor
 
+        from critic_actor.weight_receiver import ReplicaWeights
+
         self.model, _ = load_critic(model_path, dtype=dtype, device=device)
         self.processor = load_critic_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        self._weights = ReplicaWeights(model_names=frozenset(self.model.state_dict()))
         self._suppressed = list(suppressed_token_ids)
         eos = self.model.generation_config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos])
@@ -262,8 +260,31 @@ class TransformersCriticEngine:
         if unknown:
             raise KeyError(f"{len(unknown)} weight names are not parameters of the critic, e.g. {unknown[:3]}")
 
-    def weight_fingerprint(self) -> dict[str, float]:
-        return weight_fingerprint(p for _, p in self.model.named_parameters())
+    def receive_weights(self, endpoint: TransferEndpoint, receiver_index: int,
+                        manifest: SyncManifest) -> dict[str, Any]:
+        """Join a collective sync and load what it carries into the transformers model."""
+        from critic_actor.weight_receiver import LoadReport
+        from rollout.weight_transport import Receipt, TransferGroup, receive_tensors
+
+        receipt, report = Receipt(), LoadReport()
+        with TransferGroup(endpoint, endpoint.receiver_rank(receiver_index)) as group:
+            mirror = self._weights.mirror_for(manifest)
+            self.load_weights(self._weights.tensors_to_load(
+                manifest, receive_tensors(group, manifest, receipt, mirror), report, device=self.model.device))
+        self._weights.sync_finished(manifest)
+        return {"version": manifest.version, "digest": receipt.digest, "bytes_received": receipt.bytes_received,
+                "tensors_received": receipt.tensors, "tensors_loaded": report.tensors_loaded,
+                "lora_modules_bound": report.lora_modules_bound,
+                "lora_modules_expected": report.lora_modules_expected}
+
+    def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:
+        """log p(token_ids[i] | token_ids[:i]) for i ≥ 1 under the loaded weights (raw logits, temperature 1)."""
+        import torch
+
+        ids = torch.tensor([list(token_ids)], device=self.model.device)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids).logits[0, :-1].float()
+        return logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0].double().cpu().numpy()
 
     def shutdown(self) -> None:
         self.model = None

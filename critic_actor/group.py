@@ -1,9 +1,11 @@
 """CriticRolloutGroup: the driver-side owner of N CriticRolloutActor replicas.
 
 Owns creating the replicas as Ray actors (named ``critic-rollout-<i>``, resources from config, packed in one
-placement group), splitting requests across them, broadcasting weights with a timeout and checking that every
-replica holds the same weights afterwards, and reporting health. It must not hold model weights or images
-itself: state and images travel through the object store.
+placement group), splitting requests across them, weight sync through the object store with a timeout and a
+check that every replica received the same weights, starting the replicas' side of a collective sync
+(:meth:`CriticRolloutGroup.start_receive`; the driver's ``rollout.weight_sync`` waits on it together with the
+learner), and reporting health. It must not hold model weights or images itself: state and images travel through
+the object store or the collective.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from critic_actor.config import CriticConfig
-from critic_actor.engines import fingerprints_match, state_checksum
 from rollout.startup import StartupLimits, wait_for_placement, wait_for_restart, wait_until_ready
 from rollout.types import Critique, PhotoTask
+from rollout.weight_transport import SyncManifest, TransferEndpoint, tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +50,13 @@ class CriticRolloutGroup:
         wait_for_placement(self.placement_group, ROLE, self.startup,
                            fix="lower critic.num_replicas, critic.gpus_per_replica or critic.cpus_per_replica")
         remote_cls = ray.remote(CriticRolloutActor)
+        self.names = [f"{namespace_prefix}{ROLE}-{i}" for i in range(config.num_replicas)]
         # The engine reads these at start (in-process engine core, KV-cache size, offline hub); forward the
         # driver's values so replicas behave the same wherever Ray starts them.
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV_PREFIXES)}
         self.actors = [
             remote_cls.options(
-                name=f"{namespace_prefix}{ROLE}-{i}", num_cpus=config.cpus_per_replica,
+                name=self.names[i], num_cpus=config.cpus_per_replica,
                 num_gpus=config.gpus_per_replica, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
@@ -63,15 +67,24 @@ class CriticRolloutGroup:
         self.names = [f"{namespace_prefix}{ROLE}-{i}" for i in range(config.num_replicas)]
         self.ready_info = wait_until_ready([a.ready.remote() for a in self.actors], self.names, self.startup)
         self.version = 0
-        # The last synced state stays in the object store so a replica that Ray restarts (on the base
-        # checkpoint) can be brought back to the current weights before it serves again.
+        """Policy version every replica serves (set by :meth:`set_weights`, or by the collective sync)."""
+        # With object-store sync the last synced state stays in the object store so a replica that Ray restarts
+        # (on the base checkpoint) can be brought back to the current weights before it serves again; with
+        # collective sync ``resync`` (set by the sync's owner) sends the current version to that replica.
         self._state_ref = None
-        self._checksum = ""
+        self._digest = ""
+        self.resync: Callable[[int], None] | None = None
+        """Called with a restarted replica's index to bring it to :attr:`version` over the collective."""
         self.restarts = 0
         """Replica restarts this group recovered from."""
         self.retried_items = 0
         """Work items (critiques to generate, images to re-score) redone after a replica died."""
         self._next = 0
+
+    @property
+    def serving_dtype(self) -> str:
+        """The replicas' weight dtype (what a sync sends)."""
+        return self.ready_info[0]["dtype"]
 
     def _shards(self, count: int) -> list[tuple[int, int, int]]:
         """(replica, start, stop) contiguous shards of ``count`` items, balanced; the first replica rotates so
@@ -125,44 +138,59 @@ class CriticRolloutGroup:
         actor = self.actors[replica]
         wait_for_restart(actor.ready.remote, self.names[replica], self.startup)
         self.restarts += 1
-        if self._state_ref is not None:
-            ray.get(actor.set_weights.remote(self.version, self._state_ref, self._checksum),
+        if self.resync is not None:
+            self.resync(replica)
+        elif self._state_ref is not None:
+            ray.get(actor.set_weights.remote(self.version, self._state_ref, self._digest),
                     timeout=self.sync_timeout_s + 30.0)
-        logger.warning("critic-rollout-%d was restarted (%s); reloaded weights version %d", replica, reason,
+        logger.warning("%s was restarted (%s); reloaded weights version %d", self.names[replica], reason,
                        self.version)
 
-    def set_weights(self, version: int, state: dict[str, Any] | Any, checksum: str | None = None) -> dict[str, Any]:
-        """Load ``state`` into every replica as ``version``; fail loudly on timeout or disagreement.
+    def set_weights(self, version: int, state: dict[str, Any] | Any, digest: str | None = None) -> dict[str, Any]:
+        """Load ``state`` into every replica as ``version`` through the object store; fail loudly on timeout or
+        disagreement.
 
-        ``state`` is a state dict, or an ObjectRef to one together with its ``checksum``
-        (:func:`~critic_actor.engines.state_checksum`, computed where the state was made): then the weights go
+        ``state`` is a state dict, or an ObjectRef to one together with its ``digest``
+        (:func:`~rollout.weight_transport.tensor_digest`, computed where the state was made): then the weights go
         from the object store to the replicas without passing through this process. Returns the seconds the
-        whole sync took, the checksum of the state and each replica's report.
+        whole sync took, the digest of the state and each replica's report.
         """
         import ray
 
         started = time.perf_counter()
         if isinstance(state, ray.ObjectRef):
-            if not checksum:
-                raise ValueError("set_weights with an ObjectRef needs the state's checksum")
+            if not digest:
+                raise ValueError("set_weights with an ObjectRef needs the state's digest")
             state_ref = state
         else:
-            checksum = state_checksum(state)
+            digest = tensor_digest(state)
             state_ref = ray.put(state)
-        refs = [a.set_weights.remote(version, state_ref, checksum) for a in self.actors]
+        refs = [a.set_weights.remote(version, state_ref, digest) for a in self.actors]
         # The replica enforces the same timeout on its own load; the margin covers transfer and queueing.
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.sync_timeout_s + 30.0)
         if pending:
             raise TimeoutError(f"critic weight sync to version {version}: {len(pending)} of {len(refs)} replicas "
                                f"did not answer within {self.sync_timeout_s + 30.0:.0f} s")
         reports = ray.get(refs)
-        first = reports[0]["fingerprint"]
-        if not all(fingerprints_match(first, r["fingerprint"]) for r in reports[1:]):
-            raise RuntimeError(f"critic replicas hold different weights after sync to version {version}: "
-                               f"{[r['fingerprint'] for r in reports]}")
-        self.version, self._state_ref, self._checksum = version, state_ref, checksum
-        return {"policy_version": version, "checksum": checksum, "seconds": time.perf_counter() - started,
+        if any(r["digest"] != digest for r in reports):
+            raise RuntimeError(f"critic replicas received different weights in the sync to version {version}: "
+                               f"{[r['digest'] for r in reports]}, sent {digest}")
+        self.version, self._state_ref, self._digest = version, state_ref, digest
+        self.resync = None
+        return {"policy_version": version, "digest": digest, "seconds": time.perf_counter() - started,
                 "replicas": reports}
+
+    def start_receive(self, version: int, endpoint: TransferEndpoint, manifest: SyncManifest,
+                      replicas: Sequence[int] | None = None) -> list[tuple[str, Any]]:
+        """Start the collective sync's receive on ``replicas`` (all by default, in order, as receivers 0..R-1);
+        returns ``(replica name, ObjectRef of its report)`` for the caller to wait on with the senders."""
+        replicas = list(range(len(self.actors))) if replicas is None else list(replicas)
+        if endpoint.num_receivers != len(replicas):
+            raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, not {len(replicas)}")
+        manifest_data = manifest.to_dict()
+        return [(self.names[replica],
+                 self.actors[replica].receive_weights.remote(version, endpoint, index, manifest_data))
+                for index, replica in enumerate(replicas)]
 
     def health(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """One report per replica; an unreachable replica reports ``ok: False`` with the reason."""

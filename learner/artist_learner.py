@@ -389,6 +389,15 @@ class ArtistLearner:
                 load_local_adapter_state(self.transformer, SAMPLING_ADAPTER, self._published[self.version])
 
     # ------------------------------------------------------------------------------- weights & state
+    def published_sampling_adapter(self, version: int) -> tuple[dict[str, tuple[int, ...]], dict[str, torch.Tensor]]:
+        """(whole shapes, this rank's rows) of the sampling adapter published as ``version``, one of the last
+        ``kept_versions``: what a collective weight sync sends from this rank (no gathering)."""
+        if version not in self._published:
+            raise RuntimeError(f"artist learner cannot send sampling version {version}: it is at {self.version} and "
+                               f"keeps versions {sorted(self._published)}")
+        shapes = {name: tuple(p.shape) for name, p in adapter_parameters(self.transformer, SAMPLING_ADAPTER).items()}
+        return shapes, self._published[version]
+
     def get_sampler_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
         """(version, sampling-adapter tensors): what ``ArtistSamplerActor.set_weights`` takes (a collective on a
         sharded learner: every rank gathers)."""

@@ -401,6 +401,22 @@ class CriticLearner:
 
         return merged_state_dict(self.model, _ADAPTER)
 
+    @torch.no_grad()
+    def probe_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:
+        """log p(token_ids[i] | token_ids[:i]) for i ≥ 1 under the current weights, at temperature 1, text only:
+        the served-output probe a weight sync compares every rollout replica against."""
+        ids = torch.tensor([list(token_ids)], device=self.device)
+        n = ids.shape[1] - 1
+        training = self.policy.training
+        self.policy.eval()
+        try:
+            # Through the policy's FSDP root like every other pass (on a sharded learner every rank runs it).
+            with self._autocast():
+                _, logits = self.policy({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, [1], [n], n)
+        finally:
+            self.policy.train(training)
+        return logits[0].float().log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0].double().cpu().numpy()
+
     def get_state(self) -> dict[str, Any]:
         """Everything a checkpoint needs to resume a single-process learner exactly: trained tensors, AdamW,
         version. ``model`` holds every parameter for a full fine-tune, or only the LoRA tensors with LoRA."""

@@ -9,8 +9,8 @@ Owns everything a learner needs to run as rank r of N processes (one per GPU, or
 - :func:`shard_model`: FSDP2 (``torch.distributed.fsdp.fully_shard``) over a model's repeated blocks and a root,
   with the mixed-precision policy (bf16 compute, fp32 gradient reduction, parameters stored in their own dtype:
   frozen bases in bf16, trained tensors as fp32 masters) and optional CPU offload of the sharded state;
-- converting between full tensors and the local shards a rank holds (:func:`full_tensor`,
-  :func:`shard_like`), and :func:`even_share`, the contiguous balanced split of work over ranks;
+- converting between full tensors and the local shards a rank holds (:func:`full_tensor`, :func:`shard_like`,
+  :func:`local_rows`), and :func:`even_share`, the contiguous balanced split of work over ranks;
 - sharded checkpoints with ``torch.distributed.checkpoint`` (:func:`save_sharded`, :func:`load_sharded`),
   which reshard on load, so a state written by 2 ranks loads into 1 rank or 4.
 
@@ -235,6 +235,21 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if is_sharded(tensor) else tensor
 
 
+def local_rows(tensor: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's dim-0 chunk of a tensor, cut like FSDP2 shards parameters (``torch.chunk`` rows): its own shard
+    when the tensor is sharded, the same rows of a tensor every rank holds whole (a buffer, a gathered state),
+    the tensor itself when it has no dim 0. What weight sync sends from each rank (``learner.weight_sender``)."""
+    from rollout.weight_transport import shard_rows
+
+    tensor = tensor.detach()
+    if is_sharded(tensor):
+        return tensor.to_local()
+    if tensor.dim() == 0:
+        return tensor
+    start, stop = shard_rows(tensor.shape[0], world_size, rank)
+    return tensor[start:stop]
+
+
 def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``full`` laid out like ``like``: this rank's shard of it (no communication: every rank holds ``full``)
     when ``like`` is sharded, else ``full`` on ``like``'s device and dtype."""
@@ -284,4 +299,4 @@ def load_sharded(state: dict, directory: str | Path, *, may_lack: Sequence[str] 
 
 
 __all__ = ["ParallelContext", "Rendezvous", "even_share", "full_tensor", "free_port", "load_sharded",
-           "local_tensor", "resolve_device", "save_sharded", "shard_like", "shard_model"]
+           "local_rows", "local_tensor", "resolve_device", "save_sharded", "shard_like", "shard_model"]

@@ -3,8 +3,9 @@
 Owns how the four parameter sets of ALGORITHMS.md §1.1 live in one network: two peft LoRA adapters with the
 same config injected into the DiT's attention projections, switching between them for a forward pass,
 disabling both for the reference prediction, the soft update old ← d·old + (1 − d)·default, and extracting or
-loading one adapter's tensors by adapter-free names, and merging an adapter into the base weights (the critic
-learner's weight sync and checkpoint exports use it too). It must not compute losses or step optimizers.
+loading one adapter's tensors by adapter-free names, merging an adapter into the base weights (the critic
+learner's merged weight sync and checkpoint exports use it too), and selecting what an adapter-only weight sync
+sends. It must not compute losses or step optimizers.
 
 Adapter tensor names follow peft's saved-adapter convention, the adapter name removed:
 ``transformer_blocks.0.attn.to_q.lora_A.weight``. That is what :func:`adapter_state` returns, what the
@@ -196,6 +197,42 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
         for layer in layers:
             layer.enable_adapters(True)
         _activate(model, TRAINED_ADAPTER)
+
+
+def adapter_sync_state(model: nn.Module, adapter: str, *,
+                       include_base: bool) -> tuple[dict[str, torch.Tensor], list[str], float]:
+    """What an adapter-only weight sync sends: (tensors by name, adapted module names, scaling α/r).
+
+    The tensors are ``<module>.lora_A.weight`` ``[r, in]`` and ``<module>.lora_B.weight`` ``[out, r]`` of every
+    module carrying ``adapter`` and, with ``include_base``, every base tensor of the model by its adapter-free
+    name (what a replica that never received this adapter needs: it then serves exactly the learner's weights
+    whatever it held before, and keeps the adapted blocks' base to merge later factors into). Live tensors,
+    not copies.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    tensors: dict[str, torch.Tensor] = {}
+    modules: list[str] = []
+    scalings: set[float] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if adapter in getattr(module, "lora_embedding_A", {}):
+            raise ValueError(f"{name}: adapter sync does not handle LoRA on embeddings; send the merged model")
+        if adapter in module.lora_A:
+            modules.append(name)
+            scalings.add(float(module.scaling[adapter]))
+            tensors[f"{name}.lora_A.weight"] = module.lora_A[adapter].weight.detach()
+            tensors[f"{name}.lora_B.weight"] = module.lora_B[adapter].weight.detach()
+    if not modules:
+        raise KeyError(f"model has no LoRA adapter named {adapter!r}")
+    if len(scalings) != 1:
+        raise ValueError(f"adapter {adapter!r} scales its modules differently ({sorted(scalings)}); adapter sync "
+                         f"sends one α/r, so send the merged model instead")
+    if include_base:
+        tensors.update({name.replace(".base_layer.", "."): tensor for name, tensor in model.state_dict().items()
+                        if ".lora_" not in name})
+    return tensors, modules, scalings.pop()
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ the controller sees only ObjectRefs and the per-record verdict.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +113,7 @@ class Components:
                                                   sync_timeout_s=timeout, max_restarts=restarts, startup=startup)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts, startup=startup)
         self.learner_info = [self.critic_learner.info[0], self.artist_learner.info[0]]
+        self._build_weight_sync(config, timeout)
 
     # ----------------------------------------------------------------------------------- stages
     def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
@@ -194,17 +194,28 @@ class Components:
     def artist_learner_version(self) -> int:
         return self.artist_learner.version()
 
-    def sync_critic(self, version: int, timeout_s: float) -> float:
-        started = time.perf_counter()
-        learner_version, weights_ref, checksum = self.critic_learner.weights_ref()
-        self.critic_rollout.set_weights(learner_version, weights_ref, checksum)
-        return time.perf_counter() - started
+    def _build_weight_sync(self, config: TrainConfig, timeout_s: float) -> None:
+        """One sync owner per model, on the path ``sync.backend`` resolves to (announced once)."""
+        from rollout.weight_sync import WeightSync, announce, resolve_backend
 
-    def sync_artist(self, version: int, timeout_s: float) -> tuple[float, int]:
-        started = time.perf_counter()
-        learner_version, weights_ref, nbytes = self.artist_learner.sampler_weights_ref()
-        self.artist_samplers.set_weights(learner_version, weights_ref)
-        return time.perf_counter() - started, nbytes
+        backend, reason = resolve_backend(config.sync)
+        announce(backend, reason)
+        self.sync_backend = backend
+        self.critic_sync = WeightSync(
+            "critic", self.critic_learner.ranks, self.critic_rollout, config=config.sync, timeout_s=timeout_s,
+            backend=backend, wire_dtype=self.critic_rollout.serving_dtype, delta=config.sync.delta,
+            probe_tokens=config.sync.probe_tokens, lora_learner=config.learner.critic.lora.enabled)
+        self.artist_sync = WeightSync(
+            "artist", self.artist_learner.ranks, self.artist_samplers, config=config.sync, timeout_s=timeout_s,
+            backend=backend, wire_dtype=self.artist_samplers.serving_dtype)
+
+    def sync_critic(self, version: int) -> dict[str, float]:
+        """Every rollout replica serves the critic learner's ``version``; the sync's metrics."""
+        return self.critic_sync.sync(version).metrics("critic")
+
+    def sync_artist(self, version: int) -> dict[str, float]:
+        """Every sampler serves the artist learner's sampling adapter ``version``; the sync's metrics."""
+        return self.artist_sync.sync(version).metrics("artist")
 
     # --------------------------------------------------------------------------------- checkpoints
     def save_learners(self, directory: Path) -> None:

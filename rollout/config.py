@@ -1,6 +1,6 @@
 """Root run configuration: composes every package's section and loads it from YAML plus overrides.
 
-Owns the ``trainer``, ``data``, ``cluster`` and ``tracking`` sections, the root :class:`TrainConfig`, YAML
+Owns the ``trainer``, ``data``, ``cluster``, ``sync`` and ``tracking`` sections, the root :class:`TrainConfig`, YAML
 loading, ``--set dotted.path=value`` overrides and the one-line-per-error messages users see. It must not
 evaluate config values as code: YAML is read with ``safe_load`` and overrides are parsed as YAML scalars.
 """
@@ -86,7 +86,8 @@ class TrainerConfig(ConfigModel):
     embedded tiny models' own small warm start, built once on first use and cached like the models
     (``photocrafter init-models --warm-start``)."""
     sync_timeout_s: float = Field(120.0, gt=0.0, le=86400.0)
-    """A weight sync that takes longer fails the step loudly instead of serving stale weights."""
+    """A weight sync that takes longer fails the step loudly instead of serving stale weights; also the bound on
+    every wait inside a collective sync (a replica that never joins fails it, named, after this long)."""
 
 
 class CapacityConfig(ConfigModel):
@@ -151,6 +152,35 @@ class ClusterConfig(ConfigModel):
     """Inputs of the modelled time plan (hardware figures and the expected critique length)."""
 
 
+class SyncConfig(ConfigModel):
+    """How learner weights reach the serving replicas after each update (docs/design/weight-sync.md)."""
+
+    backend: Literal["auto", "collective", "object_store"] = "auto"
+    """``collective``: every learner rank broadcasts its own shard of each bucket to all replicas at once over a
+    gloo group of the sync's own (cost flat in the number of replicas); ``object_store``: the learner puts the
+    whole state into Ray's object store and every replica fetches a copy; ``auto`` = collective wherever
+    torch.distributed has gloo, else the object store (the choice is logged at start)."""
+    bucket_mb: int = Field(256, ge=1, le=2047)
+    """Bucket size in MiB: bounds the staging memory of every sender and receiver of a collective sync."""
+    shared_memory: bool = True
+    """Collective sync: when every replica is on a learner rank's machine, pass that rank's buckets through a
+    file in /dev/shm (one copy in, one copy out per replica) instead of the network stack; only the ready and
+    release signals then travel over the group. Used only if /dev/shm has room for two buckets."""
+    critic_lora: Literal["adapter", "merged"] = "adapter"
+    """With ``learner.critic.lora.enabled``: ``adapter`` moves only the LoRA factors after a replica's first sync
+    (which sends the whole model once; the replica keeps the adapted blocks' base weights in host memory and
+    merges each new adapter into them); ``merged`` sends the merged full model every sync."""
+    delta: bool = False
+    """Full fine-tune over the collective: send only the elements that changed since the last sync (sparse
+    per piece where that is smaller; replicas keep a host copy of the weights to patch)."""
+    probe_tokens: int = Field(32, ge=0, le=1024)
+    """Length of the served-output probe after each collective critic sync: the replicas' log-probs of this
+    many fixed tokens must match the learner's (0 = off)."""
+    probe_tolerance: float = Field(0.05, gt=0.0, le=10.0)
+    """Largest mean |Δ log p| on the probe between a replica and the learner that counts as the same weights
+    (fp32 CPU agrees to ~1e-6; bf16 serving against an fp32 learner to ~1e-2)."""
+
+
 class TrackingConfig(ConfigModel):
     """MLflow tracking and console reporting."""
 
@@ -181,6 +211,8 @@ class TrainConfig(ConfigModel):
     """Training and evaluation photos."""
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     """The Ray cluster."""
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    """Weight sync from the learners to the rollout replicas and samplers."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """MLflow and console reporting."""
 

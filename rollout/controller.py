@@ -449,17 +449,17 @@ class Controller:
         version = self.components.critic_learner_version()
         if not force and version == self.critic_version:
             return {}
-        seconds = self.components.sync_critic(version, timeout_s=self.config.trainer.sync_timeout_s)
+        metrics = self.components.sync_critic(version)
         self.critic_version = version
-        return {"sync/critic_s": seconds}
+        return metrics
 
     def _sync_artist(self, force: bool) -> dict[str, float]:
         version = self.components.artist_learner_version()
         if not force and version == self.artist_version:
             return {}
-        seconds, nbytes = self.components.sync_artist(version, timeout_s=self.config.trainer.sync_timeout_s)
+        metrics = self.components.sync_artist(version)
         self.artist_version = version
-        return {"sync/artist_s": seconds, "sync/artist_bytes": float(nbytes)}
+        return metrics
 
     def _reward_metrics(self, records: StepRecords) -> dict[str, float]:
         m: dict[str, float] = {}

@@ -7,7 +7,10 @@ Owns the actor-side glue of one rank, so weights and hidden states stay out of t
 - ``prepare`` keeps this rank's prepared critiques (old/reference log-probs, images) for the update that
   follows, and puts each H_c into the object store, returning only ``Conditioning`` records whose ``hidden``
   is an ObjectRef the samplers fetch directly;
-- weights for sync are gathered by every rank and put into the object store by rank 0;
+- weight sync: on the collective path every rank sends its own dim-0 shard of each tensor bucket by bucket
+  (``learner.weight_sender``), rank 0 hosting the sync's rendezvous and describing the payload (full model, LoRA
+  adapter, sampling adapter); on the object-store path every rank takes part in gathering the weights and rank 0
+  puts them into the object store;
 - checkpoints are written by the ranks themselves into the checkpoint directory (shared storage on a cluster):
   each its shards of the learner state, rank 0 the small metadata and this process's RNG states (a resumed CPU
   run reproduces the uninterrupted one);
@@ -68,6 +71,8 @@ class LearnerRank(ABC):
         self.num_threads = num_threads
         self.learner: Any = None
         self.last_compute_s = 0.0
+        self._sender = None
+        self._payload: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.role}-{self.rank}, world={self.world_size}, learner={self.learner!r})"
@@ -114,6 +119,45 @@ class LearnerRank(ABC):
         if self.learner is not None:
             self.learner.parallel.close()
 
+    # ---------------------------------------------------------------------------------------- weight sync
+    def _open_weight_sync(self, request, shapes: dict[str, tuple[int, ...]], local: dict[str, Any], *,
+                          version: int, kind: str = "full", lora=None, probe=None,
+                          dtypes: dict[str, str] | None = None):
+        """Describe a sync of ``shapes`` (whole shapes, in sending order) and keep this rank's rows of each
+        (``local``) for :meth:`send_weights`; rank 0 also hosts the rendezvous. Returns, from rank 0, (endpoint,
+        manifest, bytes of the whole payload in the serving dtype); None from the other ranks."""
+        import math
+
+        import ray
+
+        from learner.weight_sender import WeightSender
+        from rollout.weight_transport import ITEMSIZE, SyncManifest, TensorSpec
+
+        if self._sender is None or self._sender.keep_snapshot != request.delta_keep:
+            self._sender = WeightSender(self.rank, self.world_size, keep_snapshot=request.delta_keep)
+        full = kind == "full"
+        dtypes = dtypes or {}
+        manifest = SyncManifest(
+            version=version, tensors=tuple(TensorSpec(n, tuple(shape), dtypes.get(n)) for n, shape in shapes.items()),
+            wire_dtype=request.wire_dtype, num_senders=self.world_size, bucket_bytes=request.bucket_bytes,
+            kind=kind, lora=lora, delta_from=self._sender.delta_base(request.delta_from) if full else None,
+            delta_keep=request.delta_keep and full, probe=probe)
+        self._payload = local
+        if self.rank != 0:
+            return None
+        endpoint = self._sender.open_endpoint(ray.util.get_node_ip_address(), request.num_receivers,
+                                              request.timeout_s, shared_memory=request.shared_memory)
+        full_bytes = sum(math.prod(shape) for shape in shapes.values()) * ITEMSIZE[request.wire_dtype]
+        return endpoint, manifest, full_bytes
+
+    def send_weights(self, endpoint, manifest):
+        """Send this rank's rows of the payload the last ``begin_weight_sync`` described (blocks until every
+        bucket is out)."""
+        local, self._payload = self._payload, None
+        if local is None:
+            raise RuntimeError("send_weights called before begin_weight_sync")
+        return self._sender.send(endpoint, manifest, ((spec.name, local[spec.name]) for spec in manifest.tensors))
+
 
 class CriticLearnerRank(LearnerRank):
     """A rank of the critic learner group (``critic-learner-<rank>``)."""
@@ -157,17 +201,51 @@ class CriticLearnerRank(LearnerRank):
     def version(self) -> int:
         return self.learner.policy_version
 
-    def weights_ref(self) -> tuple[int, Any, str] | None:
-        """(version, ObjectRef of the weights the rollout replicas load, their checksum) from rank 0; None from
-        the other ranks (they take part in gathering the weights)."""
+    def weights_ref(self) -> tuple[int, Any, str, int] | None:
+        """(version, ObjectRef of the weights the rollout replicas load, their digest, their bytes) from rank 0;
+        None from the other ranks (they take part in gathering the weights)."""
         import ray
 
-        from critic_actor.engines import state_checksum
+        from rollout.weight_transport import tensor_digest
 
         weights = self.learner.get_weights()
         if self.rank != 0:
             return None
-        return self.learner.policy_version, ray.put(weights), state_checksum(weights)
+        nbytes = sum(t.numel() * t.element_size() for t in weights.values())
+        return self.learner.policy_version, ray.put(weights), tensor_digest(weights), nbytes
+
+    def begin_weight_sync(self, request):
+        """Describe a collective sync of the current weights: the LoRA adapter when training one (with every base
+        tensor when some replica has not received it yet), else the full model; with the served-output probe.
+        Every rank takes part (the probe is a forward pass); rank 0 returns the sync's endpoint and manifest."""
+        from learner.distributed import local_rows
+        from learner.lora import adapter_sync_state
+        from rollout.weight_transport import LoraSpec, ProbeSpec
+
+        learner = self.learner
+        if request.version is not None and request.version != learner.policy_version:
+            raise RuntimeError(f"critic learner holds version {learner.policy_version}, cannot re-send "
+                               f"{request.version}")
+        probe = None
+        if request.probe_tokens:
+            from critic_actor.grammar import CRITIC_INSTRUCTION
+
+            ids = learner.processor.tokenizer(CRITIC_INSTRUCTION, add_special_tokens=False)["input_ids"]
+            ids = ids[:request.probe_tokens]
+            probe = ProbeSpec(tuple(ids), tuple(learner.probe_log_probs(ids).tolist()), request.probe_tolerance)
+        kind, lora, dtypes = "full", None, None
+        if learner.peft_model is not None and request.lora_adapter:
+            tensors, modules, scaling = adapter_sync_state(learner.model, "default", include_base=request.lora_base)
+            # The factors stay float32 on the wire: they are small, and the merge then matches the learner's.
+            kind, lora = "lora", LoraSpec(scaling, tuple(modules), request.lora_base)
+            dtypes = {n: "float32" for n in tensors if ".lora_" in n}
+        else:
+            # A full fine-tune sends its own shards; a merged LoRA model is gathered by every rank first.
+            tensors = learner.get_weights() if learner.peft_model is not None else learner.model.state_dict()
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        local = {name: local_rows(t, self.rank, self.world_size) for name, t in tensors.items()}
+        return self._open_weight_sync(request, shapes, local, version=learner.policy_version, kind=kind, lora=lora,
+                                      probe=probe, dtypes=dtypes)
 
 
 class ArtistLearnerRank(LearnerRank):
@@ -206,3 +284,12 @@ class ArtistLearnerRank(LearnerRank):
             return None
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return version, ray.put(tensors), nbytes
+
+    def begin_weight_sync(self, request):
+        """Describe a collective sync of the sampling adapter: the current one, or the published version
+        ``request.version`` names (a restarted sampler during an overlapped update gets the version the others
+        serve). Rank 0 returns the sync's endpoint and manifest."""
+        learner = self.learner
+        version = learner.version if request.version is None else request.version
+        shapes, local = learner.published_sampling_adapter(version)
+        return self._open_weight_sync(request, shapes, local, version=version)

@@ -209,8 +209,8 @@ class CriticLearnerGroup(LearnerGroup):
         groups_ref = ray.put(light)
         return self.launch("update", groups_ref)
 
-    def weights_ref(self) -> tuple[int, Any, str]:
-        """(version, ObjectRef of the full weights, checksum), gathered from the ranks and put by rank 0."""
+    def weights_ref(self) -> tuple[int, Any, str, int]:
+        """(version, ObjectRef of the full weights, digest, bytes), gathered from the ranks and put by rank 0."""
         return self.call("weights_ref", what="weight gather")[0]
 
 

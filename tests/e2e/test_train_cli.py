@@ -1,10 +1,12 @@
 """The real ``photocrafter train`` / ``resume`` commands on the embedded config, as a user runs them.
 
 One uninterrupted run (A) and one run stopped after step 2 and resumed (B) share the module: A's MLflow run must
-show every reward component, learner metrics, stage times and a sample grid; B must reproduce A's metrics after
-the resume. B starts as a multi-GPU run would: each learner is 2 data-parallel ranks (on 4 logical GPUs that these
-CPU ranks run without), and it resumes with 1 rank per learner, as A runs throughout. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits exactly on an
-epoch boundary, where a resume must continue training rather than run zero steps.
+show every reward component, learner metrics, stage times, weight-sync figures and a sample grid; B must
+reproduce A's metrics after the resume. Both move weights over the collective (``sync.backend: collective``) for
+both models. B starts as a multi-GPU run would: each learner is 2 data-parallel ranks (on 4 logical GPUs that
+these CPU ranks run without), each sending its own shards at every sync, and it resumes with 1 rank per learner,
+as A runs throughout. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits
+exactly on an epoch boundary, where a resume must continue training rather than run zero steps.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ STEPS = 4
 # The loop starts from the random-initialised tiny models (no warm start): this file tests the loop's plumbing,
 # resume and export; tests/unit/test_sft.py covers the embedded warm start.
 COMMON = ["--set", f"trainer.steps={STEPS}", "--set", "data.num_train=4", "--set", "data.num_eval=2",
-          "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32", "--set", "trainer.init_from="]
+          "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32", "--set", "trainer.init_from=",
+          "--set", "sync.backend=collective"]
 TWO_RANKS_PER_LEARNER = ["--set", "learner.critic.gpus=2", "--set", "learner.artist.gpus=2",
                          "--set", "cluster.num_gpus=4", "--set", "cluster.num_cpus=10", "--set", "cluster.cpu_fallback=true"]
 
@@ -75,12 +78,17 @@ def test_train_logs_every_component_to_mlflow(runs):
                 "reward/critic/rank/mean", "reward/critic/suggestion/mean", "learner/grpo/loss", "learner/grpo/kl",
                 "learner/nft/loss", "time/stage/critic_rollout_s", "time/stage/artist_sample_s",
                 "time/stage/rewards_s", "time/stage/update_s", "time/stage/sync_s", "perf/edits_per_s",
-                "policy/critic_version", "policy/artist_version"]:
+                "policy/critic_version", "policy/artist_version", "sync/critic_bytes", "sync/artist_bytes",
+                "sync/critic_probe_abs_diff"]:
         assert key in history, f"{key} missing from the MLflow run"
         assert sorted(history[key]) == list(range(1, STEPS + 1)), f"{key} not logged at every step"
-    # Both learners published a new version at every step.
+    # Both learners published a new version at every step, over the collective, and the replicas served the
+    # critic learner's weights (fp32 on both sides: the probe agrees to float rounding).
     assert history["policy/artist_version"][STEPS] == STEPS
     assert history["policy/critic_version"][STEPS] == STEPS
+    assert "weight sync: collective" in a.stderr
+    assert max(history["sync/critic_probe_abs_diff"].values()) < 1e-4
+    assert all(v >= 1.0 for v in history["sync/critic_sent_fraction"].values())  # a full fine-tune: every byte
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")

@@ -1,4 +1,5 @@
-"""Learner → samplers on local Ray: real tiny-critic H_c, K edits, a DiffusionNFT update, a versioned sync."""
+"""Learner → samplers on local Ray: real tiny-critic H_c, K edits, a DiffusionNFT update, a versioned sync of the
+sampling adapter over the collective (the learner broadcasts its buckets to every sampler at once)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,10 @@ def critic_conditionings(critic_dir, images):
 @pytest.mark.slow
 def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, embedded_models):
     from artist_actor.group import ArtistSamplerGroup
-    from learner.artist_learner import ArtistLearner
     from rewards.attributes import compute_attributes
+    from rollout.config import SyncConfig
+    from rollout.learner_actors import ArtistLearnerActor
+    from rollout.weight_sync import WeightSync
 
     ray = ray_local
     rng = np.random.default_rng(0)
@@ -64,8 +67,8 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
     lora = LoraConfig(rank=4, alpha=8.0)
     samplers = ArtistSamplerGroup(artist, str(embedded_models.artist), lora_alpha=lora.alpha,
                                   sync_timeout_s=120.0, namespace="test-artist-sync")
-    learner = ray.remote(ArtistLearner).options(name="artist-learner", namespace="test-artist-sync",
-                                                num_cpus=1).remote(
+    learner = ray.remote(ArtistLearnerActor).options(name="artist-learner", namespace="test-artist-sync",
+                                                     num_cpus=1).remote(
         str(embedded_models.artist), ArtistLearnerConfig(lora=lora, micro_batch_size=3), artist, num_threads=1)
     try:
         info = ray.get(learner.ready.remote(), timeout=300)
@@ -82,15 +85,16 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
         metrics = ray.get(learner.update.remote(groups), timeout=300)
         assert metrics["learner/nft/skipped"] == 0.0 and metrics["learner/nft/version"] == 1.0
 
+        sync = WeightSync("artist", [learner], samplers, config=SyncConfig(backend="collective"), timeout_s=60.0,
+                          backend="collective", wire_dtype=samplers.serving_dtype)
         started = time.perf_counter()
-        version, weights = ray.get(learner.get_sampler_weights.remote(), timeout=60)
-        samplers.set_weights(version, weights)
+        report = sync.sync(1)
         sync_s = time.perf_counter() - started
-        sync_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-        print(f"artist sync: {len(weights)} tensors, {sync_bytes} bytes, {sync_s * 1000:.1f} ms, "
+        print(f"artist sync: {report.bytes_per_replica} bytes per sampler, {sync_s * 1000:.1f} ms, "
               f"update {metrics['time/learner/artist_update_s']:.2f} s")
-        assert version == 1 and samplers.policy_versions() == [1]
-        assert sync_bytes == info["sync_bytes"]
+        assert report.path == "collective" and samplers.policy_versions() == [1] and samplers.version == 1
+        # The adapter in fp32 plus one 8-byte checksum trailer per bucket: nothing else crosses the wire.
+        assert info["sync_bytes"] < report.bytes_per_replica <= info["sync_bytes"] + 8 * 16
 
         after = samplers.sample(tasks, critiques, conditionings, k=K, step=0)  # same seeds, new weights
         assert {e.artist_version for e in after} == {1}

@@ -143,7 +143,7 @@ def test_set_weights_changes_outputs_and_version_without_restart(group, tasks, h
     state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
     report = group.set_weights(1, state)
     assert report["policy_version"] == 1 and report["seconds"] > 0
-    assert report["replicas"][0]["checksum"] == report["checksum"]
+    assert report["replicas"][0]["digest"] == report["digest"]
     after = group.generate(tasks[:2], n=1, step=0, greedy=True)
     assert all(c.policy_version == 1 for c in after)
     assert [c.completion_token_ids for c in after] != [c.completion_token_ids for c in before]
@@ -161,7 +161,7 @@ def test_bad_weights_are_refused_before_they_reach_the_engine(group, tasks, hf_c
     model, _ = hf_critic
     state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
     actor = ray_local.get_actor("critic-rollout-0")
-    with pytest.raises(ray.exceptions.RayTaskError, match="checksum"):
+    with pytest.raises(ray.exceptions.RayTaskError, match="digest"):
         ray.get(actor.set_weights.remote(2, state, "0000000000000000"))
     broken = dict(state)
     name = next(k for k in broken if k.endswith("embed_tokens.weight"))

@@ -1,32 +1,47 @@
-"""Learner → vLLM actor round trip on a local Ray cluster: rollouts, prepare, one GRPO update, weight sync.
+"""Learner → vLLM replicas on a local Ray cluster: rollouts, prepare, one GRPO update, weight sync.
 
-One vLLM CriticRolloutActor serves the tiny critic. Its critiques go through CriticLearner.prepare (rollout and
-learner log-probs must agree at fp32) and one update; the learner's weights are synced into the running
-engine, which must then serve version 1 and produce exactly the learner's own greedy output.
+Two vLLM CriticRolloutActors serve the tiny critic (started once for the module). Their critiques go through the
+learner's prepare (rollout and learner log-probs must agree at fp32) and one update; the learner's weights are
+synced into the running engines — through the object store, and over the collective for a full fine-tune and for
+a LoRA learner (adapter only) — after which every replica must serve the new version with exactly the learner's
+own greedy output and log-probs. A LoRA payload that binds to no module, and a replica that never joins the
+collective, must fail the sync loudly.
 """
 
 from __future__ import annotations
 
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
+from ray import cloudpickle as ray_cloudpickle
 from skimage import data
 
 from critic_actor.config import CriticConfig
 from critic_actor.inputs import build_critic_inputs
 from critic_actor.model import vision_special_token_ids
-from learner.config import CriticLearnerConfig
+from learner.config import CriticLearnerConfig, LoraConfig
 from learner.critic_learner import CriticLearner
+from rollout.config import SyncConfig
 from rollout.types import CriticGroup, CritiqueReward, PhotoTask
 
+# learner_greedy runs inside learner actors (through __ray_call__); Ray workers cannot import test modules.
+ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
 MIN_PIXELS, MAX_PIXELS, MAX_NEW_TOKENS, G = 3136, 12544, 16, 3
+TASKS = [
+    PhotoTask(task_id="astronaut", input=data.astronaut()[:256, 128:384], target=data.astronaut()[:256, 128:384]),
+    PhotoTask(task_id="coffee", input=data.coffee()[100:300, 200:500], target=data.coffee()[100:300, 200:500]),
+]
 
 
 @pytest.fixture(scope="module")
 def group(ray_local, embedded_models):
     from critic_actor.group import CriticRolloutGroup
 
-    config = CriticConfig(model=str(embedded_models.critic), engine="vllm", num_replicas=1, cpus_per_replica=1,
+    config = CriticConfig(model=str(embedded_models.critic), engine="vllm", num_replicas=2, cpus_per_replica=1,
                           group_size=G, temperature=1.0, max_new_tokens=MAX_NEW_TOKENS, min_pixels=MIN_PIXELS,
                           max_pixels=MAX_PIXELS, dtype="float32")
     group = CriticRolloutGroup(embedded_models.critic, config, sync_timeout_s=60.0)
@@ -48,10 +63,7 @@ def learner_greedy(learner: CriticLearner, image: np.ndarray) -> list[int]:
 
 
 def test_learner_update_then_sync_serves_the_new_version(group, embedded_models):
-    tasks = [
-        PhotoTask(task_id="astronaut", input=data.astronaut()[:256, 128:384], target=data.astronaut()[:256, 128:384]),
-        PhotoTask(task_id="coffee", input=data.coffee()[100:300, 200:500], target=data.coffee()[100:300, 200:500]),
-    ]
+    tasks = TASKS
     critiques = group.generate(tasks, n=G, step=0)
     learner = CriticLearner(embedded_models.critic, CriticLearnerConfig(lr=1e-2, kl_coef=0.01, micro_batch_size=6),
                             min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, temperature=1.0,
@@ -93,3 +105,150 @@ def test_learner_update_then_sync_serves_the_new_version(group, embedded_models)
     print(f"sync {report['seconds']:.3f} s; rollout/learner |Δlogp| before {prepared.agreement.mean_abs_diff:.2e}, "
           f"after sync {agreement.mean_abs_diff:.2e} (max {agreement.max_abs_diff:.2e}), KL {agreement.kl:.2e}; "
           f"|Δlogp| moved by the update {moved_by_update:.2e}")
+
+
+# ------------------------------------------------------------------------------------------- collective sync
+def _groups(critiques) -> list[CriticGroup]:
+    """Rewards that favour each photo's later samples (see the object-store test above)."""
+    groups = []
+    for task in TASKS:
+        members = [c for c in critiques if c.task_id == task.task_id]
+        rewards = [CritiqueReward(task_id=task.task_id, critique_index=c.index, format=0.0, rank=0.0, suggestion=0.0,
+                                  total=float(c.index)) for c in members]
+        groups.append(CriticGroup(task_id=task.task_id, critiques=members, rewards=rewards,
+                                  advantages=np.zeros(len(members), np.float32)))
+    return groups
+
+
+def _learner_actor(ray, embedded_models, name: str, lora: bool):
+    from rollout.learner_actors import CriticLearnerActor
+
+    config = CriticLearnerConfig(lr=1e-2, kl_coef=0.01, micro_batch_size=6,
+                                 lora=LoraConfig(enabled=lora, rank=8, alpha=16.0))
+    return ray.remote(CriticLearnerActor).options(name=name, num_cpus=1).remote(
+        str(embedded_models.critic), config, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, temperature=1.0,
+        max_new_tokens=MAX_NEW_TOKENS, device="cpu")
+
+
+def _update_once(ray, group, learner) -> int:
+    critiques = group.generate(TASKS, n=G, step=0)
+    ray.get(learner.prepare_for_update.remote(critiques), timeout=300)
+    metrics = ray.get(learner.update_prepared.remote(_groups(critiques)), timeout=300)
+    assert metrics["learner/grpo/step_applied"] == 1.0
+    return ray.get(learner.version.remote())
+
+
+def _weight_sync(group, learner, *, lora: bool, timeout_s: float = 60.0):
+    from rollout.weight_sync import WeightSync
+
+    return WeightSync("critic", [learner], group, config=SyncConfig(backend="collective", bucket_mb=1),
+                      timeout_s=timeout_s, backend="collective", wire_dtype=group.serving_dtype, probe_tokens=32,
+                      lora_learner=lora)
+
+
+def _assert_serves_the_learner(ray, group, learner, version: int) -> float:
+    """Greedy output of every replica == the learner's own greedy decode; sampled log-probs agree at fp32."""
+    after = group.generate(TASKS, n=1, step=0, greedy=True)
+    assert {c.policy_version for c in after} == {version}
+    for critique in after:
+        expected = ray.get(learner.__ray_call__.remote(learner_greedy, critique.image), timeout=120)
+        assert critique.completion_token_ids == expected
+    resampled = group.generate(TASKS, n=G, step=1)
+    _, metrics = ray.get(learner.prepare_for_update.remote(resampled), timeout=300)
+    assert metrics["learner/grpo/rollout_logprob_abs_diff/mean"] < 1e-3, metrics
+    assert abs(metrics["learner/grpo/rollout_kl"]) < 1e-5, metrics
+    return metrics["learner/grpo/rollout_logprob_abs_diff/mean"]
+
+
+def test_collective_sync_of_a_full_fine_tune_serves_exactly_the_learners_weights(group, ray_local, embedded_models):
+    ray = ray_local
+    learner = _learner_actor(ray, embedded_models, "critic-learner-full", lora=False)
+    try:
+        version = _update_once(ray, group, learner)
+        report = _weight_sync(group, learner, lora=False).sync(version)
+        assert report.path == "collective" and report.replicas == 2 and report.probe_abs_diff < 1e-4
+        # Every weight in fp32 with bucket trailers: a full model's bytes, once per replica (not per replica pair).
+        assert report.full_model_bytes <= report.bytes_per_replica < 1.05 * report.full_model_bytes
+        diff = _assert_serves_the_learner(ray, group, learner, version)
+        print(f"collective full sync: {report.bytes_per_replica / 1e6:.2f} MB per replica to 2 replicas in "
+              f"{report.seconds:.2f} s; probe |Δlogp| {report.probe_abs_diff:.1e}, rollouts {diff:.1e}")
+    finally:
+        ray.kill(learner)
+
+
+def test_collective_sync_of_a_lora_learner_moves_the_adapter_and_serves_the_learners_output(group, ray_local,
+                                                                                            embedded_models):
+    ray = ray_local
+    learner = _learner_actor(ray, embedded_models, "critic-learner-lora", lora=True)
+    try:
+        version = _update_once(ray, group, learner)
+        sync = _weight_sync(group, learner, lora=True)
+        # The replicas served another learner's weights so far: the first adapter sync sends the whole model once
+        # (merged where adapted); from then on only the factors move.
+        first = sync.sync(version)
+        diff = _assert_serves_the_learner(ray, group, learner, version)
+        again = sync.sync(version)
+        assert again.bytes_per_replica < first.full_model_bytes < first.bytes_per_replica
+        assert again.sent_fraction < 0.1 and again.probe_abs_diff < 1e-4
+        _assert_serves_the_learner(ray, group, learner, version)
+        print(f"collective LoRA sync: first {first.bytes_per_replica / 1e6:.3f} MB (adapter + whole base), then "
+              f"{again.bytes_per_replica / 1e6:.3f} MB = {again.sent_fraction:.1%} of the model; rollouts {diff:.1e}")
+    finally:
+        ray.kill(learner)
+
+
+def test_a_lora_payload_that_binds_to_no_module_fails_loudly(group, ray_local, embedded_models):
+    """The adapter's names carry peft's saved-adapter prefix, so they match nothing in the served model."""
+    import threading
+
+    from critic_actor.actor import WeightSyncError
+    from learner.lora import adapter_sync_state
+    from learner.weight_sender import WeightSender
+    from rollout.weight_transport import LoraSpec, SyncManifest, TensorSpec
+
+    ray = ray_local
+    learner = CriticLearner(embedded_models.critic, CriticLearnerConfig(lora=LoraConfig(rank=8, alpha=16.0)),
+                            min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, device="cpu")
+    tensors, modules, scaling = adapter_sync_state(learner.model, "default", include_base=True)
+    renamed = {f"base_model.model.{n}": t for n, t in tensors.items()}
+    manifest = SyncManifest(
+        version=group.version + 1, tensors=tuple(TensorSpec(n, tuple(t.shape)) for n, t in renamed.items()),
+        wire_dtype="float32", num_senders=1, bucket_bytes=1 << 20, kind="lora",
+        lora=LoraSpec(scaling, tuple(f"base_model.model.{m}" for m in modules), True))
+    sender = WeightSender()
+    endpoint = sender.open_endpoint("127.0.0.1", num_receivers=2, timeout_s=30.0)
+    thread = threading.Thread(target=sender.send, args=(endpoint, manifest, renamed.items()))
+    thread.start()
+    refs = [ref for _, ref in group.start_receive(manifest.version, endpoint, manifest)]
+    for ref in refs:
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"bound to 0 of 14 modules") as info:
+            ray.get(ref, timeout=120)
+        assert isinstance(info.value.cause, WeightSyncError)
+    thread.join(60)
+    for actor in group.actors:  # neither replica serves until a good sync
+        with pytest.raises(ray.exceptions.RayTaskError, match="refuses to serve"):
+            ray.get(actor.generate.remote(TASKS[:1], 1, 0), timeout=120)
+
+
+def test_a_replica_that_never_joins_fails_the_sync_within_the_timeout_naming_it(group, ray_local, embedded_models):
+    ray = ray_local
+    learner = _learner_actor(ray, embedded_models, "critic-learner-stall", lora=False)
+    try:
+        version = ray.get(learner.version.remote(), timeout=300)
+        sync = _weight_sync(group, learner, lora=False, timeout_s=8.0)
+        blocker = group.actors[1].__ray_call__.remote(lambda actor: time.sleep(20.0))  # replica 1 is busy
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError, match=r"critic-rollout-1 did not join or finish within the 8 s") as info:
+            sync.sync(version)
+        elapsed = time.perf_counter() - started
+        assert "critic-rollout-0" not in str(info.value).split("did not join")[0]
+        assert elapsed < 8.0 + 10.0, elapsed
+        with pytest.raises(ray.exceptions.RayTaskError, match="refuses to serve"):
+            ray.get(group.actors[0].generate.remote(TASKS[:1], 1, 0), timeout=120)
+        ray.get(blocker)
+        ray.get(group.actors[1].health.remote(), timeout=120)  # its late receive has failed too by now
+        report = sync.sync(version)  # once the replica is free, a new sync brings both back
+        assert report.replicas == 2 and group.generate(TASKS, n=1, step=0)[0].policy_version == version
+        print(f"stalled sync raised after {elapsed:.1f} s (timeout 8 s): {str(info.value)[:160]}")
+    finally:
+        ray.kill(learner)

@@ -2,7 +2,9 @@
 
 The actor is killed (Ray restarts it, as ``max_restarts`` allows) right when the controller hands it work, so
 the stage fails mid-step. The run must finish all its steps, log the restart, re-sync the restarted actor to the
-current weights, and account for every sample exactly once.
+current weights, and account for every sample exactly once. Weights travel over the collective (the default
+``sync.backend: auto`` here); the critic case trains a LoRA critic, so the restarted replica is also re-sent the
+adapted blocks' base weights that its first adapter sync needs.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from rollout.controller import Controller
 STEPS = 3
 
 
-def _controller(tmp_path, name: str) -> Controller:
+def _controller(tmp_path, name: str, overrides: list[str]) -> Controller:
     config = load_config(None, [f"trainer.steps={STEPS}", "data.num_train=4", "data.num_eval=2",
                                 "tracking.sample_grid_every=0", f"trainer.output_dir={tmp_path}",
-                                "critic.group_size=2", "artist.edits_per_critique=2"])
+                                "critic.group_size=2", "artist.edits_per_critique=2", *overrides])
     run_dir = tmp_path / name
     run_dir.mkdir()
     return Controller(config, run_dir=run_dir, run_name=name)
@@ -39,10 +41,14 @@ def _kill_once(components, attribute: str, actors, calls: list):
     setattr(components, attribute, wrapped)
 
 
-@pytest.mark.parametrize("stage", ["sample", "generate"])
-def test_killed_actor_mid_step_loses_no_sample(ray_local, tmp_path, stage):
-    controller = _controller(tmp_path, f"fault-{stage}")
+@pytest.mark.parametrize("stage, overrides", [
+    ("sample", []),
+    ("generate", ["learner.critic.lora.enabled=true", "learner.critic.lora.rank=8", "learner.critic.lora.alpha=16"]),
+])
+def test_killed_actor_mid_step_loses_no_sample(ray_local, tmp_path, stage, overrides):
+    controller = _controller(tmp_path, f"fault-{stage}", overrides)
     controller.start()
+    assert controller.components.sync_backend == "collective"
     try:
         comp = controller.components
         actors = (lambda: comp.artist_samplers.actors) if stage == "sample" else (lambda: comp.critic_rollout.actors)

@@ -67,7 +67,7 @@ def critic_step(group, batch) -> dict:
 def weights_of(group) -> dict[str, torch.Tensor]:
     import ray
 
-    _, ref, _ = group.weights_ref()
+    _, ref, _, _ = group.weights_ref()
     return ray.get(ref)
 
 

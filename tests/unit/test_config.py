@@ -48,6 +48,15 @@ def test_wrong_type_and_out_of_range_one_line_each(tmp_path):
     assert any(l.startswith("trainer.batch_size: got 0;") and "greater than or equal to 1" in l for l in lines)
 
 
+def test_sync_section_names_bad_backends_and_bounds(tmp_path):
+    lines = _errors(tmp_path, "sync:\n  backend: nccl2\n  bucket_mb: 0\n  bucket: 64\n")
+    assert len(lines) == 3
+    assert any(l.startswith("sync.backend: got 'nccl2'") and "'collective'" in l for l in lines)
+    assert any(l.startswith("sync.bucket_mb: got 0;") for l in lines)
+    assert any(l.startswith("sync.bucket: unknown key; did you mean 'bucket_mb'?") for l in lines)
+    assert load_config(None, ["sync.backend=object_store"]).sync.backend == "object_store"
+
+
 def test_unknown_section_lists_sections(tmp_path):
     (line,) = _errors(tmp_path, "critc: {}\n")
     assert "did you mean 'critic'" in line

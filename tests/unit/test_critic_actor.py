@@ -1,4 +1,6 @@
-"""CriticRolloutActor without Ray, on the transformers engine: records, sync faults, stale-weight refusal."""
+"""CriticRolloutActor without Ray, on the transformers engine: records, sync faults, stale-weight refusal, and the
+replica side of a collective sync (a sender thread in this process): full model, LoRA adapter merged on the
+replica, an adapter that binds to nothing, and the served-output probe."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from skimage import data
 
 from critic_actor.actor import CriticRolloutActor, WeightSyncError
 from critic_actor.config import CriticConfig
-from critic_actor.engines import state_checksum
 from rollout.types import PhotoTask
+from rollout.weight_transport import LoraSpec, ProbeSpec, SyncManifest, TensorSpec, tensor_digest
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +43,11 @@ def test_transformers_engine_produces_complete_records(actor):
     assert "index=2" in repr(actor) and actor.ready()["engine"] == "transformers"
 
 
-def test_sync_loads_weights_and_reports_version_checksum_and_time(actor, state):
+def test_sync_loads_weights_and_reports_version_digest_and_time(actor, state):
     shifted = {name: value + np.float32(0.01) for name, value in state.items()}
     report = actor.set_weights(5, shifted)
     assert report["policy_version"] == 5 and actor.policy_version() == 5
-    assert report["checksum"] == state_checksum(shifted) == actor.weights_checksum()["received"]
+    assert report["digest"] == tensor_digest(shifted) == actor.weights_digest()["digest"]
     name = next(iter(shifted))
     assert np.allclose(actor.engine.model.state_dict()[name].numpy(), shifted[name])
     assert actor.generate(TASKS[:1], n=1, step=0)[0].policy_version == 5
@@ -92,3 +94,96 @@ def test_temperature_zero_config_is_greedy(embedded_models):
     a = greedy.generate(TASKS[:1], n=2, step=0)
     assert a[0].completion_token_ids == a[1].completion_token_ids
     torch.testing.assert_close(torch.from_numpy(a[0].rollout_logprobs), torch.from_numpy(a[1].rollout_logprobs))
+
+
+# ------------------------------------------------------------------------------------------ collective sync
+def _collective(actor, version: int, tensors: dict, **manifest_fields):
+    """Send ``tensors`` from a sender thread in this process while ``actor`` receives them as the only replica."""
+    from learner.weight_sender import WeightSender
+
+    sender = WeightSender()
+    endpoint = sender.open_endpoint("127.0.0.1", num_receivers=1, timeout_s=20.0)
+    dtypes = manifest_fields.pop("dtypes", {})
+    manifest = SyncManifest(version=version, tensors=tuple(TensorSpec(n, tuple(t.shape), dtypes.get(n))
+                                                           for n, t in tensors.items()),
+                            wire_dtype="float32", num_senders=1, bucket_bytes=1 << 16, **manifest_fields)
+    sent: list = []
+    thread = threading.Thread(target=lambda: sent.append(sender.send(endpoint, manifest, tensors.items())))
+    thread.start()
+    try:
+        return actor.receive_weights(version, endpoint, 0, manifest.to_dict()), manifest
+    finally:
+        thread.join(30)
+        assert sent, "the sender did not finish"
+
+
+def _probe(learner, tolerance: float = 1e-4) -> ProbeSpec:
+    ids = list(range(20, 52))
+    return ProbeSpec(tuple(ids), tuple(learner.probe_log_probs(ids).tolist()), tolerance)
+
+
+@pytest.fixture(scope="module")
+def lora_learner(embedded_models):
+    from learner.config import CriticLearnerConfig, LoraConfig
+    from learner.critic_learner import CriticLearner
+
+    learner = CriticLearner(embedded_models.critic, CriticLearnerConfig(lora=LoraConfig(rank=8, alpha=16.0)),
+                            min_pixels=3136, max_pixels=12544, device="cpu")
+    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+        for name, param in learner.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return learner
+
+
+def test_collective_full_sync_serves_the_learners_weights_and_passes_the_probe(actor, state, lora_learner):
+    merged = {name: tensor.clone() for name, tensor in lora_learner.get_weights().items()}
+    report, manifest = _collective(actor, 11, merged, probe=_probe(lora_learner))
+    assert report["policy_version"] == 11 and report["probe_abs_diff"] < 1e-4
+    assert report["bytes_received"] >= manifest.dense_bytes
+    for name, tensor in actor.engine.model.state_dict().items():
+        torch.testing.assert_close(tensor, merged[name], rtol=0, atol=0)
+    actor.set_weights(12, state)
+
+
+def test_lora_adapter_sync_merges_on_the_replica_like_the_learner(actor, state, lora_learner):
+    from learner.lora import adapter_sync_state
+
+    tensors, modules, scaling = adapter_sync_state(lora_learner.model, "default", include_base=True)
+    factors = {n: "float32" for n in tensors if ".lora_" in n}
+    assert 0 < sum(t.numel() for n, t in tensors.items() if n in factors) < sum(v.size for v in state.values())
+    report, _ = _collective(actor, 13, tensors, kind="lora", lora=LoraSpec(scaling, tuple(modules), True),
+                            dtypes=factors, probe=_probe(lora_learner))
+    assert report["lora_modules_bound"] == report["lora_modules_expected"] == len(modules) == 14
+    merged = lora_learner.get_weights()
+    for name, tensor in actor.engine.model.state_dict().items():
+        torch.testing.assert_close(tensor, merged[name], rtol=1e-6, atol=1e-6)
+    # The next sync carries only the factors: the replica merges them into the base it kept.
+    factors_only = {n: t for n, t in tensors.items() if n in factors}
+    report, manifest = _collective(actor, 14, factors_only, kind="lora", lora=LoraSpec(scaling, tuple(modules), False),
+                                   dtypes=factors, probe=_probe(lora_learner))
+    assert report["policy_version"] == 14 and manifest.dense_bytes == sum(t.numel() * 4 for t in factors_only.values())
+    actor.set_weights(15, state)
+
+
+def test_an_adapter_that_binds_to_no_module_fails_loudly_and_the_replica_refuses_work(actor, state, lora_learner):
+    from learner.lora import adapter_sync_state
+
+    tensors, modules, scaling = adapter_sync_state(lora_learner.model, "default", include_base=False)
+    # peft's saved-adapter names carry a "base_model.model." prefix: loaded as they are they match no module.
+    renamed = {f"base_model.model.{n}": t for n, t in tensors.items()}
+    lora = LoraSpec(scaling, tuple(f"base_model.model.{m}" for m in modules), False)
+    with pytest.raises(WeightSyncError, match=r"bound to 0 of 14 modules"):
+        _collective(actor, 16, renamed, kind="lora", lora=lora, dtypes={n: "float32" for n in renamed})
+    with pytest.raises(WeightSyncError, match="refuses to serve"):
+        actor.generate(TASKS[:1], n=1, step=0)
+    actor.set_weights(17, state)
+    assert actor.health()["ok"]
+
+
+def test_a_replica_whose_output_does_not_follow_the_learner_fails_the_probe(actor, state, lora_learner):
+    probe = _probe(lora_learner)  # the adapted learner's log-probs; the replica is sent the base weights
+    with pytest.raises(WeightSyncError, match="does not serve the learner's weights"):
+        _collective(actor, 18, {n: torch.from_numpy(v) for n, v in state.items()}, probe=probe)
+    assert not actor.health()["ok"]
+    actor.set_weights(19, state)
