@@ -71,7 +71,8 @@ class PreparedBatch:
     conditionings: list[Conditioning]
     """One H_c record per critique, in the order given to ``prepare``."""
     agreement: LogProbAgreement
-    """Rollout-engine vs learner log-prob mismatch over every response token of the batch."""
+    """Rollout-engine vs learner log-prob mismatch over every response token of the batch, both of the raw
+    distribution (temperature 1: what the engines report), whatever the sampling temperature."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Agreement and timing metrics, named ``<section>/<name>`` for MLflow."""
 
@@ -180,6 +181,9 @@ class CriticLearner:
                 with self._autocast():
                     result = self._forward(self.model, batch)
                 log_probs = token_log_probs(result.response_logits, batch.response_tokens)
+                # The engines report the raw distribution's log-probs (temperature 1); compare those with ours.
+                raw_log_probs = log_probs if self.temperature == 1.0 else token_log_probs(
+                    result.response_logits * self.temperature, batch.response_tokens)
                 ref_log_probs = self._reference_log_probs(batch) if self.config.kl_coef > 0 else None
                 for row, critique in enumerate(chunk):
                     key = (critique.task_id, critique.index)
@@ -194,7 +198,7 @@ class CriticLearner:
                         mask=np.ones(context, dtype=bool), prompt_length=batch.prompt_lengths[row],
                         critic_version=self.policy_version))
                     rollout_chunks.append(torch.as_tensor(np.asarray(critique.rollout_logprobs, dtype=np.float32)))
-                    learner_chunks.append(log_probs[row, :n].float().cpu())
+                    learner_chunks.append(raw_log_probs[row, :n].float().cpu())
         finally:
             self.model.train()
         rollout_flat = torch.cat(rollout_chunks)
