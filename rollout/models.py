@@ -60,13 +60,7 @@ def resolve_model_paths(config: TrainConfig) -> tuple[Path, Path]:
     (transformers layout) and ``artist/`` (diffusers layout) directories are the models the run starts from.
     """
     if config.trainer.init_from:
-        root = Path(config.trainer.init_from).expanduser()
-        paths = (root / "critic", root / "artist")
-        missing = [str(p) for p in paths if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"trainer.init_from: {root} lacks {', '.join(missing)}; point it at a directory "
-                                    f"written by `photocrafter sft --out DIR`")
-        return paths
+        return checkpoint_model_dirs(config.trainer.init_from, "trainer.init_from")
     embedded = None
     if "embedded" in (config.critic.model, config.artist.model):
         embedded = ensure_embedded_models(seed=0)
@@ -81,6 +75,65 @@ def resolve_model_paths(config: TrainConfig) -> tuple[Path, Path]:
                                     f"directory or 'embedded'")
         paths.append(path)
     return paths[0], paths[1]
+
+
+def critic_dir_problems(directory: Path) -> list[str]:
+    """What a critic directory (transformers layout) lacks to be loaded; empty when it looks complete."""
+    if not directory.is_dir():
+        return [f"{directory.name}/"]
+    problems = [f"{directory.name}/{name}" for name in ("config.json", "tokenizer_config.json")
+                if not (directory / name).is_file()]
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("pytorch_model*.bin")):
+        problems.append(f"{directory.name}/ weights (*.safetensors)")
+    return problems
+
+
+def artist_dir_problems(directory: Path) -> list[str]:
+    """What an artist directory (diffusers layout) lacks to be loaded; empty when it looks complete."""
+    from artist_actor.model import PROJECT_FILE
+
+    if not directory.is_dir():
+        return [f"{directory.name}/"]
+    problems = []
+    transformer = directory / "transformer"
+    if not (transformer / "config.json").is_file():
+        problems.append(f"{directory.name}/transformer/config.json")
+    if not any(transformer.glob("*.safetensors")):
+        problems.append(f"{directory.name}/transformer/ weights (*.safetensors)")
+    if not (directory / "scheduler" / "scheduler_config.json").is_file():
+        problems.append(f"{directory.name}/scheduler/scheduler_config.json")
+    # Without the project file the directory is a real checkpoint, whose latents come from its VAE.
+    if not (directory / PROJECT_FILE).is_file() and not (directory / "vae" / "config.json").is_file():
+        problems.append(f"{directory.name}/vae/config.json")
+    return problems
+
+
+def checkpoint_model_dirs(root: str | Path, option: str, *, partial: bool = False) -> tuple[Path | None, Path | None]:
+    """(critic_dir, artist_dir) of a model directory written by ``photocrafter sft`` or ``photocrafter export``.
+
+    ``option`` names where the directory came from (``--checkpoint DIR``) in the error. Both models must be
+    there and complete; with ``partial`` either may be absent (``None``: the caller keeps its own), but one that
+    is present must be complete and at least one must be present. Raises ``FileNotFoundError`` naming every
+    missing part: a directory that was asked for is never silently replaced by other models.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{option} {root}: no such directory")
+    critic, artist = root / "critic", root / "artist"
+    present = {"critic": critic.is_dir(), "artist": artist.is_dir()}
+    problems = []
+    if present["critic"] or not partial:
+        problems += critic_dir_problems(critic)
+    if present["artist"] or not partial:
+        problems += artist_dir_problems(artist)
+    if partial and not any(present.values()):
+        problems = ["critic/", "artist/"]
+    if problems:
+        hint = ("it is a training run: write its models with `photocrafter export " f"{root} --out DIR` first"
+                if (root / "run.json").is_file() else
+                "give a directory written by `photocrafter sft --out DIR` or `photocrafter export`")
+        raise FileNotFoundError(f"{option} {root} cannot be used: missing {', '.join(problems)}; {hint}")
+    return (critic if present["critic"] else None), (artist if present["artist"] else None)
 
 
 class _locked:

@@ -92,3 +92,17 @@ def test_temperature_zero_config_is_greedy(embedded_models):
     a = greedy.generate(TASKS[:1], n=2, step=0)
     assert a[0].completion_token_ids == a[1].completion_token_ids
     torch.testing.assert_close(torch.from_numpy(a[0].rollout_logprobs), torch.from_numpy(a[1].rollout_logprobs))
+
+
+def test_image_files_that_cannot_be_decoded_are_named_not_raised_as_decoder_errors(tmp_path):
+    from PIL import Image
+
+    from critic_actor.inputs import resolve_image
+
+    (tmp_path / "notes.jpg").write_text("text, not a photo")
+    Image.fromarray(data.coffee()[:64, :64]).save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:400])
+    for name, reason in (("notes.jpg", "cannot identify"), ("cut.jpg", "(?i)truncated")):
+        with pytest.raises(ValueError, match=reason) as caught:
+            resolve_image(str(tmp_path / name), "task t input")
+        assert str(tmp_path / name) in str(caught.value) and str(caught.value).startswith("task t input")
