@@ -40,13 +40,21 @@ def ensure_embedded_models(cache_dir: Path | None = None, seed: int = 0) -> Embe
     root = Path(cache_dir or default_cache_dir()) / "models"
     root.mkdir(parents=True, exist_ok=True)
     critic_dir = root / f"critic-{_recipe_hash({**TINY_CRITIC_RECIPE, 'seed': seed})}"
-    with _locked(root / ".lock"):
-        if not critic_dir.exists():
-            _build_atomically(critic_dir, lambda out: build_tiny_critic(out, seed=seed))
+
+    def artist_dir_and_hidden_size() -> tuple[Path, int]:
         hidden = json.loads((critic_dir / "config.json").read_text())
         hidden_size = int(hidden.get("text_config", hidden).get("hidden_size", hidden.get("hidden_size")))
         artist_recipe = {**TINY_ARTIST_RECIPE, "seed": seed, "critic_hidden_size": hidden_size}
-        artist_dir = root / f"artist-{_recipe_hash(artist_recipe)}"
+        return root / f"artist-{_recipe_hash(artist_recipe)}", hidden_size
+
+    # Built models are renamed into place whole, so when both exist they are complete: no need to wait for the
+    # lock, which another process may hold for as long as its own build takes.
+    if critic_dir.exists() and artist_dir_and_hidden_size()[0].exists():
+        return EmbeddedModels(critic=critic_dir, artist=artist_dir_and_hidden_size()[0])
+    with _locked(root / ".lock"):
+        if not critic_dir.exists():
+            _build_atomically(critic_dir, lambda out: build_tiny_critic(out, seed=seed))
+        artist_dir, hidden_size = artist_dir_and_hidden_size()
         if not artist_dir.exists():
             _build_atomically(
                 artist_dir, lambda out: build_tiny_artist(out, critic_hidden_size=hidden_size, seed=seed))
