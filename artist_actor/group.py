@@ -12,6 +12,7 @@ It must not load models itself or decide what to sample; the controller passes t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,6 +59,9 @@ class ArtistSamplerGroup:
                 num_gpus=config.gpus_per_sampler, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.placement_group, placement_group_bundle_index=index),
+                # Foreground work: at Ray's default worker niceness (15 below the raylet) a sampler loses most of
+                # its CPU to anything else on the machine (measured on the critic replicas: bench/critic.py).
+                runtime_env={"env_vars": {"RAY_worker_niceness": os.environ.get("RAY_worker_niceness") or "0"}},
             ).remote(index, str(artist_path), config.model_dump(), lora_alpha=lora_alpha,
                      num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True)
             for index in range(config.num_samplers)

@@ -24,6 +24,21 @@ _FORWARDED_ENV_PREFIXES = ("VLLM_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "T
                            "OMP_NUM_THREADS")
 
 
+_RAY_WORKER_NICENESS = "RAY_worker_niceness"
+
+
+def replica_niceness() -> str:
+    """``RAY_worker_niceness`` for the replicas: 0, or the driver's own ``$RAY_worker_niceness`` when it sets one.
+
+    Ray starts worker processes 15 nice levels below its raylet (the value is an increment over the raylet's
+    niceness), so that they never starve its daemons. A vLLM replica is a tight Python loop: on a machine where
+    anything else runs at normal priority it then gets a fraction of the CPU time the same engine gets in a
+    process of its own (``python -m bench.critic`` measures both). The replicas are the run's main work, not
+    background work, so they run at the cluster's own priority, that of its daemons and of a job's driver.
+    """
+    return os.environ.get(_RAY_WORKER_NICENESS) or "0"
+
+
 class CriticRolloutGroup:
     """N critic rollout replicas behind one generate / rescore / set_weights interface."""
 
@@ -52,6 +67,7 @@ class CriticRolloutGroup:
         # The engine reads these at start (in-process engine core, KV-cache size, offline hub); forward the
         # driver's values so replicas behave the same wherever Ray starts them.
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV_PREFIXES)}
+        env_vars[_RAY_WORKER_NICENESS] = replica_niceness()
         self.actors = [
             remote_cls.options(
                 name=f"{namespace_prefix}{ROLE}-{i}", num_cpus=config.cpus_per_replica,

@@ -13,6 +13,7 @@ rewards itself or hold images: requests carry ObjectRefs.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -60,6 +61,9 @@ class RewardPool:
                 num_gpus=config.gpus_per_worker, max_restarts=max_restarts, max_task_retries=max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
+                # Foreground work: at Ray's default worker niceness (15 below the raylet) a worker loses most of
+                # its CPU to anything else on the machine (measured on the critic replicas: bench/critic.py).
+                runtime_env={"env_vars": {"RAY_worker_niceness": os.environ.get("RAY_worker_niceness") or "0"}},
             ).remote(config, index=i, lpips_device=lpips_device)
             for i in range(config.num_workers)
         ]

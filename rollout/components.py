@@ -10,6 +10,7 @@ the controller sees only ObjectRefs and the per-record verdict.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import replace
@@ -30,6 +31,11 @@ def _load_task_images(task: PhotoTask, limits) -> tuple[str, Any, Any]:
     except ImageRejected as exc:
         return exc.reason, None, None
     return "", loaded.input, loaded.target
+
+
+_FOREGROUND = {"env_vars": {"RAY_worker_niceness": os.environ.get("RAY_worker_niceness") or "0"}}
+"""Runtime env of the learners: the run's main work, at the cluster's CPU priority rather than Ray's default
+worker niceness of 15 below it (see ``critic_actor.group.replica_niceness``)."""
 
 
 class RemoteTaskSource:
@@ -105,12 +111,14 @@ class Components:
         self.critic_learner = ray.remote(CriticLearnerActor).options(
             name="critic-learner", num_cpus=1, num_gpus=lc.gpus, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[0], 0),
+            runtime_env=_FOREGROUND,
         ).remote(str(critic_path), lc, min_pixels=config.critic.min_pixels, max_pixels=config.critic.max_pixels,
                  temperature=config.critic.temperature, max_new_tokens=config.critic.max_new_tokens,
                  seed=config.trainer.seed)
         self.artist_learner = ray.remote(ArtistLearnerActor).options(
             name="artist-learner", num_cpus=1, num_gpus=la.gpus, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement_groups[1], 0),
+            runtime_env=_FOREGROUND,
         ).remote(str(artist_path), la, config.artist, seed=config.trainer.seed, num_threads=1)
         # Rollout and sampler groups recover a replica that Ray restarts (current weights back, its share of the
         # work redone once); reward workers are stateless, so Ray's own task retries cover them.
