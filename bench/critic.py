@@ -12,6 +12,9 @@ Diagnosis, printed beside it:
 
 - the same engine's own time inside the replica (around ``engine.generate``), so actor ÷ engine-in-replica is
   what the actor adds around its engine;
+- CPU seconds per 1000 tokens of the bare-engine process and of the replica process, and CPU seconds per wall
+  second of each: equal CPU per token with fewer tokens/s means CPU time the scheduler did not grant the
+  replica, not extra work done in it;
 - what Ray's own processes (daemons, idle workers, the idle replica) take from the machine while the bare
   engine runs beside the idle cluster: their CPU time during those calls, as a share of all CPUs; and the bare
   engine before Ray starts and after it stops (sequential, so any change of load between the phases shows there);
@@ -104,6 +107,13 @@ def serve_direct_engine(path: Path, args: argparse.Namespace) -> None:
     engine.shutdown()
 
 
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 class DirectEngineProcess:
     """The bare engine in its own process outside Ray, with the thread count the replica gets."""
 
@@ -115,6 +125,8 @@ class DirectEngineProcess:
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
         self.niceness = self._read()["niceness"]
+        self.last_cpu_s = 0.0
+        """CPU seconds (all threads) the engine process used during the last call."""
 
     def _read(self) -> dict[str, Any]:
         while True:
@@ -125,9 +137,11 @@ class DirectEngineProcess:
                 return json.loads(line)
 
     def call(self, step: int) -> tuple[int, float]:
+        before = _cpu_seconds(self.process.pid)
         self.process.stdin.write(f"{step}\n")
         self.process.stdin.flush()
         reply = self._read()
+        self.last_cpu_s = _cpu_seconds(self.process.pid) - before
         return reply["tokens"], reply["seconds"]
 
     def close(self) -> None:
@@ -181,15 +195,20 @@ class RolloutActorUnderTest:
         self.tasks = [PhotoTask(task_id=task_id, input=ray.put(photo), target=None)
                       for task_id, photo in zip(_task_ids(args.photos), _photos(args.photos))]
         self.group_size = args.group_size
-        self.niceness = ray.get(self.group.actors[0].__ray_call__.remote(lambda actor: os.nice(0)))
+        self.niceness, self.pid = ray.get(self.group.actors[0].__ray_call__.remote(
+            lambda actor: (os.nice(0), os.getpid())))
+        self.last_cpu_s = 0.0
+        """CPU seconds (all threads) the replica process used during the last call."""
 
     def call(self, step: int) -> tuple[int, float, float]:
         """(tokens, driver-view seconds, the engine's own seconds inside the replica)."""
-        engine_before = self.group.health()[0]["generate_s"]
+        engine_before = self.group.health(timeout_s=600.0)[0]["generate_s"]
+        cpu_before = _cpu_seconds(self.pid)
         started = time.perf_counter()
         critiques = self.group.generate(self.tasks, n=self.group_size, step=step)
         seconds = time.perf_counter() - started
-        engine_seconds = self.group.health()[0]["generate_s"] - engine_before
+        self.last_cpu_s = _cpu_seconds(self.pid) - cpu_before
+        engine_seconds = self.group.health(timeout_s=600.0)[0]["generate_s"] - engine_before
         return sum(len(c.completion_token_ids) for c in critiques), seconds, engine_seconds
 
 
@@ -239,16 +258,19 @@ def run_bench(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             actor.call(step)  # warm-up of the replica's engine
             step += 1
             beside_ray, through_actor, inside_replica, ray_cpu_share = [], [], [], []
+            bare_cpu, replica_cpu = [], []
 
             def call_bare() -> None:
                 ray_cpu = RayProcessesCpu(exclude_pid=direct.process.pid)
                 beside_ray.append(direct.call(step))
+                bare_cpu.append(direct.last_cpu_s)
                 ray_cpu_share.append(ray_cpu.seconds() / (beside_ray[-1][1] * (os.cpu_count() or 1)))
 
             def call_actor() -> None:
                 tokens, seconds, engine_seconds = actor.call(step)
                 through_actor.append((tokens, seconds))
                 inside_replica.append((tokens, engine_seconds))
+                replica_cpu.append(actor.last_cpu_s)
 
             for repeat in range(args.repeats):  # same step (same seeds, same tokens) on both sides of a pair
                 # Bare first in even pairs, actor first in odd ones: a load that rises or falls during the run
@@ -291,6 +313,14 @@ def run_bench(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             [e / d for e, d in zip(_rates(inside_replica), _rates(beside_ray))]),
         "bare_engine_beside_ray_over_without_ray": _median(_rates(beside_ray)) / _median(without_ray),
         "ray_processes_cpu_share_beside_bare_engine": _median(ray_cpu_share),
+        # Work per token, whatever the scheduler granted: equal CPU per token means any gap in tokens/s is CPU
+        # time the process did not get, not work it did in addition.
+        "cpu_s_per_1k_tokens": {
+            "bare_engine": _median([1000 * c / t for c, (t, _) in zip(bare_cpu, beside_ray)]),
+            "replica": _median([1000 * c / t for c, (t, _) in zip(replica_cpu, through_actor)])},
+        "cpu_share_of_wall": {
+            "bare_engine": _median([c / s for c, (_, s) in zip(bare_cpu, beside_ray)]),
+            "replica": _median([c / s for c, (_, s) in zip(replica_cpu, through_actor)])},
         "weight_sync": sync,
     }
 
@@ -323,11 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("rollout actor / bare engine (alternating calls)", f"{ratio:.3f}"),
         ("  rollout actor (driver view), tokens/s", f"{_median(rates['rollout_actor']):.1f}"),
-        ("  bare engine, own process, beside idle Ray, tokens/s", f"{_median(rates['bare_engine_beside_idle_ray']):.1f}"),
+        ("  bare engine, own process, beside idle Ray, tokens/s",
+         f"{_median(rates['bare_engine_beside_idle_ray']):.1f}"),
         ("diagnosis:", ""),
         ("  engine inside the replica, tokens/s", f"{_median(rates['engine_inside_replica']):.1f}"),
         ("  actor / engine inside the replica", f"{result['actor_over_engine_inside_replica']:.3f}"),
         ("  engine inside the replica / bare engine", f"{result['engine_inside_replica_over_bare_engine']:.3f}"),
+        ("  CPU s per 1000 tokens: bare engine / replica",
+         f"{result['cpu_s_per_1k_tokens']['bare_engine']:.2f} / {result['cpu_s_per_1k_tokens']['replica']:.2f}"),
+        ("  CPU s per wall s: bare engine / replica",
+         f"{result['cpu_share_of_wall']['bare_engine']:.2f} / {result['cpu_share_of_wall']['replica']:.2f}"),
         ("  Ray's processes beside the bare engine, share of all CPUs",
          f"{100 * result['ray_processes_cpu_share_beside_bare_engine']:.1f} %"),
         ("  bare engine without Ray (before/after), tokens/s", f"{_median(rates['bare_engine_without_ray']):.1f}"),
