@@ -17,7 +17,9 @@ Diagnosis, printed beside it:
   replica, not extra work done in it;
 - what Ray's own processes (daemons, idle workers, the idle replica) take from the machine while the bare
   engine runs beside the idle cluster: their CPU time during those calls, as a share of all CPUs; and the bare
-  engine before Ray starts and after it stops (sequential, so any change of load between the phases shows there);
+  engine before Ray starts and after it stops, resting between calls as it does beside the actor (these phases
+  come one after the other, so a change of load between them shows in that ratio: the CPU share is the robust
+  figure);
 - the replica's CPU niceness and the driver's. Ray starts workers at niceness 15; the group runs its replicas
   at the driver's (``critic_actor.group.replica_niceness``). ``--replica-niceness 15`` reproduces Ray's
   default to show what it costs when anything else runs on the machine.
@@ -247,9 +249,17 @@ def run_bench(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
         direct.call(step)  # warm-up: first-call kernels and caches
         step += 1
+
+        def call_then_rest() -> tuple[int, float]:
+            # Beside Ray the bare engine rests while the actor takes its turn; resting as long here keeps the duty
+            # cycle the same (a thread that slept gets a burst of CPU on a loaded machine when it wakes).
+            tokens, seconds = direct.call(step)
+            time.sleep(seconds)
+            return tokens, seconds
+
         before_ray = []
         for _ in range(args.repeats):
-            before_ray.append(direct.call(step))
+            before_ray.append(call_then_rest())
             step += 1
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
@@ -284,7 +294,7 @@ def run_bench(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             ray.shutdown()
         after_ray = []
         for _ in range(args.repeats):
-            after_ray.append(direct.call(step))
+            after_ray.append(call_then_rest())
             step += 1
     finally:
         direct.close()
@@ -365,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{result['cpu_share_of_wall']['bare_engine']:.2f} / {result['cpu_share_of_wall']['replica']:.2f}"),
         ("  Ray's processes beside the bare engine, share of all CPUs",
          f"{100 * result['ray_processes_cpu_share_beside_bare_engine']:.1f} %"),
-        ("  bare engine without Ray (before/after), tokens/s", f"{_median(rates['bare_engine_without_ray']):.1f}"),
+        ("  bare engine without Ray (sequential phases), tokens/s", f"{_median(rates['bare_engine_without_ray']):.1f}"),
         ("  bare engine beside idle Ray / without Ray", f"{result['bare_engine_beside_ray_over_without_ray']:.3f}"),
         ("  niceness: driver / bare engine / replica",
          f"{nice['driver']} / {nice['bare_engine']} / {nice['replica']}"),
