@@ -6,7 +6,8 @@ critique, edit index), runs :class:`artist_actor.sampler.FlowMatchSampler`, and 
 with the artist and critic versions, plus a ``RejectedRecord`` for every critique it could not use (so one bad
 record never stops a run). ``set_weights`` loads the old-policy adapter tensors the learner sends, handed over
 whole (object store) or received bucket by bucket from the learner's ranks (``receive_weights``, the collective
-path of :mod:`rollout.weight_transport`).
+path of :mod:`rollout.weight_transport`); the adapter is float32 whatever the DiT's dtype, as the learner's is,
+so a bf16 sampler serves exactly the learner's v_old.
 
 A plain class: ``ArtistSamplerGroup`` applies ``ray.remote``; unit tests construct it directly. It must not
 train, score or talk to other actors.
@@ -257,6 +258,13 @@ class ArtistSamplerActor:
             config = LoraConfig(r=rank, lora_alpha=self.lora_alpha, target_modules=list(self.lora_targets),
                                 init_lora_weights=False)
             inject_adapter_in_model(config, transformer, adapter_name=SAMPLING_ADAPTER)
+            # peft creates the adapter in the base weights' dtype. The learner keeps its adapters in float32
+            # on any DiT (a soft-updated old adapter would round away in bf16) and computes v_old with them;
+            # serving the same float32 tensors makes the samplers' policy exactly that v_old. LoRA is ~1 % of
+            # the DiT's weights, so the float32 adapter matmuls cost little beside the bf16 base.
+            from peft.tuners.tuners_utils import cast_adapter_dtype
+
+            cast_adapter_dtype(transformer, SAMPLING_ADAPTER, autocast_adapter_dtype=True)
             transformer.requires_grad_(False)
             self._lora_rank = rank
         elif rank != self._lora_rank:

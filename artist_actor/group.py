@@ -19,7 +19,8 @@ from typing import Any
 
 from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
-from rollout.startup import StartupLimits, wait_for_placement, wait_for_restart, wait_until_ready
+from rollout.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
+                             wait_until_ready)
 from rollout.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
 from rollout.weight_transport import SyncManifest, TransferEndpoint
 
@@ -64,6 +65,9 @@ class ArtistSamplerGroup:
                 num_gpus=config.gpus_per_sampler, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.placement_group, placement_group_bundle_index=index),
+                # Foreground work: at Ray's default worker niceness (15 below the raylet) a sampler loses most of
+                # its CPU to anything else on the machine (measured on the critic replicas: bench/critic.py).
+                runtime_env=foreground_runtime_env(),
             ).remote(index, str(artist_path), config.model_dump(), lora_alpha=lora_alpha,
                      num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True,
                      cpu_fallback=self.startup.cpu_fallback)

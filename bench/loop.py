@@ -40,9 +40,12 @@ def busy_seconds(intervals: list[tuple[float, float]], start: float, end: float)
 
 
 def task_intervals() -> list[tuple[float, float]]:
+    import ray
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(detail=True, limit=10_000, raise_on_missing_output=False)
+    # This run's own cluster: on a shared machine other Ray clusters make "auto" ambiguous.
+    address = ray.get_runtime_context().gcs_address
+    tasks = list_tasks(address=address, detail=True, limit=10_000, raise_on_missing_output=False)
     return [(t.start_time_ms / 1000.0, t.end_time_ms / 1000.0) for t in tasks
             if t.start_time_ms and t.end_time_ms and t.type in ("ACTOR_TASK", "NORMAL_TASK")]
 

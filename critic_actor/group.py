@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from critic_actor.config import CriticConfig
-from rollout.startup import StartupLimits, wait_for_placement, wait_for_restart, wait_until_ready
+from rollout.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
+                             wait_until_ready)
 from rollout.types import Critique, PhotoTask
 from rollout.weight_transport import SyncManifest, TransferEndpoint, tensor_digest
 
@@ -60,7 +61,7 @@ class CriticRolloutGroup:
                 num_gpus=config.gpus_per_replica, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
-                runtime_env={"env_vars": env_vars},
+                runtime_env=foreground_runtime_env(env_vars),
             ).remote(str(model_path), config, i, sync_timeout_s, cpu_fallback=self.startup.cpu_fallback)
             for i in range(config.num_replicas)
         ]

@@ -33,10 +33,13 @@ def resolve_image(handle: Any, what: str = "image") -> np.ndarray:
         path = Path(str(handle).removeprefix("file://"))
         if not path.is_file():
             raise ValueError(f"{what}: no file at {str(path)!r}")
-        with Image.open(path) as opened:
-            if opened.mode not in ("RGB", "L", "RGBA", "P"):
-                raise ValueError(f"{what}: {path.name} has mode {opened.mode}; give an 8-bit sRGB photo")
-            handle = np.asarray(opened.convert("RGB"))
+        try:
+            with Image.open(path) as opened:
+                if opened.mode not in ("RGB", "L", "RGBA", "P"):
+                    raise ValueError(f"{what}: {path.name} has mode {opened.mode}; give an 8-bit sRGB photo")
+                handle = np.asarray(opened.convert("RGB"))
+        except (OSError, SyntaxError, EOFError) as exc:  # not an image, truncated or corrupt: the decoder's words
+            raise ValueError(f"{what}: {path} cannot be decoded ({type(exc).__name__}: {exc})") from None
     if not isinstance(handle, np.ndarray):
         raise ValueError(f"{what}: expected an image array, path or ObjectRef, got {type(handle).__name__}")
     if handle.dtype != np.uint8:

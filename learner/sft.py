@@ -108,6 +108,11 @@ def ops_of(suggestions: Sequence[Suggestion]) -> list[EditOp]:
 def _load_image(handle, what: str) -> np.ndarray:
     from critic_actor.inputs import resolve_image
 
+    if isinstance(handle, (str, Path)):
+        # Files go through the project's one reader, with the conversions training data gets (docs/data.md).
+        from rollout.images import read_image
+
+        handle = read_image(handle)
     return resolve_image(handle, what)
 
 

@@ -20,7 +20,7 @@ from rewards.artist import failed_edit_reward
 from rewards.config import RewardsConfig
 from rewards.critic import failed_critique_reward
 from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
-from rollout.startup import StartupLimits, wait_for_placement, wait_until_ready
+from rollout.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
 from rollout.types import CritiqueReward, EditReward
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class RewardPool:
                 num_gpus=config.gpus_per_worker, max_restarts=max_restarts, max_task_retries=max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
+                runtime_env=foreground_runtime_env(),
             ).remote(config, index=i, lpips_device=None, cpu_fallback=startup.cpu_fallback)
             for i in range(config.num_workers)
         ]

@@ -30,6 +30,42 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PHOTOCRAFTER_CACHE", Path.home() / ".cache" / "photocrafter"))
 
 
+JOB_RUN_HOME = Path("~/photocrafter")
+"""Where a Ray job's relative run paths resolve when ``$PHOTOCRAFTER_HOME`` is not set."""
+
+
+def in_ray_job_working_dir_copy() -> bool:
+    """True when this process is a Ray job's driver running in Ray's copy of the submitted ``--working-dir``
+    (a temporary folder of the Ray session, deleted with it)."""
+    import json
+
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not job_config:
+        return False
+    try:
+        runtime_env = json.loads(job_config).get("runtime_env") or {}
+    except ValueError:
+        return False
+    return bool(runtime_env.get("working_dir"))
+
+
+def job_run_home() -> Path:
+    """``$PHOTOCRAFTER_HOME``, else ``~/photocrafter``: where a Ray job's relative run paths resolve."""
+    return Path(os.environ.get("PHOTOCRAFTER_HOME", "").strip() or JOB_RUN_HOME).expanduser().resolve()
+
+
+def run_home() -> Path:
+    """The folder relative run paths (``trainer.output_dir``, a relative sqlite ``tracking.mlflow_uri``) resolve in.
+
+    ``$PHOTOCRAFTER_HOME`` when set; otherwise the current directory, except for a Ray job submitted with
+    ``--working-dir``, whose current directory is Ray's temporary copy of the project: its runs go to
+    ``~/photocrafter`` on the node running the driver, where checkpoints and MLflow history outlive the job.
+    """
+    if os.environ.get("PHOTOCRAFTER_HOME", "").strip() or in_ray_job_working_dir_copy():
+        return job_run_home()
+    return Path.cwd()
+
+
 class DataConfig(ConfigModel):
     """Where training and evaluation photos come from."""
 
@@ -77,7 +113,10 @@ class TrainerConfig(ConfigModel):
     keep_checkpoints: int = Field(0, ge=0, le=100_000)
     """Keep only the newest N complete checkpoints of the run (0 = keep all)."""
     output_dir: str = "runs"
-    """Run directories (checkpoints, local artifacts) are created under this path."""
+    """Run directories (checkpoints, local artifacts; the MLflow database beside them) are created under this
+    path. A relative path resolves under ``$PHOTOCRAFTER_HOME`` when set, else the current directory; in a Ray
+    job submitted with ``--working-dir`` (whose working directory is a temporary copy) under ``~/photocrafter``.
+    The run prints where at start."""
     run_name: str = ""
     """Run name (empty = ``<config stem>-<timestamp>``); also the Ray namespace and MLflow run name."""
     init_from: str = ""
@@ -185,7 +224,8 @@ class TrackingConfig(ConfigModel):
     """MLflow tracking and console reporting."""
 
     mlflow_uri: str = ""
-    """MLflow tracking URI (empty = ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<output_dir>/mlflow.db``)."""
+    """MLflow tracking URI (empty = ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<output_dir>/mlflow.db``); a relative
+    ``sqlite:///`` path resolves where ``trainer.output_dir`` does."""
     experiment: str = "photocrafter"
     """MLflow experiment name."""
     sample_grid_every: int = Field(5, ge=0)

@@ -99,12 +99,17 @@ def critic_groups(critiques: list[Critique], rewards: list[CritiqueReward], lear
                   max_new_tokens: int) -> tuple[list[CriticGroup], float]:
     """One GRPO group per photo, with the advantages the critic learner will train on (same shaping and
     normalisation: ``learner.critic_learner.critic_advantages``); also the fraction with zero reward variance.
-    Groups the learner would drop (``filter_zero_variance_groups``) are not sent."""
+    Groups the learner would drop (``filter_zero_variance_groups``) are not sent.
+
+    A critique whose reward failed (``error`` set: a lost worker, an edit that could not be scored) is left
+    out: its total of 0 is no measurement, and as a group member it would be the worst response of its photo
+    and push the others' advantages up. ``reward/critic/errors`` counts them."""
     from learner.critic_learner import critic_advantages
 
     by_task: dict[str, list[int]] = defaultdict(list)
-    for i, critique in enumerate(critiques):
-        by_task[critique.task_id].append(i)
+    for i, (critique, reward) in enumerate(zip(critiques, rewards, strict=True)):
+        if not reward.error:
+            by_task[critique.task_id].append(i)
     groups = [CriticGroup(task_id=task_id, critiques=[critiques[i] for i in indices],
                           rewards=[rewards[i] for i in indices], advantages=np.zeros(len(indices), np.float32))
               for task_id, indices in by_task.items()]
@@ -120,21 +125,30 @@ def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edi
                   mask_std_threshold: float, ban_mean_threshold: float = 0.0
                   ) -> tuple[list[ArtistGroup], dict[str, float]]:
     """One DiffusionNFT group per (photo, critique); optimality r from the mean of the ``group_by`` group and the
-    global std. A group is invalid (not trained on) when its reward std is ≤ ``mask_std_threshold`` (> 0) or
-    its mean reward ≥ ``ban_mean_threshold`` (> 0; Edit-R1's ban of solved groups). Also returns the shares of
-    groups with zero variance, with std ≤ 0.05 (Edit-R1's mask threshold, logged whatever the setting) and
-    banned for their mean."""
-    from learner.nft import normalisation_key, optimality_probabilities
+    global std.
+
+    Edits whose reward failed (``error`` set) are left out of the groups, the means and the global std: their
+    total of 0 is no measurement (``reward/artist/errors`` counts them). A group is invalid (not trained on) when
+    its mean reward is ≥ ``ban_mean_threshold`` (> 0; Edit-R1's ban of solved groups), or with
+    ``mask_std_threshold`` > 0 when the group whose mean defines the advantage — the photo under ``group_by:
+    photo`` — barely varies, as in the learner: a critique whose edits score alike still carries signal when they
+    differ from its photo's mean. Also returns the shares of groups with zero variance, with std ≤ 0.05 (Edit-R1's
+    mask threshold, logged whatever the setting) and banned for their mean.
+    """
+    from learner.nft import low_variance_groups, normalisation_key, optimality_probabilities
 
     task_by_id = {t.task_id: t for t in tasks}
     cond_by_key = {(c.task_id, c.critique_index): c for c in conditionings}
-    totals = np.asarray([r.total for r in rewards], dtype=np.float64)
+    scored = [i for i, reward in enumerate(rewards) if not reward.error]
+    edits = [edits[i] for i in scored]
+    totals = np.asarray([rewards[i].total for i in scored], dtype=np.float64)
     by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, edit in enumerate(edits):
         by_key[(edit.task_id, edit.critique_index)].append(i)
     keys = [normalisation_key(e.task_id, e.critique_index, group_by, len(by_key[(e.task_id, e.critique_index)]))
             for e in edits]
     optimality = np.asarray(optimality_probabilities(totals, keys, adv_clip_max), dtype=np.float32)
+    masked = low_variance_groups(totals, keys, mask_std_threshold)
     groups, zero_var, low_std, banned = [], 0, 0, 0
     for (task_id, critique_index), indices in by_key.items():
         spread, mean = float(np.std(totals[indices])), float(np.mean(totals[indices]))
@@ -146,7 +160,7 @@ def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edi
             task_id=task_id, critique_index=critique_index, conditioning=cond_by_key[(task_id, critique_index)],
             condition_image=task_by_id[task_id].input, edits=[edits[i] for i in indices],
             rewards=totals[indices].astype(np.float32), optimality=optimality[indices],
-            valid=not ((mask_std_threshold > 0 and spread <= mask_std_threshold) or solved)))
+            valid=not (masked[indices].all() or solved)))
     count = max(1, len(by_key))
     return groups, {"groups/artist/zero_variance_frac": zero_var / count,
                     "groups/artist/low_std_frac": low_std / count, "groups/artist/banned_frac": banned / count}

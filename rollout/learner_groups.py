@@ -30,7 +30,7 @@ from typing import Any
 
 from rollout.learner_actors import ArtistLearnerRank, CriticLearnerRank, LearnerRank
 from rollout.placement import learner_strategy
-from rollout.startup import StartupLimits, wait_for_placement, wait_until_ready
+from rollout.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class LearnerGroup:
         self.ranks = [
             remote.options(
                 name=f"{self.role}-{rank}", namespace=namespace, num_cpus=cpus_per_rank, num_gpus=gpus_per_rank,
-                max_restarts=0, max_task_retries=0,
+                max_restarts=0, max_task_retries=0, runtime_env=foreground_runtime_env(),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=rank),
             ).remote(rank, self.num_ranks, gpus_per_rank, *rank_args, cpu_fallback=startup.cpu_fallback,

@@ -59,13 +59,21 @@ def ensure_embedded_models(cache_dir: Path | None = None, seed: int = 0) -> Embe
     root = Path(cache_dir or default_cache_dir()) / "models"
     root.mkdir(parents=True, exist_ok=True)
     critic_dir = root / f"critic-{_recipe_hash({**TINY_CRITIC_RECIPE, 'seed': seed})}"
-    with _locked(root / ".lock"):
-        if not critic_dir.exists():
-            _build_atomically(critic_dir, lambda out: build_tiny_critic(out, seed=seed))
+
+    def artist_dir_and_hidden_size() -> tuple[Path, int]:
         hidden = json.loads((critic_dir / "config.json").read_text())
         hidden_size = int(hidden.get("text_config", hidden).get("hidden_size", hidden.get("hidden_size")))
         artist_recipe = {**TINY_ARTIST_RECIPE, "seed": seed, "critic_hidden_size": hidden_size}
-        artist_dir = root / f"artist-{_recipe_hash(artist_recipe)}"
+        return root / f"artist-{_recipe_hash(artist_recipe)}", hidden_size
+
+    # Built models are renamed into place whole, so when both exist they are complete: no need to wait for the
+    # lock, which another process may hold for as long as its own build takes.
+    if critic_dir.exists() and artist_dir_and_hidden_size()[0].exists():
+        return EmbeddedModels(critic=critic_dir, artist=artist_dir_and_hidden_size()[0])
+    with _locked(root / ".lock"):
+        if not critic_dir.exists():
+            _build_atomically(critic_dir, lambda out: build_tiny_critic(out, seed=seed))
+        artist_dir, hidden_size = artist_dir_and_hidden_size()
         if not artist_dir.exists():
             _build_atomically(
                 artist_dir, lambda out: build_tiny_artist(out, critic_hidden_size=hidden_size, seed=seed))
@@ -131,13 +139,7 @@ def resolve_model_paths(config: TrainConfig) -> tuple[Path, Path]:
         root = ensure_embedded_warm_start()
         return root / "critic", root / "artist"
     if config.trainer.init_from:
-        root = Path(config.trainer.init_from).expanduser()
-        paths = (root / "critic", root / "artist")
-        missing = [str(p) for p in paths if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"trainer.init_from: {root} lacks {', '.join(missing)}; point it at a directory "
-                                    f"written by `photocrafter sft --out DIR`")
-        return paths
+        return checkpoint_model_dirs(config.trainer.init_from, "trainer.init_from")
     embedded = None
     if "embedded" in (config.critic.model, config.artist.model):
         embedded = ensure_embedded_models(seed=0)
@@ -152,6 +154,65 @@ def resolve_model_paths(config: TrainConfig) -> tuple[Path, Path]:
                                     f"directory or 'embedded'")
         paths.append(path)
     return paths[0], paths[1]
+
+
+def critic_dir_problems(directory: Path) -> list[str]:
+    """What a critic directory (transformers layout) lacks to be loaded; empty when it looks complete."""
+    if not directory.is_dir():
+        return [f"{directory.name}/"]
+    problems = [f"{directory.name}/{name}" for name in ("config.json", "tokenizer_config.json")
+                if not (directory / name).is_file()]
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("pytorch_model*.bin")):
+        problems.append(f"{directory.name}/ weights (*.safetensors)")
+    return problems
+
+
+def artist_dir_problems(directory: Path) -> list[str]:
+    """What an artist directory (diffusers layout) lacks to be loaded; empty when it looks complete."""
+    from artist_actor.model import PROJECT_FILE
+
+    if not directory.is_dir():
+        return [f"{directory.name}/"]
+    problems = []
+    transformer = directory / "transformer"
+    if not (transformer / "config.json").is_file():
+        problems.append(f"{directory.name}/transformer/config.json")
+    if not any(transformer.glob("*.safetensors")):
+        problems.append(f"{directory.name}/transformer/ weights (*.safetensors)")
+    if not (directory / "scheduler" / "scheduler_config.json").is_file():
+        problems.append(f"{directory.name}/scheduler/scheduler_config.json")
+    # Without the project file the directory is a real checkpoint, whose latents come from its VAE.
+    if not (directory / PROJECT_FILE).is_file() and not (directory / "vae" / "config.json").is_file():
+        problems.append(f"{directory.name}/vae/config.json")
+    return problems
+
+
+def checkpoint_model_dirs(root: str | Path, option: str, *, partial: bool = False) -> tuple[Path | None, Path | None]:
+    """(critic_dir, artist_dir) of a model directory written by ``photocrafter sft`` or ``photocrafter export``.
+
+    ``option`` names where the directory came from (``--checkpoint DIR``) in the error. Both models must be
+    there and complete; with ``partial`` either may be absent (``None``: the caller keeps its own), but one that
+    is present must be complete and at least one must be present. Raises ``FileNotFoundError`` naming every
+    missing part: a directory that was asked for is never silently replaced by other models.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{option} {root}: no such directory")
+    critic, artist = root / "critic", root / "artist"
+    present = {"critic": critic.is_dir(), "artist": artist.is_dir()}
+    problems = []
+    if present["critic"] or not partial:
+        problems += critic_dir_problems(critic)
+    if present["artist"] or not partial:
+        problems += artist_dir_problems(artist)
+    if partial and not any(present.values()):
+        problems = ["critic/", "artist/"]
+    if problems:
+        hint = ("it is a training run: write its models with `photocrafter export " f"{root} --out DIR` first"
+                if (root / "run.json").is_file() else
+                "give a directory written by `photocrafter sft --out DIR` or `photocrafter export`")
+        raise FileNotFoundError(f"{option} {root} cannot be used: missing {', '.join(problems)}; {hint}")
+    return (critic if present["critic"] else None), (artist if present["artist"] else None)
 
 
 class _locked:

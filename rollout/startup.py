@@ -50,6 +50,30 @@ class StartupLimits:
                    progress_every_s=cluster.progress_every_s, cpu_fallback=cluster.cpu_fallback)
 
 
+WORKER_NICENESS = "RAY_worker_niceness"
+
+
+def foreground_env() -> dict[str, str]:
+    """Environment variables that start an actor at the cluster's own CPU priority: ``RAY_worker_niceness`` 0, or
+    the driver's own ``$RAY_worker_niceness`` when it sets one.
+
+    Ray starts worker processes 15 nice levels below its raylet (the value is an increment over the raylet's
+    niceness), so that they never starve its daemons. The run's actors — rollout replicas, samplers, reward
+    workers, learner ranks — are its main work, not background work: at Ray's default a vLLM replica got a
+    fraction of the CPU time the same engine gets in a process of its own whenever anything else ran at normal
+    priority (``python -m bench.critic`` measures both), so they run at the priority of the cluster's daemons and
+    of a job's driver.
+    """
+    import os
+
+    return {WORKER_NICENESS: os.environ.get(WORKER_NICENESS) or "0"}
+
+
+def foreground_runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """A Ray ``runtime_env`` with ``env_vars`` and the foreground priority (:func:`foreground_env`)."""
+    return {"env_vars": {**(env_vars or {}), **foreground_env()}}
+
+
 def describe_bundles(bundles: Sequence[dict[str, float]]) -> str:
     """``3 × {CPU: 4, GPU: 1}`` for identical bundles, else each bundle listed."""
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from rollout.config import TrainConfig, dump_config, load_config_or_report
+from rollout.config import TrainConfig, dump_config, in_ray_job_working_dir_copy, load_config_or_report, run_home
 from rollout.env import apply_runtime_defaults
 
 
@@ -33,6 +33,21 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     return train(config, config_source=args.config or "configs/embedded.yaml")
+
+
+def with_absolute_run_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``trainer.output_dir`` and a relative sqlite ``tracking.mlflow_uri`` made absolute under
+    :func:`rollout.config.run_home`, so the run, its resume and its MLflow history share one place."""
+    home = run_home()
+    output_dir = (home / Path(config.trainer.output_dir).expanduser()).resolve()
+    uri = config.tracking.mlflow_uri.strip()
+    database = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and database not in ("", ":memory:") and not database.startswith("/"):
+        uri = f"sqlite:///{(home / database).resolve()}"
+    return config.model_copy(update={
+        "trainer": config.trainer.model_copy(update={"output_dir": str(output_dir)}),
+        "tracking": config.tracking.model_copy(update={"mlflow_uri": uri}),
+    })
 
 
 def new_run_dir(config: TrainConfig, config_source: str) -> tuple[Path, str]:
@@ -95,6 +110,7 @@ def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", res
         for problem in plan.problems:
             print(f"{config_source}: {problem}", file=sys.stderr)
         return 1
+    config = with_absolute_run_paths(config)
     if resume_dir is None:
         run_dir, name = new_run_dir(config, config_source)
         (run_dir / "config.yaml").write_text(dump_config(config))
@@ -103,7 +119,14 @@ def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", res
         run_dir = resume_dir
         name = json.loads((run_dir / "run.json").read_text())["name"]
     namespace = config.cluster.namespace or name
+    from rollout.tracking import resolve_tracking_uri
+
     print(f"[photocrafter] run {name}: {run_dir}", flush=True)
+    print(f"[photocrafter] MLflow tracking: {resolve_tracking_uri(config.tracking.mlflow_uri, run_dir)}", flush=True)
+    if in_ray_job_working_dir_copy():
+        print(f"[photocrafter] this Ray job's working directory is a temporary copy; relative run paths resolve "
+              f"under {run_home()} ($PHOTOCRAFTER_HOME); resume with `photocrafter resume --run {run_dir}`",
+              flush=True)
     print(plan.format(), flush=True)
     init_ray(config, namespace)
     stop = StopRequest()

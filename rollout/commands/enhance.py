@@ -1,9 +1,12 @@
 """``photocrafter enhance IMAGE``: the critic critiques one photo, the artist edits it from that critique.
 
-Owns the command-line surface only: models come from ``--checkpoint DIR`` (a warm-start or materialised
-directory holding ``critic/`` and ``artist/``) or from the run config; inference is ``rollout.pipeline``.
-Prints the reasoning, the suggestions and the score, and writes the edited photo.
-Exit status: 0 enhanced, 1 the photo could not be enhanced, 2 unusable arguments.
+Owns the command-line surface only: models come from ``--checkpoint DIR`` (a warm-start or exported
+directory holding both ``critic/`` and ``artist/``; one that lacks either is refused, never replaced by the
+config's models) or from the run config; inference is ``rollout.pipeline``. The photo is read with
+``rollout.images`` (the rules of docs/data.md). Prints the reasoning, the suggestions and the score, and writes
+the edited photo.
+Exit status: 0 enhanced, 1 the photo cannot be read (one line names the file and what is wrong), 2 unusable
+arguments (config, ``--checkpoint``).
 """
 
 from __future__ import annotations
@@ -23,19 +26,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from critic_actor.inputs import resolve_image
-    from rollout.commands.sft import resolve_models
     from rollout.config import ConfigError, load_config
-    from rollout.images import write_png
+    from rollout.data.sources import image_limits
+    from rollout.images import ImageRejected, read_image, write_png
+    from rollout.models import checkpoint_model_dirs, resolve_model_paths
     from rollout.pipeline import PhotoPipeline
 
     try:
         config = load_config(args.config, args.set)
-        critic_dir, artist_dir = resolve_models(config, args.checkpoint)
-        image = resolve_image(args.image, args.image)
+        if args.checkpoint:
+            critic_dir, artist_dir = checkpoint_model_dirs(args.checkpoint, "--checkpoint")
+        else:
+            critic_dir, artist_dir = resolve_model_paths(config)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"photocrafter enhance: {error}", file=sys.stderr)
         return 2
+    try:
+        image = read_image(args.image, image_limits(config.data))
+    except ImageRejected as error:
+        print(f"photocrafter enhance: {error.reason}", file=sys.stderr)
+        return 1
     pipeline = PhotoPipeline(critic_dir, artist_dir, min_pixels=config.critic.min_pixels,
                              max_pixels=config.critic.max_pixels, max_new_tokens=config.critic.max_new_tokens,
                              resolution=config.artist.resolution, num_steps=config.artist.num_steps,

@@ -12,7 +12,9 @@ Metrics come from ``rollout.evaluation``. Writes ``table.md``,
 logs them with the table's numbers to MLflow. ``--compare PREFIX=LABEL`` adds ``comparison.md``: the rows
 whose label starts with PREFIX (e.g. one per RL seed) as mean ± std, and the paired per-photo bootstrap
 interval of their mean against row LABEL.
-Exit status: 0 evaluated, 2 unusable arguments.
+Photos are read with ``rollout.images`` (the rules of docs/data.md); a held-out record whose photo cannot be
+read is skipped with one line naming the file and what is wrong, and listed in ``results.json``.
+Exit status: 0 evaluated, 1 no held-out photo could be read, 2 unusable arguments.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_checkpoint(value: str) -> tuple[str, Path]:
+    from rollout.models import checkpoint_model_dirs
+
     label, _, path = value.rpartition("=")
     path_obj = Path(path)
-    if not (path_obj / "critic").is_dir() or not (path_obj / "artist").is_dir():
-        raise FileNotFoundError(f"--checkpoint {value}: {path} must hold critic/ and artist/ "
-                                f"(a warm-start directory written by photocrafter sft)")
+    checkpoint_model_dirs(path_obj, "--checkpoint")
     return label or path_obj.name, path_obj
 
 
@@ -58,12 +60,12 @@ def _parse_comparison(value: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from critic_actor.inputs import resolve_image
     from learner.sft import annotate_task, degradation_severity
     from rewards.perceptual import LPIPSScorer
     from rollout.config import ConfigError, load_config
     from rollout.data.manifest import read_manifest
-    from rollout.data.sources import manifest_paths
+    from rollout.data.sources import image_limits, manifest_paths
+    from rollout.data.stream import readable_tasks
     from rollout.evaluation import (auto_retouch, compare_to_reference, markdown_table, measure, oracle_output,
                                     per_photo, summarise)
     from rollout.pipeline import PhotoPipeline
@@ -80,9 +82,15 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"photocrafter evaluate: {error}", file=sys.stderr)
         return 2
-    tasks = read_manifest(manifest).tasks
-    photos = [(task, resolve_image(task.input, task.task_id), resolve_image(task.target, task.task_id))
-              for task in tasks]
+    contents = read_manifest(manifest)
+    tasks, refused = readable_tasks(contents.tasks, image_limits(config.data))
+    skipped = [*contents.rejected, *refused]
+    for record in skipped:
+        print(f"photocrafter evaluate: skipped {record.record_id}: {record.reason}", file=sys.stderr)
+    if not tasks:
+        print(f"photocrafter evaluate: no photo of {manifest} can be read", file=sys.stderr)
+        return 1
+    photos = [(task, task.input, task.target) for task in tasks]
     for task in tasks:
         annotate_task(task)  # refuses tasks with nothing known to fix before any model runs
     lpips = LPIPSScorer(config.rewards.lpips_weights, resolution=config.rewards.lpips_resolution)
@@ -126,10 +134,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
-    (out / "table.md").write_text(f"Held-out set: {manifest} ({len(tasks)} photos, {args.samples} artist "
+    unread = f", {len(skipped)} skipped as unreadable" if skipped else ""
+    (out / "table.md").write_text(f"Held-out set: {manifest} ({len(tasks)} photos{unread}, {args.samples} artist "
                                   f"sample(s) per photo, noise seed {args.seed})\n\n" + table)
     (out / "results.json").write_text(json.dumps({
         "manifest": str(manifest), "seed": args.seed, "samples": args.samples,
+        "skipped": [{"record_id": r.record_id, "reason": r.reason} for r in skipped],
         "checkpoints": {k: str(v) for k, v in checkpoints},
         "rows": [asdict(row) for row in rows], "per_photo": photo_values, "tasks": [task.task_id for task in tasks],
         "critiques": critique_texts}, indent=2, default=float) + "\n")

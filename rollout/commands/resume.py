@@ -3,7 +3,10 @@
 The run's own resolved config (``DIR/config.yaml``) is reused, so a resumed run is the same run: same MLflow
 run, same data order, same seeds. ``--set`` may change fields that do not alter the run's identity (e.g.
 ``trainer.steps`` to train longer, ``tracking.*``), and how the learners execute: their GPUs (a run
-checkpointed on N ranks resumes on M: the state is resharded), micro-batching and memory savers.
+checkpointed on N ranks resumes on M: the state is resharded), micro-batching and memory savers. A relative
+``DIR`` that is not a run directory under the current directory is looked up under ``$PHOTOCRAFTER_HOME``
+(default ``~/photocrafter``), where a Ray job's runs live, so ``--run runs/<run-name>`` finds a run whether it
+was trained locally or as a job.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rollout.config import load_config_or_report
+from rollout.config import job_run_home, load_config_or_report
 
 # Overrides that would make the resumed run a different run than the checkpoint's.
 _IDENTITY_KEYS = ("critic.model", "artist.model", "data.", "trainer.seed", "trainer.batch_size", "learner.")
@@ -28,14 +31,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override e.g. trainer.steps=50 to train further")
 
 
+def _is_run_dir(path: Path) -> bool:
+    return (path / "run.json").is_file() and (path / "config.yaml").is_file()
+
+
+def find_run_dir(value: str) -> Path | None:
+    """The run directory ``value`` names: as given (relative to the current directory), else, for a relative
+    path, under the Ray jobs' run home; None when neither holds a run."""
+    given = Path(value).expanduser()
+    candidates = [given.resolve()] + ([] if given.is_absolute() else [job_run_home() / given])
+    return next((path for path in candidates if _is_run_dir(path)), None)
+
+
 def run(args: argparse.Namespace) -> int:
     from rollout.checkpoint import latest_checkpoint
     from rollout.train import train
 
-    run_dir = Path(args.run).expanduser().resolve()
-    if not (run_dir / "run.json").is_file() or not (run_dir / "config.yaml").is_file():
-        print(f"{run_dir}: not a run directory (no run.json/config.yaml)", file=sys.stderr)
+    run_dir = find_run_dir(args.run)
+    if run_dir is None:
+        where = Path(args.run).expanduser().resolve()
+        also = "" if Path(args.run).expanduser().is_absolute() else f" nor under {job_run_home()}"
+        print(f"{where}: not a run directory (no run.json/config.yaml){also}", file=sys.stderr)
         return 1
+    print(f"[photocrafter] resuming {run_dir}", flush=True)
     if latest_checkpoint(run_dir) is None:
         print(f"{run_dir}: no complete checkpoint to resume from", file=sys.stderr)
         return 1

@@ -4,8 +4,10 @@ The tool to reach for when a reward looks wrong: it measures the three photos, s
 per-attribute photometric score, each compliance check against the critique's tone suggestions, the LPIPS
 distance (and whether its backbone is real), the weighted total, and — with ``--critique`` — the critic's
 format, rank and suggestion rewards. It owns only the command-line surface: numbers come from the same
-:class:`rewards.worker.RewardWorker` the training pool runs, the critique text from the critic's grammar.
-Exit status: 0 scored, 1 the triple could not be scored (the reason is printed), 2 unusable arguments.
+:class:`rewards.worker.RewardWorker` the training pool runs, the critique text from the critic's grammar; the
+photos are read with ``rollout.images``, as training data is (the rules of docs/data.md).
+Exit status: 0 scored, 1 the triple could not be scored (one line names the photo and the reason: unreadable,
+truncated, sizes that differ), 2 unusable arguments.
 """
 
 from __future__ import annotations
@@ -66,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     from rewards.artist import compliance_checks
     from rewards.attributes import NEGLIGIBLE_CHANGE, compute_attributes
-    from rewards.images import InvalidImageError
     from rewards.perceptual import LPIPSWeightsError
-    from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker, load_image_file
+    from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
+    from rollout.images import ImageRejected, read_image
     from rollout.types import DEGRADATIONS, TONE_ATTRIBUTES
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -79,9 +81,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = _rewards_config(args)
-        images = {name: load_image_file(getattr(args, name)) for name in ("input", "edit", "target")}
+        images = {}
+        for name in ("input", "edit", "target"):
+            try:
+                images[name] = read_image(getattr(args, name))
+            except ImageRejected as exc:
+                raise ImageRejected(f"--{name} {exc.reason}") from None
         worker = RewardWorker(config)
-    except (InvalidImageError, LPIPSWeightsError) as exc:
+    except (ImageRejected, LPIPSWeightsError) as exc:
         print(f"photocrafter score: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # config errors carry their own one-line-per-problem message

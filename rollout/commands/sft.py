@@ -5,7 +5,9 @@ Owns the command-line surface of the warm start. Models and data come from the r
 held-out photos). ``--out DIR`` receives ``DIR/critic`` (transformers layout) and/or ``DIR/artist`` (diffusers
 layout) plus ``DIR/warmstart.json``; point ``critic.model``/``artist.model`` at them (or ``--init-from DIR``
 for a later stage) to start training, evaluation or enhancement from the warm start. The trainers live in
-``learner.sft``. Exit status: 0 trained, 1 training failed, 2 unusable arguments.
+``learner.sft``. Every training photo is read once up front with ``rollout.images`` (the rules of
+docs/data.md); a record whose photo cannot be read is skipped with one line naming the file and what is wrong.
+Exit status: 0 trained, 1 training failed or no training photo could be read, 2 unusable arguments.
 """
 
 from __future__ import annotations
@@ -34,18 +36,17 @@ def resolve_models(config, init_from: str | None) -> tuple[Path, Path]:
     """(critic_dir, artist_dir): the config's models, each replaced by ``init_from``'s when it holds one.
 
     ``trainer.init_from`` (where the RL loop starts) does not apply: SFT trains ``critic.model`` /
-    ``artist.model`` themselves, or the ``--init-from`` directory of an earlier stage.
+    ``artist.model`` themselves, or the ``--init-from`` directory of an earlier stage. That directory may hold
+    only one model (``--stage critic`` writes ``critic/``), but it must hold at least one, and one it holds must
+    be complete: ``FileNotFoundError`` names what is missing.
     """
-    from rollout.models import resolve_model_paths
+    from rollout.models import checkpoint_model_dirs, resolve_model_paths
 
     critic, artist = resolve_model_paths(config.model_copy(update={
         "trainer": config.trainer.model_copy(update={"init_from": ""})}))
     if init_from:
-        root = Path(init_from)
-        if not root.is_dir():
-            raise FileNotFoundError(f"--init-from {init_from}: no such directory")
-        critic = root / "critic" if (root / "critic" / "config.json").is_file() else critic
-        artist = root / "artist" if (root / "artist" / "transformer").is_dir() else artist
+        own_critic, own_artist = checkpoint_model_dirs(init_from, "--init-from", partial=True)
+        critic, artist = own_critic or critic, own_artist or artist
     return critic, artist
 
 
@@ -53,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from learner.sft import ArtistSFT, CriticSFT, run_sft_loop, write_warmstart_manifest
     from rollout.config import ConfigError, load_config
     from rollout.data.manifest import read_manifest
-    from rollout.data.sources import manifest_paths
+    from rollout.data.sources import image_limits, manifest_paths
+    from rollout.data.stream import load_task_images
+    from rollout.images import ImageRejected
 
     try:
         config = load_config(args.config, args.set)
@@ -66,7 +69,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     train_manifest, _ = manifest_paths(config.data)
     contents = read_manifest(train_manifest)
-    tasks = contents.tasks
+    for record in contents.rejected:
+        print(f"photocrafter sft: skipped {record.record_id}: {record.reason}", file=sys.stderr)
+    tasks, limits = [], image_limits(config.data)
+    for task in contents.tasks:
+        try:
+            load_task_images(task, limits)  # the trainers read the photos again at each step: keep no pixels
+        except ImageRejected as exc:
+            print(f"photocrafter sft: skipped {task.task_id}: {exc.reason}", file=sys.stderr)
+            continue
+        tasks.append(task)
+    if not tasks:
+        print(f"photocrafter sft: no photo of {train_manifest} can be read", file=sys.stderr)
+        return 1
     print(f"sft {args.stage}: {len(tasks)} training tasks from {train_manifest}; critic {critic_dir}; "
           f"artist {artist_dir}")
     out = Path(args.out)

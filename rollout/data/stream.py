@@ -49,6 +49,18 @@ def load_task_images(task: PhotoTask, limits: ImageLimits) -> PhotoTask:
     return replace(task, input=images["input"], target=images["target"])
 
 
+def readable_tasks(tasks: Sequence[PhotoTask], limits: ImageLimits) -> tuple[list[PhotoTask], list[RejectedRecord]]:
+    """Each task with its images loaded (:func:`load_task_images`), or a :class:`RejectedRecord` naming the file
+    and what is wrong with it; for commands that read a whole manifest up front (``evaluate``, ``sft``)."""
+    loaded, rejected = [], []
+    for task in tasks:
+        try:
+            loaded.append(load_task_images(task, limits))
+        except ImageRejected as exc:
+            rejected.append(RejectedRecord(record_id=task.task_id, stage="data", reason=exc.reason))
+    return loaded, rejected
+
+
 class PhotoTaskStream:
     """Seeded, endless, resumable batches of :class:`PhotoTask` with images loaded as arrays."""
 

@@ -1,8 +1,12 @@
-"""The run as a Ray job: ``ray job submit`` to a local head node, named actors visible to ``ray list actors``,
-and ``ray job stop`` (SIGTERM) ending the run with a final checkpoint.
+"""The run as a Ray job, following docs/quickstart.md: ``ray job submit`` of the default config to a local head
+node, named actors visible to ``ray list actors``, ``ray job stop`` (SIGTERM) ending the run with a final
+checkpoint, and ``photocrafter resume --run runs/<run>`` from the project continuing it with its checkpoints and
+its MLflow history.
 
 The head is started with ``ray start --head --block`` in its own process group and torn down by signalling that
-group, never with ``ray stop`` (which would kill every Ray process on the machine).
+group, never with ``ray stop`` (which would kill every Ray process on the machine). ``PHOTOCRAFTER_HOME`` is set
+in the head's environment, as the quickstart describes, so the jobs' runs land in a temporary folder instead of
+the user's ``~/photocrafter``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,8 +37,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def head():
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+def head(tmp_path_factory):
+    home = tmp_path_factory.mktemp("photocrafter-home")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PHOTOCRAFTER_HOME": str(home),
            # ray job stop: SIGTERM, then SIGKILL after this grace period; the run needs it to finish its step
            # and write the final checkpoint.
            "RAY_JOB_STOP_WAIT_TIME_S": "300",
@@ -61,7 +67,7 @@ def head():
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"local Ray head did not come up: {probe.stderr.decode()[-500:]}")
         time.sleep(2)
-    yield address, env
+    yield address, env, home
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=60)
@@ -98,11 +104,15 @@ def _logs(address: str, env: dict, job_id: str) -> str:
     return JobSubmissionClient(address).get_job_logs(job_id)
 
 
-def test_job_submit_runs_and_names_its_actors(head, tmp_path):
-    address, env = head
-    job_id = _submit(address, env, "--set", "trainer.steps=3", "--set", f"trainer.output_dir={tmp_path}",
-                     "--set", "trainer.run_name=job", "--set", "tracking.sample_grid_every=0",
-                     "--set", "artist.resolution=32")
+def _run_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_job_submit_runs_and_names_its_actors(head):
+    address, env, home = head
+    name = _run_name("job")
+    job_id = _submit(address, env, "--set", "trainer.steps=3", "--set", f"trainer.run_name={name}",
+                     "--set", "tracking.sample_grid_every=0", "--set", "artist.resolution=32")
     seen: set[str] = set()
     deadline = time.monotonic() + 900
     while (status := _status(address, env, job_id)) in ("PENDING", "RUNNING"):
@@ -115,14 +125,18 @@ def test_job_submit_runs_and_names_its_actors(head, tmp_path):
     assert status == "SUCCEEDED", logs[-3000:]
     assert "step 3/3" in logs
     assert EXPECTED_ACTORS <= seen, f"named actors seen while running: {sorted(n for n in seen if n)}"
-    assert (tmp_path / "job" / "checkpoints" / "step_00000003" / "manifest.json").is_file()
+    # The run lives under PHOTOCRAFTER_HOME, not in Ray's per-job copy of the working directory, and says so.
+    run_dir = home / "runs" / name
+    assert (run_dir / "checkpoints" / "step_00000003" / "manifest.json").is_file()
+    assert f"run {name}: {run_dir}" in logs
+    assert f"MLflow tracking: sqlite:///{home / 'runs' / 'mlflow.db'}" in logs
 
 
-def test_job_stop_writes_a_final_checkpoint(head, tmp_path):
-    address, env = head
-    job_id = _submit(address, env, "--set", "trainer.steps=500", "--set", f"trainer.output_dir={tmp_path}",
-                     "--set", "trainer.run_name=stopped", "--set", "tracking.sample_grid_every=0",
-                     "--set", "artist.resolution=32")
+def test_job_stop_writes_a_final_checkpoint_and_resume_continues_the_run(head):
+    address, env, home = head
+    name = _run_name("stopped")
+    job_id = _submit(address, env, "--set", "trainer.steps=500", "--set", f"trainer.run_name={name}",
+                     "--set", "tracking.sample_grid_every=0", "--set", "artist.resolution=32")
     deadline = time.monotonic() + 900
     while "step 1/500" not in _logs(address, env, job_id):
         assert _status(address, env, job_id) in ("PENDING", "RUNNING"), _logs(address, env, job_id)[-3000:]
@@ -134,8 +148,25 @@ def test_job_stop_writes_a_final_checkpoint(head, tmp_path):
         time.sleep(2)
     logs = _logs(address, env, job_id)
     assert "SIGTERM received" in logs
-    checkpoints = sorted((tmp_path / "stopped" / "checkpoints").glob("step_*/manifest.json"))
+    run_dir = home / "runs" / name
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*/manifest.json"))
     assert checkpoints, f"no final checkpoint after ray job stop:\n{logs[-3000:]}"
-    step = int(json.loads(checkpoints[-1].read_text())["step"])
+    stopped = json.loads(checkpoints[-1].read_text())
+    step = int(stopped["step"])
     assert 1 <= step < 500
     assert f"checkpoint step {step}" in logs
+
+    # `photocrafter resume --run runs/<run-name>` from the project directory, as the quickstart says.
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rollout.cli", "resume", "--run", f"runs/{name}", "--set", f"trainer.steps={step + 1}"],
+        cwd=PROJECT_ROOT, env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert f"resumed from {checkpoints[-1].parent} at step {step}" in resumed.stdout
+    final = json.loads((run_dir / "checkpoints" / f"step_{step + 1:08d}" / "manifest.json").read_text())
+    assert final["mlflow_run_id"] == stopped["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'runs' / 'mlflow.db'}")
+    history = client.get_metric_history(stopped["mlflow_run_id"], "time/stage/step_s")
+    assert sorted({m.step for m in history}) == list(range(1, step + 2))  # the job's steps, then the resumed one
+    assert client.get_run(stopped["mlflow_run_id"]).info.status == "FINISHED"

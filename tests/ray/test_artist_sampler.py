@@ -51,6 +51,14 @@ def test_replicas_are_named_and_ready(group, ray_local):
     assert ray_local.get(actor.ready.remote())["index"] == 1
 
 
+def test_replicas_run_at_the_clusters_cpu_priority(group, ray_local):
+    """Not at Ray's background worker niceness (15 below the raylet, which is this process's child here)."""
+    import os
+
+    assert ray_local.get([a.__ray_call__.remote(lambda actor: os.nice(0)) for a in group.actors]) == \
+        [os.nice(0)] * len(group.actors)
+
+
 def test_group_samples_k_edits_per_critique_across_replicas(group, ray_local, hidden_size):
     tasks, crits, conds = batch(ray_local, hidden_size)
     edits = group.sample(tasks, crits, conds, k=2, step=0)

@@ -71,6 +71,15 @@ def hf_logprobs(hf_critic, critique: Critique):
     return logprobs.gather(-1, response[0].unsqueeze(-1)).squeeze(-1).numpy()
 
 
+def test_replica_runs_at_the_clusters_cpu_priority_not_rays_background_niceness(group, ray_local):
+    """Ray starts workers 15 nice levels below its raylet; on a shared machine the vLLM loop would then get a
+    fraction of the CPU the same engine gets in a normal process. The raylet here is this process's child."""
+    import os
+
+    replica = ray_local.get(group.actors[0].__ray_call__.remote(lambda actor: os.nice(0)))
+    assert replica == os.nice(0)
+
+
 def test_replica_is_named_and_reports_ready(group, ray_local):
     assert group.ready_info[0]["engine"] == "vllm" and group.ready_info[0]["policy_version"] == 0
     ray_local.get_actor("critic-rollout-0")  # the dashboard name

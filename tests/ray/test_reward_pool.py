@@ -49,6 +49,14 @@ def test_workers_are_named_in_the_run_namespace(pool, ray_local):
     assert pool.backbone_is_random
 
 
+def test_workers_run_at_the_clusters_cpu_priority(pool, ray_local):
+    """Not at Ray's background worker niceness (15 below the raylet, which is this process's child here)."""
+    import os
+
+    assert ray_local.get([w.__ray_call__.remote(lambda worker: os.nice(0)) for w in pool.workers]) == \
+        [os.nice(0)] * len(pool.workers)
+
+
 def test_pool_returns_one_result_per_request_matching_a_local_worker(pool, triples, ray_local):
     edits = ["target", "half", "nan", "input", "target", "half", "target"]
     requests = _requests(triples, edits)

@@ -117,6 +117,39 @@ def test_learner_adapter_state_loads_and_reproduces_the_learner_velocity(artist_
     torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_bf16_sampler_serves_exactly_the_learners_float32_sampling_adapter(artist_path):
+    """On a bf16 DiT both sides keep the adapter in float32, so v_old is bit-identical on sampler and learner."""
+    from artist_actor.conditioning import build_conditioning, predict_velocity
+    from artist_actor.model import load_artist
+    from learner.config import LoraConfig
+    from learner.lora import SAMPLING_ADAPTER, active_adapter, adapter_state, attach_nft_adapters, load_adapter_state
+
+    learner_model = load_artist(artist_path, dtype="bfloat16")
+    attach_nft_adapters(learner_model.transformer, LoraConfig(rank=4, alpha=8.0))
+    # Values with more mantissa than bf16 holds: what a soft-updated old adapter looks like.
+    sent_values = {name: value * (1 + 1e-3) for name, value in lora_state(None, 0.3, seed=5).items()}
+    load_adapter_state(learner_model.transformer, SAMPLING_ADAPTER, sent_values)
+    sent = adapter_state(learner_model.transformer, SAMPLING_ADAPTER)
+    assert all(value.dtype == torch.float32 for value in sent.values())
+
+    actor = ArtistSamplerActor(4, artist_path, {**CONFIG, "dtype": "bfloat16"}, lora_alpha=8.0)
+    actor.set_weights(3, sent)
+    served = {name.replace(f".{SAMPLING_ADAPTER}.", ".", 1): param
+              for name, param in actor.model.transformer.named_parameters() if ".lora_" in name}
+    assert served.keys() == sent.keys()
+    assert all(param.dtype == torch.float32 and torch.equal(param, sent[name]) for name, param in served.items())
+
+    latents = torch.randn(1, 12, 32, 32)
+    cond = build_conditioning([np.ones((4, HIDDEN), np.float32)], latents, hidden_size=HIDDEN, dtype=torch.bfloat16)
+    x_t = torch.randn(1, 256, 48)
+    with torch.no_grad(), active_adapter(learner_model.transformer, SAMPLING_ADAPTER):
+        expected = predict_velocity(learner_model.transformer, x_t, 0.5, cond)
+    with torch.no_grad():
+        got = predict_velocity(actor.model.transformer, x_t, 0.5, cond)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+
+
 def test_bf16_tensor_hidden_states_are_accepted(actor):
     tasks, conditioning = records((5,))
     as_array = actor.sample(tasks, conditioning, k=1).edits[0]

@@ -107,3 +107,44 @@ def test_normalisation_key_resolves_auto_by_edits_per_critique():
     assert normalisation_key("a", 1, "critique", 1) == ("a", 1)
     with pytest.raises(ValueError, match="group_by 'prompt'"):
         normalisation_key("a", 1, "prompt", 4)
+
+
+def test_failed_critique_rewards_are_left_out_of_the_critic_groups():
+    """A critique whose reward could not be computed (lost worker, unreadable edit) is not a real zero: it
+    leaves its group instead of becoming the group's worst response."""
+    critiques = [_critique("a", i) for i in range(3)] + [_critique("b", 0)]
+    rewards = [_critique_reward(c, v) for c, v in zip(critiques, [1.0, 0.5, 0.0, 0.7])]
+    rewards[2].error = "reward worker lost"
+    rewards[3].error = "reward worker lost"
+    groups, _ = critic_groups(critiques, rewards, CriticLearnerConfig(), max_new_tokens=48)
+    assert [g.task_id for g in groups] == ["a"]  # b had only a failed critique
+    assert [c.index for c in groups[0].critiques] == [0, 1]
+    assert [r.total for r in groups[0].rewards] == [1.0, 0.5]
+    np.testing.assert_allclose(groups[0].advantages, [0.7071, -0.7071], atol=1e-4)
+
+
+def test_failed_edit_rewards_are_left_out_of_the_artist_groups_and_the_normalisation():
+    values = [0.1, 0.9, 0.5, 0.7, 0.2, 0.4, 0.3, 0.6]
+    tasks, conditionings, edits, rewards = _two_photos_two_critiques_two_edits(values)
+    rewards[3].total, rewards[3].error = 0.0, "LPIPS failed"
+    groups, _ = artist_groups(tasks, conditionings, edits, rewards, group_by="critique", adv_clip_max=5.0,
+                              mask_std_threshold=0.0)
+    trained = [(e.task_id, e.critique_index, e.edit_index) for g in groups for e in g.edits]
+    assert ("a", 1, 1) not in trained and len(trained) == 7
+    # Same optimalities as if the failed edit had never been made (its 0 would move the global std).
+    keep = [i for i in range(8) if i != 3]
+    alone, _ = artist_groups(tasks, conditionings, [edits[i] for i in keep], [rewards[i] for i in keep],
+                             group_by="critique", adv_clip_max=5.0, mask_std_threshold=0.0)
+    np.testing.assert_array_equal(np.concatenate([g.optimality for g in groups]),
+                                  np.concatenate([g.optimality for g in alone]))
+    assert groups[1].rewards.tolist() == [np.float32(0.5)]
+
+
+def test_with_photo_grouping_the_photo_decides_the_mask():
+    """group_by=photo: a critique whose edits score alike but differ from the photo's mean still carries signal
+    (optimality ≠ ½) and is trained; only a photo whose edits all score alike is masked."""
+    tasks, conditionings, edits, rewards = _two_photos_two_critiques_two_edits([0.9, 0.9, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5])
+    groups, _ = artist_groups(tasks, conditionings, edits, rewards, group_by="photo", adv_clip_max=5.0,
+                              mask_std_threshold=0.05)
+    assert groups[0].optimality[0] > 0.5 > groups[1].optimality[0]
+    assert [g.valid for g in groups] == [True, True, False, False]

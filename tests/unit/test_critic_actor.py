@@ -187,3 +187,17 @@ def test_a_replica_whose_output_does_not_follow_the_learner_fails_the_probe(acto
         _collective(actor, 18, {n: torch.from_numpy(v) for n, v in state.items()}, probe=probe)
     assert not actor.health()["ok"]
     actor.set_weights(19, state)
+
+
+def test_image_files_that_cannot_be_decoded_are_named_not_raised_as_decoder_errors(tmp_path):
+    from PIL import Image
+
+    from critic_actor.inputs import resolve_image
+
+    (tmp_path / "notes.jpg").write_text("text, not a photo")
+    Image.fromarray(data.coffee()[:64, :64]).save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:400])
+    for name, reason in (("notes.jpg", "cannot identify"), ("cut.jpg", "(?i)truncated")):
+        with pytest.raises(ValueError, match=reason) as caught:
+            resolve_image(str(tmp_path / name), "task t input")
+        assert str(tmp_path / name) in str(caught.value) and str(caught.value).startswith("task t input")

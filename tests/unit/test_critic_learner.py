@@ -54,6 +54,24 @@ def test_hidden_states_and_log_probs_match_generate(tiny):
     assert prepared.metrics["learner/grpo/rollout_logprob_abs_diff/mean"] < 1e-4
 
 
+def test_agreement_compares_raw_log_probs_when_sampling_below_temperature_one(tiny):
+    """The engine reports log-probs of the raw distribution (temperature 1); the learner's old log-probs are
+    those of the sampling distribution (logits / T). The agreement metric compares like with like."""
+    path, model, processor = tiny
+    critiques, _ = generate_critiques(model, processor, [photo(2)], group_size=2, max_new_tokens=10,
+                                      do_sample=True, seed=4)
+    config = CriticLearnerConfig(lr=1e-3, micro_batch_size=3, kl_coef=0.0)
+    learner = CriticLearner(path, config, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, max_new_tokens=12,
+                            temperature=0.6, device="cpu")
+    prepared = learner.prepare(critiques)
+    assert prepared.metrics["learner/grpo/rollout_logprob_abs_diff/mean"] < 1e-4
+    assert abs(prepared.metrics["learner/grpo/rollout_kl"]) < 1e-6
+    assert prepared.metrics["learner/grpo/rollout_logprob_abs_diff/max"] < 1e-3
+    # The PPO anchor stays the sampling distribution's: sharper than the raw one.
+    key = (critiques[0].task_id, critiques[0].index)
+    assert np.abs(prepared.old_log_probs[key] - critiques[0].rollout_logprobs).max() > 1e-2
+
+
 def test_without_mm_token_type_ids_log_probs_drift(tiny):
     """The M-RoPE trap is real on this model: 1-D positions give log-probs that no longer match the engine's."""
     path, model, processor = tiny

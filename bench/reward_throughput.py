@@ -14,8 +14,8 @@ machine (the JSON also has medians of the worker and pool timings). torch and Op
 worker, as in training, so the comparison with colour-science (single-threaded numpy) is like for like.
 The load average is printed with the table: pool scaling needs idle cores to show.
 
-    python bench/rewards.py [--sizes 256 512] [--edits 32] [--workers 2] [--json out.json]
-    python bench/rewards.py --sanity      # reward sanity table on real photos (edits of known size)
+    python bench/reward_throughput.py [--sizes 256 512] [--edits 32] [--workers 2] [--json out.json]
+    python bench/reward_throughput.py --sanity      # reward sanity table on real photos (edits of known size)
 """
 
 from __future__ import annotations
