@@ -122,10 +122,12 @@ class LearnerRank(ABC):
     # ---------------------------------------------------------------------------------------- weight sync
     def _open_weight_sync(self, request, shapes: dict[str, tuple[int, ...]], local: dict[str, Any], *,
                           version: int, kind: str = "full", lora=None, probe=None,
-                          dtypes: dict[str, str] | None = None):
+                          dtypes: dict[str, str] | None = None,
+                          model_shapes: dict[str, tuple[int, ...]] | None = None):
         """Describe a sync of ``shapes`` (whole shapes, in sending order) and keep this rank's rows of each
         (``local``) for :meth:`send_weights`; rank 0 also hosts the rendezvous. Returns, from rank 0, (endpoint,
-        manifest, bytes of the whole payload in the serving dtype); None from the other ranks."""
+        manifest, bytes of the whole served model in the serving dtype: ``model_shapes``, by default the payload
+        itself); None from the other ranks."""
         import math
 
         import ray
@@ -147,7 +149,8 @@ class LearnerRank(ABC):
             return None
         endpoint = self._sender.open_endpoint(ray.util.get_node_ip_address(), request.num_receivers,
                                               request.timeout_s, shared_memory=request.shared_memory)
-        full_bytes = sum(math.prod(shape) for shape in shapes.values()) * ITEMSIZE[request.wire_dtype]
+        model_shapes = shapes if model_shapes is None else model_shapes
+        full_bytes = sum(math.prod(shape) for shape in model_shapes.values()) * ITEMSIZE[request.wire_dtype]
         return endpoint, manifest, full_bytes
 
     def send_weights(self, endpoint, manifest):
@@ -244,8 +247,10 @@ class CriticLearnerRank(LearnerRank):
             tensors = learner.get_weights() if learner.peft_model is not None else learner.model.state_dict()
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         local = {name: local_rows(t, self.rank, self.world_size) for name, t in tensors.items()}
+        # What the replicas serve is the base model (adapters merged in): the measure of what a sync sent.
+        served = {n: tuple(t.shape) for n, t in learner.model.state_dict().items() if ".lora_" not in n}
         return self._open_weight_sync(request, shapes, local, version=learner.policy_version, kind=kind, lora=lora,
-                                      probe=probe, dtypes=dtypes)
+                                      probe=probe, dtypes=dtypes, model_shapes=served)
 
 
 class ArtistLearnerRank(LearnerRank):

@@ -27,7 +27,8 @@ import pytest
 from rollout.config import PROJECT_ROOT
 
 RAY = str(Path(sys.executable).with_name("ray"))
-EXPECTED_ACTORS = {"critic-rollout-0", "artist-sampler-0", "reward-0", "reward-1", "critic-learner", "artist-learner"}
+EXPECTED_ACTORS = {"critic-rollout-0", "artist-sampler-0", "reward-0", "reward-1", "critic-learner-0",
+                   "artist-learner-0"}
 
 
 def _free_port() -> int:

@@ -50,7 +50,7 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
     from artist_actor.group import ArtistSamplerGroup
     from rewards.attributes import compute_attributes
     from rollout.config import SyncConfig
-    from rollout.learner_actors import ArtistLearnerActor
+    from rollout.learner_groups import ArtistLearnerGroup
     from rollout.weight_sync import WeightSync
 
     ray = ray_local
@@ -67,11 +67,10 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
     lora = LoraConfig(rank=4, alpha=8.0)
     samplers = ArtistSamplerGroup(artist, str(embedded_models.artist), lora_alpha=lora.alpha,
                                   sync_timeout_s=120.0, namespace="test-artist-sync")
-    learner = ray.remote(ArtistLearnerActor).options(name="artist-learner", namespace="test-artist-sync",
-                                                     num_cpus=1).remote(
-        str(embedded_models.artist), ArtistLearnerConfig(lora=lora, micro_batch_size=3), artist, num_threads=1)
+    learner = ArtistLearnerGroup(str(embedded_models.artist), ArtistLearnerConfig(lora=lora, micro_batch_size=3),
+                                 artist, ranks=1, num_threads=1, namespace="test-artist-sync", learner_kwargs={})
     try:
-        info = ray.get(learner.ready.remote(), timeout=300)
+        info = learner.info[0]
         before = samplers.sample(tasks, critiques, conditionings, k=K, step=0)
         assert len(before) == 2 * K and {e.artist_version for e in before} == {0}
 
@@ -82,10 +81,10 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
             groups.append(ArtistGroup(task_id=task.task_id, critique_index=0, conditioning=conditioning,
                                       condition_image=task.input, edits=edits,
                                       rewards=np.asarray(rewards, np.float32), optimality=np.zeros(K, np.float32)))
-        metrics = ray.get(learner.update.remote(groups), timeout=300)
+        metrics = learner.collect(learner.launch_update(groups), timeout_s=300, what="update")
         assert metrics["learner/nft/skipped"] == 0.0 and metrics["learner/nft/version"] == 1.0
 
-        sync = WeightSync("artist", [learner], samplers, config=SyncConfig(backend="collective"), timeout_s=60.0,
+        sync = WeightSync("artist", learner.ranks, samplers, config=SyncConfig(backend="collective"), timeout_s=60.0,
                           backend="collective", wire_dtype=samplers.serving_dtype)
         started = time.perf_counter()
         report = sync.sync(1)
@@ -100,5 +99,5 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
         assert {e.artist_version for e in after} == {1}
         assert any(not np.array_equal(a.x0, b.x0) for a, b in zip(after, before))
     finally:
-        ray.kill(learner)
+        learner.shutdown()
         samplers.shutdown()

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_mean_reward_rises_clearly_above_its_start(embedded_models):
-    command = [sys.executable, str(ROOT / "bench" / "artist_learner.py"), "--iterations", "30", "--lr", "3e-3",
+    command = [sys.executable, str(ROOT / "bench" / "artist_learner.py"), "--iterations", "30", "--lr", "1e-3",
                "--window", "5", "--seed", "0"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -31,6 +31,6 @@ def test_mean_reward_rises_clearly_above_its_start(embedded_models):
     iterations = [line for line in lines if "iteration" in line]
     assert [line["served_version"] for line in iterations] == list(range(30))  # every sync reached the sampler
     assert all(line["learner/nft/skipped"] == 0.0 for line in iterations)
-    # Reward = −|ΔL*|/10. Measured at this seed: −0.391 over the first 5 iterations, −0.290 over the last 5
-    # (iteration-to-iteration std 0.018); require half of that gain.
-    assert summary["last_mean_reward"] > summary["first_mean_reward"] + 0.05, summary
+    # Reward = −|ΔL*|/10. Measured at this seed: −0.717 over the first 5 iterations, −0.463 over the last 5
+    # (rising nearly every iteration); require under half of that gain.
+    assert summary["last_mean_reward"] > summary["first_mean_reward"] + 0.1, summary

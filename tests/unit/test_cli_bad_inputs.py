@@ -67,7 +67,9 @@ def test_evaluate_skips_unreadable_held_out_photos_with_a_line_each(photos, caps
     assert main(["evaluate", "--data", photos["mixed"], "--out", str(out), "--no-mlflow"]) == 0
     _one_line_per_bad_photo(capsys.readouterr().err, photos)
     results = json.loads((out / "results.json").read_text())
-    assert [row["count"] for row in results["rows"]] == [1, 1]  # identity and auto-enhance on the good photo
+    # identity, auto-retouch and the oracle, each on the one good photo
+    assert [(row["method"], row["count"]) for row in results["rows"]] == [
+        ("identity", 1), ("auto-retouch", 1), ("oracle", 1)]
     assert [s["record_id"] for s in results["skipped"]] == ["mixed-1", "mixed-2"]
     assert main(["evaluate", "--data", photos["bad"], "--out", str(out), "--no-mlflow"]) == 1
     err = capsys.readouterr().err
