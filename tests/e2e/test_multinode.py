@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def simulation(tmp_path_factory, embedded_models):
     out = tmp_path_factory.mktemp("simulated-cluster")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # RAY_DEDUP_LOGS=0: the driver would fold lines that differ only in a number (critic-learner-0/-1) into one.
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_DEDUP_LOGS": "0"}
     # The driver's own timeouts bound every wait; this one only turns a hang into a failure.
     result = subprocess.run([sys.executable, str(DRIVER), "--out", str(out)], cwd=PROJECT_ROOT, env=env,
                             capture_output=True, text=True, timeout=1200)
