@@ -21,7 +21,7 @@ from critic_actor.config import CriticConfig
 from rollout.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
                              wait_until_ready)
 from rollout.types import Critique, PhotoTask
-from rollout.weight_transport import SyncManifest, TransferEndpoint, tensor_digest
+from rollout.weight_transport import SyncManifest, TransferEndpoint, start_receivers, tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -185,13 +185,8 @@ class CriticRolloutGroup:
                       replicas: Sequence[int] | None = None) -> list[tuple[str, Any]]:
         """Start the collective sync's receive on ``replicas`` (all by default, in order, as receivers 0..R-1);
         returns ``(replica name, ObjectRef of its report)`` for the caller to wait on with the senders."""
-        replicas = list(range(len(self.actors))) if replicas is None else list(replicas)
-        if endpoint.num_receivers != len(replicas):
-            raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, not {len(replicas)}")
-        manifest_data = manifest.to_dict()
-        return [(self.names[replica],
-                 self.actors[replica].receive_weights.remote(version, endpoint, index, manifest_data))
-                for index, replica in enumerate(replicas)]
+        return start_receivers(self.actors, self.names, version, endpoint, manifest,
+                               None if replicas is None else list(replicas))
 
     def health(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """One report per replica; an unreachable replica reports ``ok: False`` with the reason."""

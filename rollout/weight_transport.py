@@ -19,6 +19,7 @@ Owns what both ends of a sync must agree on, and nothing else:
   re-computed on receipt (one pass over the bytes, no hashing of the payload);
 - delta encoding (:attr:`SyncManifest.delta_from`): each piece travels dense, sparse (int32 indices + values) or
   not at all when it did not change since the version both sides hold;
+- :func:`start_receivers`: which replica is which receiver of a sync (a replica group starts them);
 - :func:`receive_tensors`: posts every sender's broadcast for a bucket, verifies the trailers, reassembles full
   tensors from the pieces and yields each as soon as its last rows arrive.
 
@@ -193,6 +194,20 @@ class Bucket:
     """One tuple per sender rank (possibly empty), in manifest order."""
     dense_bytes: tuple[int, ...]
     """Payload bytes (padded, trailer excluded) each sender sends densely."""
+
+
+def start_receivers(actors: list[Any], names: list[str], version: int, endpoint: TransferEndpoint,
+                    manifest: SyncManifest, replicas: list[int] | None = None) -> list[tuple[str, Any]]:
+    """Start ``receive_weights`` on the chosen replica actors (all by default), in order, as receivers 0..R-1 of
+    ``endpoint``; returns ``(replica name, handle of the call)`` for the caller to wait on with the senders.
+
+    Takes the replica groups' actor handles as they are (this module never imports Ray)."""
+    replicas = list(range(len(actors))) if replicas is None else list(replicas)
+    if endpoint.num_receivers != len(replicas):
+        raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, not {len(replicas)}")
+    manifest_data = manifest.to_dict()
+    return [(names[replica], actors[replica].receive_weights.remote(version, endpoint, index, manifest_data))
+            for index, replica in enumerate(replicas)]
 
 
 def shard_rows(rows: int, num_shards: int, shard: int) -> tuple[int, int]:

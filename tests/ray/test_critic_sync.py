@@ -27,7 +27,7 @@ from learner.critic_learner import CriticLearner
 from rollout.config import SyncConfig
 from rollout.types import CriticGroup, CritiqueReward, PhotoTask
 
-# learner_greedy runs inside learner actors (through __ray_call__); Ray workers cannot import test modules.
+# _rank_greedy runs inside learner ranks (through __ray_call__); Ray workers cannot import test modules.
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 MIN_PIXELS, MAX_PIXELS, MAX_NEW_TOKENS, G = 3136, 12544, 16, 3
@@ -62,6 +62,24 @@ def learner_greedy(learner: CriticLearner, image: np.ndarray) -> list[int]:
     return tokens[:next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))]
 
 
+def _agreement(metrics: dict[str, float]) -> tuple[float, float]:
+    """(mean |Δ log p|, k3 KL) between the rollout engine's log-probs and the learner's recomputation."""
+    return metrics["learner/grpo/rollout_logprob_abs_diff/mean"], metrics["learner/grpo/rollout_kl"]
+
+
+def _groups(critiques) -> list[CriticGroup]:
+    """Rewards that favour each photo's later samples (responses of a random critic rarely stop early, so a length
+    reward would give every group zero variance and the update nothing to learn)."""
+    groups = []
+    for task in TASKS:
+        members = [c for c in critiques if c.task_id == task.task_id]
+        rewards = [CritiqueReward(task_id=task.task_id, critique_index=c.index, format=0.0, rank=0.0, suggestion=0.0,
+                                  total=float(c.index)) for c in members]
+        groups.append(CriticGroup(task_id=task.task_id, critiques=members, rewards=rewards,
+                                  advantages=np.zeros(len(members), np.float32)))
+    return groups
+
+
 def test_learner_update_then_sync_serves_the_new_version(group, embedded_models):
     tasks = TASKS
     critiques = group.generate(tasks, n=G, step=0)
@@ -74,16 +92,7 @@ def test_learner_update_then_sync_serves_the_new_version(group, embedded_models)
     assert before[0] < 1e-3 and abs(before[1]) < 1e-5, prepared.metrics
     assert [(h.task_id, h.critique_index) for h in prepared.conditionings] == [(c.task_id, c.index) for c in critiques]
 
-    # Reward the later samples of each photo (responses of a random critic rarely stop early, so a length
-    # reward would give every group zero variance and the update nothing to learn).
-    groups = []
-    for task in tasks:
-        members = [c for c in critiques if c.task_id == task.task_id]
-        rewards = [CritiqueReward(task_id=task.task_id, critique_index=c.index, format=0.0, rank=0.0, suggestion=0.0,
-                                  total=float(c.index)) for c in members]
-        groups.append(CriticGroup(task_id=task.task_id, critiques=members, rewards=rewards,
-                                  advantages=np.zeros(G, np.float32)))
-    metrics = learner.update(groups, prepared)
+    metrics = learner.update(_groups(critiques), prepared)
     assert metrics["learner/grpo/step_applied"] == 1.0 and learner.policy_version == 1
 
     report = group.set_weights(learner.policy_version, learner.get_weights())
@@ -106,24 +115,7 @@ def test_learner_update_then_sync_serves_the_new_version(group, embedded_models)
           f"after sync {mean_abs_diff:.2e}, KL {kl:.2e}; |Δlogp| moved by the update {moved_by_update:.2e}")
 
 
-def _agreement(metrics: dict[str, float]) -> tuple[float, float]:
-    """(mean |Δ log p|, k3 KL) between the rollout engine's log-probs and the learner's recomputation."""
-    return metrics["learner/grpo/rollout_logprob_abs_diff/mean"], metrics["learner/grpo/rollout_kl"]
-
-
 # ------------------------------------------------------------------------------------------- collective sync
-def _groups(critiques) -> list[CriticGroup]:
-    """Rewards that favour each photo's later samples (see the object-store test above)."""
-    groups = []
-    for task in TASKS:
-        members = [c for c in critiques if c.task_id == task.task_id]
-        rewards = [CritiqueReward(task_id=task.task_id, critique_index=c.index, format=0.0, rank=0.0, suggestion=0.0,
-                                  total=float(c.index)) for c in members]
-        groups.append(CriticGroup(task_id=task.task_id, critiques=members, rewards=rewards,
-                                  advantages=np.zeros(len(members), np.float32)))
-    return groups
-
-
 def _learner_group(embedded_models, lora: bool, ranks: int = 1):
     """The critic learner as a group of CPU ranks (gloo), as a run builds it."""
     from rollout.learner_groups import CriticLearnerGroup
