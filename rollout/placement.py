@@ -180,20 +180,25 @@ def plan_resources(config: TrainConfig) -> ResourcePlan:
                           config.rewards.cpus_per_worker, "SPREAD", 0.5 if config.rewards.gpus_per_worker else 0,
                           "LPIPS alex"))
 
-    for wanted, plan_of, shape, knob in (
-            (config.trainer.train_critic, critic_learner_plan, critic_size, "learner.critic"),
-            (config.trainer.train_artist, artist_learner_plan, artist_size, "learner.artist")):
+    for wanted, plan_of, shape, learner, knob in (
+            (config.trainer.train_critic, critic_learner_plan, critic_size, config.learner.critic, "learner.critic"),
+            (config.trainer.train_artist, artist_learner_plan, artist_size, config.learner.artist, "learner.artist")):
         if not wanted:
             continue
         role, memory = plan_of(config, shape)
         roles.append(role)
         if memory is not None and role.memory_gib_per_gpu > gpu_mem:
-            budget = f", {knob}.max_tokens_per_micro_batch" if knob == "learner.critic" else ""
+            # Only the knobs that would still lower the estimate.
+            remedies = [f"raise {knob}.gpus (shards the state)"]
+            if not _checkpointing(learner.gradient_checkpointing, shape):
+                remedies.append(f"set {knob}.gradient_checkpointing: true")
+            budget = f" or {knob}.max_tokens_per_micro_batch" if knob == "learner.critic" else ""
+            remedies.append(f"lower {knob}.micro_batch_size{budget}")
+            if not learner.cpu_offload:
+                remedies.append(f"set {knob}.cpu_offload: true")
             problems.append(
                 f"{role.role}: needs ~{role.memory_gib_per_gpu:.0f} GiB per GPU, GPUs have {gpu_mem:g} GiB "
-                f"({memory.describe()} GiB before fragmentation); raise {knob}.gpus (shards the state), set "
-                f"{knob}.gradient_checkpointing: true, lower {knob}.micro_batch_size{budget}, or set "
-                f"{knob}.cpu_offload: true")
+                f"({memory.describe()} GiB before fragmentation); {', '.join(remedies[:-1])}, or {remedies[-1]}")
 
     plan = ResourcePlan(roles, config.cluster.num_gpus, gpu_mem, problems)
     local_cpus = config.cluster.num_cpus if config.cluster.address == "local" else None
