@@ -1,10 +1,9 @@
 """ArtistSamplerGroup: the driver-side owner of M ArtistSamplerActor replicas.
 
 Owns the replicas' placement group (one bundle per replica, SPREAD so replicas land on different GPUs/nodes),
-their Ray names (``artist-sampler-<i>``), fanning work out and back in, weight sync through the object store with
-a deadline, and starting the replicas' side of a collective sync (:meth:`ArtistSamplerGroup.start_receive`; the
-driver's ``rollout.weight_sync`` waits on it together with the learner). Work is
-balanced by splitting the critiques into M contiguous shares of near-equal size (each critique costs K edits of
+their Ray names (``artist-sampler-<i>``), fanning work out and back in, and weight sync through the object store
+with a deadline (a collective sync is driven by ``rollout.weight_sync``, which starts each replica's
+``receive_weights``). Work is balanced by splitting the critiques into M contiguous shares of near-equal size (each critique costs K edits of
 the same resolution, so counts balance the work); results come back in input order. Every wait has a timeout:
 a stalled replica fails the call loudly instead of hanging the run or serving stale weights.
 
@@ -22,7 +21,6 @@ from artist_actor.config import ArtistConfig
 from rollout.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
                              wait_until_ready)
 from rollout.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
-from rollout.weight_transport import SyncManifest, TransferEndpoint, start_receivers
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +57,19 @@ class ArtistSamplerGroup:
         wait_for_placement(self.placement_group, "artist-sampler", self.startup,
                            fix="lower artist.num_samplers, artist.gpus_per_sampler or artist.cpus_per_sampler")
         remote_actor = ray.remote(ArtistSamplerActor)
+        self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
         self.actors = [
             remote_actor.options(
-                name=f"artist-sampler-{index}", namespace=namespace, num_cpus=config.cpus_per_sampler,
+                name=self.names[index], namespace=namespace, num_cpus=config.cpus_per_sampler,
                 num_gpus=config.gpus_per_sampler, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.placement_group, placement_group_bundle_index=index),
-                # Foreground work: at Ray's default worker niceness (15 below the raylet) a sampler loses most of
-                # its CPU to anything else on the machine (measured on the critic replicas: bench/critic.py).
                 runtime_env=foreground_runtime_env(),
             ).remote(index, str(artist_path), config.model_dump(), lora_alpha=lora_alpha,
                      num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True,
                      cpu_fallback=self.startup.cpu_fallback)
             for index in range(config.num_samplers)
         ]
-        self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
         self.info = wait_until_ready([actor.ready.remote() for actor in self.actors], self.names, self.startup)
         # With object-store sync the last synced adapter stays in the object store so a replica that Ray restarts
         # (on the base model) is brought back to the current version before it samples again; with collective
@@ -170,13 +166,6 @@ class ArtistSamplerGroup:
     @version.setter
     def version(self, value: int) -> None:
         self._version, self._state_ref = int(value), None
-
-    def start_receive(self, version: int, endpoint: TransferEndpoint, manifest: SyncManifest,
-                      replicas: Sequence[int] | None = None) -> list[tuple[str, Any]]:
-        """Start the collective sync's receive on ``replicas`` (all by default, in order, as receivers 0..R-1);
-        returns ``(replica name, ObjectRef of its report)`` for the caller to wait on with the senders."""
-        return start_receivers(self.actors, self.names, version, endpoint, manifest,
-                               None if replicas is None else list(replicas))
 
     @property
     def serving_dtype(self) -> str:

@@ -3,7 +3,7 @@ and delta syncs send.
 
 - :func:`bench_paths`: one sender actor (a learner rank) and 1 or 2 receiver actors (replicas) on the local Ray
   cluster, a synthetic fp32 model of ~10 MB to ~1 GB in 8 MB tensors. Object store: the sender puts the state
-  (with its digest, as ``CriticLearnerActor.weights_ref`` does) and every receiver fetches it, checks the digest
+  (with its digest, as ``CriticLearnerRank.weights_ref`` does) and every receiver fetches it, checks the digest
   and copies it into its own weights. Collective: the sender publishes its buckets (``learner.weight_sender``)
   and every receiver assembles and copies them into its weights (``rollout.weight_transport.receive_tensors``),
   once with the buckets in shared memory (what a single machine gets by default) and once broadcast over the

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ from rollout.weight_transport import SyncManifest, TransferEndpoint, tensor_dige
 ROLE = "critic-rollout"
 
 
+@lru_cache(maxsize=4)
 def expected_state_shapes(model_path: str | Path) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of the transformers model (as the learner's ``state_dict()`` names them),
-    from the checkpoint's config on the meta device: nothing is allocated."""
+    from the checkpoint's config on the meta device: nothing is allocated. Cached: the replica and its engine
+    both ask (read-only)."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -78,7 +81,7 @@ class CriticRolloutActor:
         self._prompt_text = critic_prompt_text(processor, CRITIC_INSTRUCTION)
         self._rescore_text = critic_prompt_text(processor, RESCORE_INSTRUCTION)
         suppressed = vision_special_token_ids(processor.tokenizer)
-        self._expected_shapes = expected_state_shapes(model_path)
+        self._expected_shapes = expected_state_shapes(str(model_path))
         device = "cuda" if self.config.gpus_per_replica > 0 else "cpu"
         self.serving_dtype = str(resolve_dtype(self.config.dtype, device)).removeprefix("torch.")
         """The dtype the engine serves in: weights travel to it in this dtype."""

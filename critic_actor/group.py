@@ -2,9 +2,8 @@
 
 Owns creating the replicas as Ray actors (named ``critic-rollout-<i>``, resources from config, packed in one
 placement group), splitting requests across them, weight sync through the object store with a timeout and a
-check that every replica received the same weights, starting the replicas' side of a collective sync
-(:meth:`CriticRolloutGroup.start_receive`; the driver's ``rollout.weight_sync`` waits on it together with the
-learner), and reporting health. It must not hold model weights or images itself: state and images travel through
+check that every replica received the same weights (a collective sync is driven by ``rollout.weight_sync``, which
+starts each replica's ``receive_weights``), and reporting health. It must not hold model weights or images itself: state and images travel through
 the object store or the collective.
 """
 
@@ -13,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from critic_actor.config import CriticConfig
 from rollout.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
                              wait_until_ready)
 from rollout.types import Critique, PhotoTask
-from rollout.weight_transport import SyncManifest, TransferEndpoint, start_receivers, tensor_digest
+from rollout.weight_transport import tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,6 @@ class CriticRolloutGroup:
             ).remote(str(model_path), config, i, sync_timeout_s, cpu_fallback=self.startup.cpu_fallback)
             for i in range(config.num_replicas)
         ]
-        self.names = [f"{namespace_prefix}{ROLE}-{i}" for i in range(config.num_replicas)]
         self.ready_info = wait_until_ready([a.ready.remote() for a in self.actors], self.names, self.startup)
         self.version = 0
         """Policy version every replica serves (set by :meth:`set_weights`, or by the collective sync)."""
@@ -180,13 +178,6 @@ class CriticRolloutGroup:
         self.resync = None
         return {"policy_version": version, "digest": digest, "seconds": time.perf_counter() - started,
                 "replicas": reports}
-
-    def start_receive(self, version: int, endpoint: TransferEndpoint, manifest: SyncManifest,
-                      replicas: Sequence[int] | None = None) -> list[tuple[str, Any]]:
-        """Start the collective sync's receive on ``replicas`` (all by default, in order, as receivers 0..R-1);
-        returns ``(replica name, ObjectRef of its report)`` for the caller to wait on with the senders."""
-        return start_receivers(self.actors, self.names, version, endpoint, manifest,
-                               None if replicas is None else list(replicas))
 
     def health(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """One report per replica; an unreachable replica reports ``ok: False`` with the reason."""

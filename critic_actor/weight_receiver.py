@@ -56,10 +56,6 @@ class ReplicaWeights:
     """Every tensor of the last full sync, for delta syncs (only kept when the manifest asks for it)."""
     mirror_version: int | None = None
 
-    @property
-    def has_lora_base(self) -> bool:
-        return bool(self.lora_base)
-
     def mirror_for(self, manifest: SyncManifest) -> dict[str, Any] | None:
         """The dict a sync assembles into, after checking a delta applies to the version held here."""
         if manifest.delta_from is not None and manifest.delta_from != self.mirror_version:

@@ -45,8 +45,9 @@ from learner.ema import AdapterEMA
 from learner.lora import (SAMPLING_ADAPTER, TRAINED_ADAPTER, active_adapter, adapter_parameters, adapter_state,
                           adapters_disabled, attach_nft_adapters, load_adapter_state, load_local_adapter_state,
                           local_adapter_state, soft_update_adapter)
-from learner.nft import (DiffusionNFTLoss, low_variance_groups, normalisation_key, old_policy_decay,
-                         optimality_probabilities, select_training_timesteps)
+from learner.memory import use_gradient_checkpointing
+from learner.nft import (DiffusionNFTLoss, low_variance_groups, normalisation_key, num_training_timesteps,
+                         old_policy_decay, optimality_probabilities, select_training_timesteps)
 from learner.optim import build_adamw, clip_and_step
 from rollout.types import ArtistGroup, ImageHandle
 
@@ -136,7 +137,8 @@ class ArtistLearner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.transformer = attach_nft_adapters(self.artist.transformer, self.config.lora)
-        if _use_gradient_checkpointing(self.config.gradient_checkpointing, self.transformer):
+        if use_gradient_checkpointing(self.config.gradient_checkpointing,
+                                      sum(p.numel() for p in self.transformer.parameters())):
             self.transformer.enable_gradient_checkpointing()
         self.transformer.train()
         self.transformer = shard_model(self.transformer, list(self.transformer.transformer_blocks), parallel,
@@ -297,7 +299,7 @@ class ArtistLearner:
         size = self.config.micro_batch_size
         units: list[_Unit] = []
         for (_, points, _), members in buckets.items():
-            columns = _num_training_timesteps(points - 1, self.config.timestep_fraction)
+            columns = num_training_timesteps(points - 1, self.config.timestep_fraction)
             for start in range(0, len(members), size):
                 batch = members[start:start + size]
                 weight = 0.0 if padding_only else len(batch) / (total * columns)
@@ -324,18 +326,17 @@ class ArtistLearner:
         timesteps = [self._timesteps(sample) for sample in samples]
         totals = {"learner/nft/loss": 0.0, "learner/nft/policy_loss": 0.0, "learner/nft/kl_loss": 0.0,
                   "learner/nft/positive_loss": 0.0, "learner/nft/negative_loss": 0.0}
-        conditioning_of: dict[tuple[int, ...], Any] = {}
+        # Units come micro-batch by micro-batch: one conditioning is alive at a time, built once per micro-batch.
+        cond_members, cond = None, None
         for unit in units:
             items = [samples[i] for i in unit.members]
-            key = tuple(unit.members)
-            if key not in conditioning_of:
+            if unit.members != cond_members:
                 latents = torch.cat([prepared[s.group_index][2] for s in items])
-                conditioning_of.clear()  # units come micro-batch by micro-batch: keep one conditioning alive
-                conditioning_of[key] = build_conditioning(
+                cond_members, cond = unit.members, None
+                cond = build_conditioning(
                     [prepared[s.group_index][0] for s in items], latents, hidden_size=self.artist.hidden_size,
                     drop_prefix_tokens=self.artist_config.drop_prefix_tokens,
                     masks=[prepared[s.group_index][1] for s in items], device=device, dtype=dtype)
-            cond = conditioning_of[key]
             x0 = torch.stack([s.x0 for s in items]).to(device)
             if x0.shape[1] != cond.num_image_tokens:
                 raise ValueError(f"edits have {x0.shape[1]} latent tokens but their condition image gives a "
@@ -475,20 +476,6 @@ class ArtistLearner:
 def _sample_seed(seed: int, step: int, index: int, column: int) -> int:
     """A seed per (run seed, optimizer step, edit, timestep column); column −1 draws the edit's timesteps."""
     return (((seed * 1_000_003 + step) * 1_000_033 + index) * 1_009 + column + 1) % (2**63 - 1)
-
-
-def _num_training_timesteps(points: int, fraction: float) -> int:
-    from learner.nft import num_training_timesteps
-
-    return num_training_timesteps(points, fraction)
-
-
-def _use_gradient_checkpointing(setting: bool | str, module: torch.nn.Module) -> bool:
-    """The config's true/false, or ``auto``: on for models of a billion parameters or more (where activations
-    dominate)."""
-    if setting == "auto":
-        return sum(p.numel() for p in module.parameters()) >= 1e9
-    return bool(setting)
 
 
 def _codec_on(codec, device: torch.device):

@@ -50,7 +50,9 @@ from torch import nn
 
 from learner.config import CriticLearnerConfig
 from learner.distributed import ParallelContext, full_tensor, load_sharded, save_sharded, shard_model
-from learner.grpo import GRPOLoss, grpo_advantages, k3_kl, overlong_penalty, token_entropy, token_log_probs
+from learner.grpo import (GRPOLoss, grpo_advantages, logprob_agreement, overlong_penalty, token_entropy,
+                          token_log_probs)
+from learner.memory import use_gradient_checkpointing
 from learner.optim import build_adamw, clip_and_step, trainable_parameters
 from learner.state import detach_state, flatten_optimizer_state, load_module_state, unflatten_optimizer_state
 from rollout.types import Conditioning, Critique, CriticGroup
@@ -177,7 +179,8 @@ class CriticLearner:
         self.hidden_size = int(text_config.hidden_size)
         self.image_token_id = int(self.model.config.image_token_id)
         self.spatial_merge_size = int(self.model.config.vision_config.spatial_merge_size)
-        self.gradient_checkpointing = _use_gradient_checkpointing(config.gradient_checkpointing, self.model)
+        self.gradient_checkpointing = use_gradient_checkpointing(
+            config.gradient_checkpointing, sum(p.numel() for p in self.model.parameters()))
 
         self.peft_model = None
         self.reference: ResponseForward | None = None
@@ -246,6 +249,15 @@ class CriticLearner:
                 ref_log_probs = self._reference_log_probs(batch) if self.config.kl_coef > 0 else None
                 if not real:
                     continue
+                # The engine reports log-probs at temperature 1; compare like with like.
+                learner_t1 = log_probs if self.temperature == 1.0 else \
+                    token_log_probs(logits * self.temperature, batch.response_tokens)
+                rollout = _pad([np.asarray(c.rollout_logprobs, dtype=np.float32) for c in chunk],
+                               batch.response_tokens.shape[1], learner_t1.device)
+                mismatch = logprob_agreement(rollout, learner_t1, batch.response_mask)
+                tokens = mismatch.num_tokens
+                agreement += [mismatch.mean_abs_diff * tokens, mismatch.kl * tokens, tokens]
+                largest = max(largest, mismatch.max_abs_diff)
                 for row, critique in enumerate(chunk):
                     key = (critique.task_id, critique.index)
                     n = len(critique.completion_token_ids)
@@ -258,14 +270,6 @@ class CriticLearner:
                         task_id=critique.task_id, critique_index=critique.index,
                         hidden=self._ship(hidden[row, :context]), mask=np.ones(context, dtype=bool),
                         prompt_length=batch.prompt_lengths[row], critic_version=self.policy_version))
-                    rollout = torch.as_tensor(np.asarray(critique.rollout_logprobs, dtype=np.float32))
-                    # The engine reports log-probs at temperature 1; compare like with like.
-                    learner_t1 = learner if self.temperature == 1.0 else \
-                        token_log_probs(logits[row:row + 1, :n] * self.temperature,
-                                        batch.response_tokens[row:row + 1, :n])[0].float().cpu()
-                    diff = (learner_t1 - rollout).abs()
-                    agreement += [float(diff.sum()), float(k3_kl(rollout, learner_t1).sum()), n]
-                    largest = max(largest, float(diff.max()) if n else 0.0)
         finally:
             self.policy.train()
         total_abs, total_kl, tokens = self.parallel.sum(list(agreement))
@@ -315,10 +319,11 @@ class CriticLearner:
             return metrics
         mine = [(prepared.critiques[(c.task_id, c.index)], a) for c, a in items
                 if (c.task_id, c.index) in prepared.critiques]
-        if int(self.parallel.sum([len(mine)])[0]) != len(items):
+        prepared_on_ranks = int(self.parallel.sum([len(mine)])[0])
+        if prepared_on_ranks != len(items):
             missing = [(c.task_id, c.index) for c, _ in items if (c.task_id, c.index) not in prepared.critiques]
             raise KeyError(f"update: {len(items)} critiques to train on but the ranks prepared "
-                           f"{int(self.parallel.sum([len(mine)])[0])} of them (e.g. missing here: {missing[:3]})")
+                           f"{prepared_on_ranks} of them (e.g. missing here: {missing[:3]})")
 
         # Normalisers of the whole batch (every rank computes them from every group): each rank's loss is its
         # share of the batch loss, and the ranks' gradients are summed.
@@ -653,14 +658,6 @@ def _transformer_blocks(model: nn.Module) -> list[nn.Module]:
         raise ValueError(f"{type(model).__name__} does not have Qwen2.5-VL's model.language_model.layers and "
                          f"model.visual.blocks; the critic learner shards those")
     return [*layers, *blocks]
-
-
-def _use_gradient_checkpointing(setting: bool | str, model: nn.Module) -> bool:
-    """The config's true/false, or ``auto``: on for models of a billion parameters or more (where activations
-    dominate)."""
-    if setting == "auto":
-        return sum(p.numel() for p in model.parameters()) >= 1e9
-    return bool(setting)
 
 
 def _pad(arrays: Sequence[np.ndarray], width: int, device: torch.device) -> torch.Tensor:

@@ -21,8 +21,6 @@ ranks and hand them the rendezvous address.
 from __future__ import annotations
 
 import datetime
-import logging
-import os
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,8 +28,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,22 +46,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("", 0))
         return int(probe.getsockname()[1])
-
-
-def resolve_device(gpus: float, *, allow_cpu_fallback: bool = True) -> torch.device:
-    """The device a learner rank trains on: its GPU when it was given one and CUDA is present, else the CPU.
-
-    A rank that was granted a GPU but sees no CUDA (a simulated cluster with logical GPUs) runs on the CPU when
-    ``allow_cpu_fallback`` and says so; otherwise that is an error, never a silent slowdown.
-    """
-    if gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    if gpus > 0:
-        if not allow_cpu_fallback:
-            raise RuntimeError("this learner rank was granted a GPU but CUDA is not available here; set "
-                               "cluster.allow_cpu_fallback to run it on the CPU, or fix the node's CUDA set-up")
-        logger.warning("learner rank granted %s GPU(s) but CUDA is not available: running on the CPU", gpus)
-    return torch.device("cpu")
 
 
 class ParallelContext:
@@ -108,8 +88,6 @@ class ParallelContext:
                                    f"{dist.get_world_size()}); one learner rank per process")
         else:
             backend = "nccl" if device.type == "cuda" else "gloo"
-            os.environ.setdefault("MASTER_ADDR", rendezvous.address)
-            os.environ.setdefault("MASTER_PORT", str(rendezvous.port))
             dist.init_process_group(
                 backend, init_method=f"tcp://{rendezvous.address}:{rendezvous.port}", rank=rank,
                 world_size=rendezvous.world_size, timeout=datetime.timedelta(seconds=rendezvous.timeout_s),
@@ -136,22 +114,19 @@ class ParallelContext:
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of ``values`` over every rank (float64)."""
-        if not self.distributed:
-            return [float(v) for v in values]
-        import torch.distributed as dist
-
-        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._collective_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor.cpu().tolist()
+        return self._all_reduce(values, "SUM")
 
     def max(self, values: Sequence[float]) -> list[float]:
         """Element-wise maximum of ``values`` over every rank (float64)."""
+        return self._all_reduce(values, "MAX")
+
+    def _all_reduce(self, values: Sequence[float], op: str) -> list[float]:
         if not self.distributed:
             return [float(v) for v in values]
         import torch.distributed as dist
 
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._collective_device())
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
         return tensor.cpu().tolist()
 
     def barrier(self) -> None:
@@ -196,6 +171,7 @@ def shard_model(root: nn.Module, blocks: Iterable[nn.Module], context: ParallelC
 
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None)
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    blocks = list(blocks)
     for block in blocks:
         fully_shard(block, mesh=context.mesh, mp_policy=policy, offload_policy=offload)
     fully_shard(root, mesh=context.mesh, mp_policy=policy, offload_policy=offload)
@@ -203,17 +179,10 @@ def shard_model(root: nn.Module, blocks: Iterable[nn.Module], context: ParallelC
         # Each rank's loss is already normalised by the GLOBAL token/sample counts, so gradients must be
         # summed over ranks, not averaged (FSDP's default divides by the world size).
         # Plain SUM reductions (gloo has no pre-multiplied sum).
-        for unit in (root, *blocks_of(root)):
+        for unit in (root, *blocks):
             unit.set_gradient_divide_factor(1.0)
             unit.set_force_sum_reduction_for_comms(True)
     return root
-
-
-def blocks_of(root: nn.Module) -> list[nn.Module]:
-    """The FSDP units under ``root`` (itself excluded)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in root.modules() if isinstance(m, FSDPModule) and m is not root]
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
@@ -299,4 +268,4 @@ def load_sharded(state: dict, directory: str | Path, *, may_lack: Sequence[str] 
 
 
 __all__ = ["ParallelContext", "Rendezvous", "even_share", "full_tensor", "free_port", "load_sharded",
-           "local_rows", "local_tensor", "resolve_device", "save_sharded", "shard_like", "shard_model"]
+           "local_rows", "local_tensor", "save_sharded", "shard_like", "shard_model"]

@@ -12,7 +12,9 @@ the artist learner (DiffusionNFT). It is built from the quantities the learners 
 - FSDP2's transient full copies of one unit (and the next, prefetched) in bf16, and of the root unit (embedding,
   LM head) for the whole pass;
 - activations: bytes autograd keeps per token of one block (measured by ``bench/learner_memory.py``), times
-  the blocks without gradient checkpointing, or each block's bf16 input plus one block being recomputed with it;
+  the blocks without gradient checkpointing, or each block's bf16 input plus one block being recomputed with it
+  (whether ``gradient_checkpointing: auto`` turns it on is decided here too, for the learners and the plan alike:
+  :func:`use_gradient_checkpointing`);
 - the critic's logits at the response positions of one micro-batch (fp32, for log-probs and entropy);
 - tokens per micro-batch from the token budget (``max_tokens_per_micro_batch``) or the micro-batch size.
 
@@ -104,6 +106,17 @@ class ModelShape:
     source: str = "config"
     """``checkpoint`` (the config of the model directory) or ``nominal`` (the real architecture's config)."""
 
+
+CHECKPOINTING_AUTO_PARAMS = 1e9
+"""``gradient_checkpointing: auto`` turns checkpointing on for models of this many parameters or more (where
+activations dominate a learner's memory)."""
+
+
+def use_gradient_checkpointing(setting: bool | str, params: float) -> bool:
+    """The config's true/false, or for ``auto`` whether a model of ``params`` parameters is large enough."""
+    if setting == "auto":
+        return params >= CHECKPOINTING_AUTO_PARAMS
+    return bool(setting)
 
 @dataclass(frozen=True, slots=True)
 class LearnerMemory:

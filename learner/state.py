@@ -1,6 +1,6 @@
 """A single-process learner's state in memory: model tensors and optimizer states as flat, copyable values.
 
-Owns the flat layout ``get_state``/``set_state`` use: a model state is ``{parameter name: tensor}``; an optimizer
+Owns the flat layout of the critic learner's ``get_state``/``set_state``: a model state is ``{parameter name: tensor}``; an optimizer
 state is flattened to ``{"state.<param index>.<key>": tensor}`` plus a JSON description of its parameter groups
 and non-tensor entries. Copies share no storage with the model, so a held state never changes under the next
 step. Checkpoints on disk are sharded and written by ``torch.distributed.checkpoint`` (``learner.distributed``);
@@ -19,8 +19,8 @@ from torch import nn
 def detach_state(tensors: Mapping[str, torch.Tensor], *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Detached, contiguous copies on ``device`` that share no storage with each other or with the model.
 
-    safetensors refuses tensors that alias one another (tied embeddings are the usual case), and a state that
-    aliases live parameters would change under the caller's feet after the next optimizer step.
+    A state that aliases live parameters would change under the caller's feet after the next optimizer step, and
+    tensors that alias one another (tied embeddings are the usual case) would be loaded back as two.
     """
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():

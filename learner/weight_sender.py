@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rollout.weight_transport import (
-    ALIGN, SyncManifest, TransferEndpoint, TransferGroup, WeightTransferError, bucket_checksum, combine_checksums,
+    ALIGN, SyncManifest, TransferEndpoint, TransferGroup, WeightTransferError, bucket_checksum,
     layout_from_header, open_store, padded_bytes, plan_buckets, row_layout, shard_rows,
 )
 
@@ -47,11 +47,6 @@ class SendReport:
     pieces: dict[str, int] = field(default_factory=lambda: {"dense": 0, "sparse": 0, "unchanged": 0})
     shared_memory: bool = False
     """Whether the buckets went through shared memory (every receiver on this rank's machine)."""
-
-    @property
-    def digest(self) -> str:
-        return combine_checksums(self.checksums)
-
 
 class WeightSender:
     """One learner rank's sender; keeps the delta snapshot between syncs."""

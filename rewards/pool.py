@@ -51,9 +51,10 @@ class RewardPool:
         wait_for_placement(self.placement_group, ROLE, startup,
                            fix="lower rewards.num_workers, rewards.cpus_per_worker or rewards.gpus_per_worker")
         remote_cls = ray.remote(RewardWorker)
+        names = [f"{name_prefix}{ROLE}-{i}" for i in range(config.num_workers)]
         self.workers = [
             remote_cls.options(
-                name=f"{name_prefix}{ROLE}-{i}", namespace=namespace, num_cpus=config.cpus_per_worker,
+                name=names[i], namespace=namespace, num_cpus=config.cpus_per_worker,
                 num_gpus=config.gpus_per_worker, max_restarts=max_restarts, max_task_retries=max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
@@ -61,7 +62,6 @@ class RewardPool:
             ).remote(config, index=i, lpips_device=None, cpu_fallback=startup.cpu_fallback)
             for i in range(config.num_workers)
         ]
-        names = [f"{name_prefix}{ROLE}-{i}" for i in range(config.num_workers)]
         self.worker_info: list[dict[str, Any]] = wait_until_ready([w.ready.remote() for w in self.workers], names,
                                                                   startup)
         self.backbone_is_random = any(info["backbone_is_random"] for info in self.worker_info)

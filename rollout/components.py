@@ -1,8 +1,9 @@
 """The run's distributed components, built from config, behind the verbs the controller uses.
 
 Owns creation and teardown of every actor of a run (critic rollout group, artist sampler group, reward pool,
-critic learner, artist learner, and the Ray tasks that load photos), their placement groups, and the
-translation between the controller's records and each component's requests. It adds no learning logic.
+critic and artist learner groups — each group placing its own actors — and the Ray tasks that load photos), the
+weight-sync owner of each model (``rollout.weight_sync.WeightSync``), and the translation between the
+controller's records and each component's requests. It adds no learning logic.
 
 Photos are read and validated by Ray tasks (``_load_task_images``) whose results stay in the object store:
 the controller sees only ObjectRefs and the per-record verdict.
@@ -112,7 +113,6 @@ class Components:
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
                                                   sync_timeout_s=timeout, max_restarts=restarts, startup=startup)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts, startup=startup)
-        self.learner_info = [self.critic_learner.info[0], self.artist_learner.info[0]]
         self._build_weight_sync(config, timeout)
 
     # ----------------------------------------------------------------------------------- stages

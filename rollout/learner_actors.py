@@ -70,7 +70,6 @@ class LearnerRank(ABC):
         self.cpu_fallback = cpu_fallback
         self.num_threads = num_threads
         self.learner: Any = None
-        self.last_compute_s = 0.0
         self._sender = None
         self._payload: dict[str, Any] | None = None
 
@@ -186,9 +185,8 @@ class CriticLearnerRank(LearnerRank):
         prepared = self.learner.prepare(critiques, padding=padding)
         conditionings = [replace(c, hidden=ray.put(c.hidden)) for c in prepared.conditionings]
         self._prepared = replace(prepared, conditionings=[])
-        self.last_compute_s = time.perf_counter() - start
         metrics = dict(prepared.metrics)
-        metrics["time/actor/prepare_s"] = self.last_compute_s
+        metrics["time/actor/prepare_s"] = time.perf_counter() - start
         return conditionings, metrics
 
     def update(self, groups) -> dict[str, float]:

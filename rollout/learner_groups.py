@@ -61,6 +61,8 @@ class LearnerGroup:
     """N ranks of one learner behind one handle. Subclasses add the learner's verbs."""
 
     rank_class: type[LearnerRank] = LearnerRank
+    gpus_knob = ""
+    """The config field that sets how many ranks (GPUs) the group has."""
 
     def __init__(self, rank_args: tuple, rank_kwargs: dict[str, Any], *, gpus: int, ranks: int | None = None,
                  cpus_per_rank: float = 1.0, namespace: str | None = None, startup: StartupLimits | None = None,
@@ -85,8 +87,7 @@ class LearnerGroup:
         node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
         strategy = learner_strategy(self.num_ranks, gpus_per_rank, node_gpus)
         self.placement_group = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy=strategy)
-        knob = "learner.critic.gpus" if self.role == "critic-learner" else "learner.artist.gpus"
-        wait_for_placement(self.placement_group, self.role, startup, fix=f"lower {knob}")
+        wait_for_placement(self.placement_group, self.role, startup, fix=f"lower {self.gpus_knob}")
         remote = ray.remote(self.rank_class)
         self.ranks = [
             remote.options(
@@ -116,17 +117,19 @@ class LearnerGroup:
 
     def collect(self, refs: list, *, timeout_s: float | None = None, what: str = "call") -> Any:
         """Rank 0's result of a launched call, once every rank has finished; fails at once when a rank fails."""
-        return self._wait(refs, self.names, self.call_timeout_s if timeout_s is None else timeout_s, what)[0]
+        return self._wait(refs, self.call_timeout_s if timeout_s is None else timeout_s, what)[0]
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None, what: str | None = None) -> list:
         """Run ``method`` on every rank and return every rank's result."""
         refs = self.launch(method, *args)
-        return self._wait(refs, self.names, self.call_timeout_s if timeout_s is None else timeout_s,
+        return self._wait(refs, self.call_timeout_s if timeout_s is None else timeout_s,
                           what or method)
 
-    def _wait(self, refs: list, names: list[str], timeout_s: float, what: str) -> list:
+    def _wait(self, refs: list, timeout_s: float, what: str) -> list:
+        """Every rank's result of ``refs`` (one per rank, in rank order)."""
         import ray
 
+        names = self.names
         deadline = time.monotonic() + timeout_s
         pending = list(refs)
         while pending:
@@ -178,6 +181,7 @@ class CriticLearnerGroup(LearnerGroup):
     """The critic's GRPO learner as N ranks: ``prepare`` (old/ref log-probs, H_c), ``update``, weights."""
 
     rank_class = CriticLearnerRank
+    gpus_knob = "learner.critic.gpus"
 
     def __init__(self, model_path: str, config, *, learner_kwargs: dict[str, Any], num_threads: int | None = None,
                  **group_kwargs: Any):
@@ -193,7 +197,7 @@ class CriticLearnerGroup(LearnerGroup):
         shares = token_balanced_shares(lengths, self.num_ranks)
         refs = [rank.prepare.remote([critiques[i] for i in share], critiques[0])
                 for rank, share in zip(self.ranks, shares)]
-        results = self._wait(refs, self.names, self.call_timeout_s, "prepare")
+        results = self._wait(refs, self.call_timeout_s, "prepare")
         ordered: list = [None] * len(critiques)
         for share, (conditionings, _) in zip(shares, results):
             for index, conditioning in zip(share, conditionings):
@@ -218,6 +222,7 @@ class ArtistLearnerGroup(LearnerGroup):
     """The artist's DiffusionNFT learner as N ranks: ``update`` and the sampling adapter for the samplers."""
 
     rank_class = ArtistLearnerRank
+    gpus_knob = "learner.artist.gpus"
 
     def __init__(self, artist_path: str, config, artist_config, *, learner_kwargs: dict[str, Any],
                  num_threads: int | None = None, **group_kwargs: Any):
@@ -236,4 +241,4 @@ class ArtistLearnerGroup(LearnerGroup):
         return self.call("sampler_weights_ref", what="adapter gather")[0]
 
 
-__all__ = ["ArtistLearnerGroup", "CriticLearnerGroup", "LearnerGroup", "LearnerRankLost", "learner_strategy", "token_balanced_shares"]
+__all__ = ["ArtistLearnerGroup", "CriticLearnerGroup", "LearnerGroup", "LearnerRankLost", "token_balanced_shares"]

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from learner.memory import (GIB, NOMINAL_VAE_PARAMS, LearnerMemory, ModelShape, artist_learner_memory,
-                            artist_shape, artist_tokens, critic_learner_memory, critic_micro_batch, critic_shape)
+                            artist_shape, artist_tokens, critic_learner_memory, critic_micro_batch, critic_shape,
+                            use_gradient_checkpointing)
 from rollout.config import TrainConfig
 
 PHOTO_LOADER_CPUS = 0.25
@@ -99,10 +100,6 @@ def _bytes_per_param(dtype: str, gpus: float) -> int:
     return 2
 
 
-def _checkpointing(setting: bool | str, shape: ModelShape) -> bool:
-    return shape.params >= 1e9 if setting == "auto" else bool(setting)
-
-
 def critic_learner_plan(config: TrainConfig, shape: ModelShape | None) -> tuple[RolePlan, LearnerMemory | None]:
     """The critic learner's ranks and the memory each needs on its GPU."""
     lc, c = config.learner.critic, config.critic
@@ -115,7 +112,7 @@ def critic_learner_plan(config: TrainConfig, shape: ModelShape | None) -> tuple[
     batch = critic_micro_batch(max_pixels=c.max_pixels, max_new_tokens=c.max_new_tokens,
                                micro_batch_size=lc.micro_batch_size,
                                max_tokens_per_micro_batch=lc.max_tokens_per_micro_batch)
-    checkpointing = _checkpointing(lc.gradient_checkpointing, shape)
+    checkpointing = use_gradient_checkpointing(lc.gradient_checkpointing, shape.params)
     memory = critic_learner_memory(
         shape, ranks=ranks, lora=lc.lora.enabled, kl_coef=lc.kl_coef, cpu_offload=lc.cpu_offload,
         checkpointing=checkpointing, sequences=batch.sequences, sequence_tokens=batch.sequence_tokens,
@@ -137,7 +134,7 @@ def artist_learner_plan(config: TrainConfig, shape: ModelShape | None) -> tuple[
     image_tokens, text_tokens = artist_tokens(
         resolution=a.resolution, downscale=8, critic_max_pixels=c.max_pixels,
         critic_max_new_tokens=c.max_new_tokens, drop_prefix_tokens=a.drop_prefix_tokens)
-    checkpointing = _checkpointing(la.gradient_checkpointing, shape)
+    checkpointing = use_gradient_checkpointing(la.gradient_checkpointing, shape.params)
     memory = artist_learner_memory(shape, ranks=ranks, cpu_offload=la.cpu_offload, checkpointing=checkpointing,
                                    samples=la.micro_batch_size, image_tokens=image_tokens, text_tokens=text_tokens,
                                    kept_versions=config.trainer.max_staleness + 1)
@@ -190,7 +187,7 @@ def plan_resources(config: TrainConfig) -> ResourcePlan:
         if memory is not None and role.memory_gib_per_gpu > gpu_mem:
             # Only the knobs that would still lower the estimate.
             remedies = [f"raise {knob}.gpus (shards the state)"]
-            if not _checkpointing(learner.gradient_checkpointing, shape):
+            if not use_gradient_checkpointing(learner.gradient_checkpointing, shape.params):
                 remedies.append(f"set {knob}.gradient_checkpointing: true")
             budget = f" or {knob}.max_tokens_per_micro_batch" if knob == "learner.critic" else ""
             remedies.append(f"lower {knob}.micro_batch_size{budget}")

@@ -128,10 +128,6 @@ class RolePlacement:
     nodes: list[str] = field(default_factory=list)
     """Node id per bundle, in bundle order; empty when the role does not fit."""
 
-    @property
-    def placed(self) -> bool:
-        return len(self.nodes) == len(self.bundles)
-
 
 @dataclass(slots=True)
 class PreflightResult:

@@ -1,11 +1,13 @@
-"""Start-up of a run's actors: bounded waits for placement and model load, with progress lines, and the device
-an actor that was granted GPUs computes on.
+"""Start-up of a run's actors: bounded waits for placement and model load, with progress lines, the CPU priority
+every actor runs at, and the device an actor that was granted GPUs computes on.
 
 Owns the three waits every actor owner goes through — the cluster granting a placement group, the actors
 loading their models, a restarted replica coming back — each bounded by its own timeout from the ``cluster``
 config section and reporting what is still pending (which role, which resources, which actors) at a fixed
 interval, so a long start on a real cluster is visible and a start that cannot succeed ends with an error that
 names the role and the knob to change. Weight-sync timeouts are not here: they belong to the sync path.
+Every actor owner starts its actors with :func:`foreground_runtime_env`: Ray starts workers at niceness 15,
+where the run's own work would lose its CPU to anything else on the machine (measured by ``bench/critic.py``).
 
 A leaf like ``rollout.types``: the standard library only, Ray and torch imported inside the functions, so the
 critic, artist and reward packages may use it. It creates no actor and no placement group itself.

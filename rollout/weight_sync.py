@@ -21,8 +21,8 @@ figures each sync reports. It moves no tensor itself and never imports torch.
 
 Learner rank actors serve two calls here, every rank both: ``begin_weight_sync(SyncRequest) ->
 (TransferEndpoint, SyncManifest, full_model_bytes)`` from rank 0 (None from the others, which describe the same
-payload and keep their rows of it) and ``send_weights(endpoint, manifest) -> SendReport``. Replica groups serve
-``start_receive`` and keep ``version`` and ``resync``.
+payload and keep their rows of it) and ``send_weights(endpoint, manifest) -> SendReport``. Replica groups expose
+their ``actors`` (each serving ``receive_weights``) and ``names``, and keep ``version`` and ``resync``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rollout.config import SyncConfig
-from rollout.weight_transport import combine_checksums
+from rollout.weight_transport import SyncManifest, TransferEndpoint, combine_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,19 @@ def resolve_backend(config: SyncConfig) -> tuple[str, str]:
     if usable:
         return "collective", "auto: torch.distributed has gloo"
     return "object_store", "auto: torch.distributed has no gloo backend here"
+
+
+def start_receivers(replicas: Any, version: int, endpoint: TransferEndpoint, manifest: SyncManifest,
+                    indices: list[int] | None = None) -> list[tuple[str, Any]]:
+    """Start ``receive_weights`` on the replica group's chosen actors (all by default), in order, as receivers
+    0..R-1 of ``endpoint``; returns ``(replica name, ObjectRef of its report)`` to wait on with the senders."""
+    indices = list(range(len(replicas.actors))) if indices is None else list(indices)
+    if endpoint.num_receivers != len(indices):
+        raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, not {len(indices)}")
+    manifest_data = manifest.to_dict()
+    return [(replicas.names[replica],
+             replicas.actors[replica].receive_weights.remote(version, endpoint, index, manifest_data))
+            for index, replica in enumerate(indices)]
 
 
 class WeightSync:
@@ -195,22 +208,18 @@ class WeightSync:
         self._check_version(manifest.version, version)
         participants = [(f"{self.model}-learner rank {rank}", learner.send_weights.remote(endpoint, manifest))
                         for rank, learner in enumerate(self.learners)]
-        receivers = self.replicas.start_receive(version, endpoint, manifest, replicas)
+        receivers = start_receivers(self.replicas, version, endpoint, manifest, replicas)
         try:
             results = self._await(participants + receivers, version)
         except BaseException:
-            # Replicas that took part may hold half a payload: they refuse work until a later sync, which must
-            # then send everything (LoRA base, dense).
-            self._lora_base_holders.difference_update(replicas)
-            self._delta_version = None
+            self._forget(replicas)
             raise
         sent = [results[name] for name, _ in participants]
         received = {name: results[name] for name, _ in receivers}
         expected = combine_checksums({key: value for report in sent for key, value in report.checksums.items()})
         wrong = {name: r["digest"] for name, r in received.items() if r["digest"] != expected}
         if wrong:
-            self._lora_base_holders.difference_update(replicas)
-            self._delta_version = None
+            self._forget(replicas)
             raise WeightSyncError(f"{self.model} weight sync to version {version}: {sorted(wrong)} received "
                                   f"{sorted(set(wrong.values()))}, the learner sent {expected}")
         if manifest.kind == "lora":
@@ -254,6 +263,12 @@ class WeightSync:
             listed = "; ".join(f"{name}: {_first_line(exc)}" for name, exc in failures)
             raise WeightSyncError(f"{self.model} weight sync to version {version} failed: {listed}") from failures[0][1]
         return results
+
+    def _forget(self, replicas: list[int]) -> None:
+        """Replicas that took part in a failed sync may hold half a payload: they refuse work until a later sync,
+        which must then send everything (LoRA base, dense)."""
+        self._lora_base_holders.difference_update(replicas)
+        self._delta_version = None
 
     def _check_version(self, learner_version: int, version: int) -> None:
         if learner_version != version:

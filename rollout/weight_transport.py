@@ -19,7 +19,6 @@ Owns what both ends of a sync must agree on, and nothing else:
   re-computed on receipt (one pass over the bytes, no hashing of the payload);
 - delta encoding (:attr:`SyncManifest.delta_from`): each piece travels dense, sparse (int32 indices + values) or
   not at all when it did not change since the version both sides hold;
-- :func:`start_receivers`: which replica is which receiver of a sync (a replica group starts them);
 - :func:`receive_tensors`: posts every sender's broadcast for a bucket, verifies the trailers, reassembles full
   tensors from the pieces and yields each as soon as its last rows arrive.
 
@@ -196,20 +195,6 @@ class Bucket:
     """Payload bytes (padded, trailer excluded) each sender sends densely."""
 
 
-def start_receivers(actors: list[Any], names: list[str], version: int, endpoint: TransferEndpoint,
-                    manifest: SyncManifest, replicas: list[int] | None = None) -> list[tuple[str, Any]]:
-    """Start ``receive_weights`` on the chosen replica actors (all by default), in order, as receivers 0..R-1 of
-    ``endpoint``; returns ``(replica name, handle of the call)`` for the caller to wait on with the senders.
-
-    Takes the replica groups' actor handles as they are (this module never imports Ray)."""
-    replicas = list(range(len(actors))) if replicas is None else list(replicas)
-    if endpoint.num_receivers != len(replicas):
-        raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, not {len(replicas)}")
-    manifest_data = manifest.to_dict()
-    return [(names[replica], actors[replica].receive_weights.remote(version, endpoint, index, manifest_data))
-            for index, replica in enumerate(replicas)]
-
-
 def shard_rows(rows: int, num_shards: int, shard: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of ``shard`` when ``rows`` are cut like ``torch.chunk`` (FSDP2's dim-0 sharding):
     chunks of ceil(rows / num_shards), the last ones short or empty."""
@@ -297,8 +282,10 @@ def tensor_digest(state: Mapping[str, Any]) -> str:
         tensor = value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else \
             torch.from_numpy(np.ascontiguousarray(value))
         raw = tensor.reshape(-1).view(torch.uint8)
-        padded = torch.zeros(padded_bytes(raw.numel()), dtype=torch.uint8)
-        padded[:raw.numel()] = raw
+        padded = raw
+        if raw.numel() % ALIGN:  # zero padding adds nothing to the word sum: copy only a tensor that needs it
+            padded = torch.zeros(padded_bytes(raw.numel()), dtype=torch.uint8)
+            padded[:raw.numel()] = raw
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{bucket_checksum(padded)};".encode())
     return digest.hexdigest()[:16]
 

@@ -213,6 +213,7 @@ def test_a_lora_payload_that_binds_to_no_module_fails_loudly(group, ray_local, e
     from learner.lora import adapter_sync_state
     from learner.weight_sender import WeightSender
     from rollout.weight_transport import LoraSpec, SyncManifest, TensorSpec
+    from rollout.weight_sync import start_receivers
 
     ray = ray_local
     learner = CriticLearner(embedded_models.critic, CriticLearnerConfig(lora=LoraConfig(rank=8, alpha=16.0)),
@@ -227,7 +228,7 @@ def test_a_lora_payload_that_binds_to_no_module_fails_loudly(group, ray_local, e
     endpoint = sender.open_endpoint("127.0.0.1", num_receivers=2, timeout_s=30.0)
     thread = threading.Thread(target=sender.send, args=(endpoint, manifest, renamed.items()))
     thread.start()
-    refs = [ref for _, ref in group.start_receive(manifest.version, endpoint, manifest)]
+    refs = [ref for _, ref in start_receivers(group, manifest.version, endpoint, manifest)]
     for ref in refs:
         with pytest.raises(ray.exceptions.RayTaskError, match=r"bound to 0 of 14 modules") as info:
             ray.get(ref, timeout=120)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from learner.critic_learner import token_budget_micro_batches
 from learner.distributed import even_share
-from rollout.learner_groups import learner_strategy, token_balanced_shares
+from rollout.learner_groups import token_balanced_shares
+from rollout.placement import learner_strategy
 
 
 def test_micro_batches_respect_the_token_budget_and_the_sequence_cap():
