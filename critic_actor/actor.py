@@ -82,8 +82,8 @@ class CriticRolloutActor:
         self._rescore_text = critic_prompt_text(processor, RESCORE_INSTRUCTION)
         suppressed = vision_special_token_ids(processor.tokenizer)
         self._expected_shapes = expected_state_shapes(str(model_path))
-        device = "cuda" if self.config.gpus_per_replica > 0 else "cpu"
-        self.serving_dtype = str(resolve_dtype(self.config.dtype, device)).removeprefix("torch.")
+        # The device the engine really runs on (CPU on a simulated cluster's fake GPUs), not the one it was granted.
+        self.serving_dtype = str(resolve_dtype(self.config.dtype, self.device)).removeprefix("torch.")
         """The dtype the engine serves in: weights travel to it in this dtype."""
         started = time.perf_counter()
         self.engine = self._make_engine(suppressed)

@@ -96,6 +96,15 @@ def test_temperature_zero_config_is_greedy(embedded_models):
     torch.testing.assert_close(torch.from_numpy(a[0].rollout_logprobs), torch.from_numpy(a[1].rollout_logprobs))
 
 
+def test_a_replica_on_fake_gpus_reports_the_dtype_its_cpu_engine_serves(embedded_models):
+    """On a simulated cluster a replica granted a GPU runs on the CPU: syncs must send what it serves (float32 for
+    ``dtype: auto``), not the bfloat16 a real GPU would serve."""
+    config = CriticConfig(engine="transformers", max_new_tokens=8, min_pixels=3136, max_pixels=12544, dtype="auto",
+                          gpus_per_replica=1)
+    replica = CriticRolloutActor(embedded_models.critic, config, cpu_fallback=True)
+    assert replica.ready()["dtype"] == "float32" == str(next(replica.engine.model.parameters()).dtype)[6:]
+
+
 # ------------------------------------------------------------------------------------------ collective sync
 def _collective(actor, version: int, tensors: dict, **manifest_fields):
     """Send ``tensors`` from a sender thread in this process while ``actor`` receives them as the only replica."""
