@@ -202,11 +202,11 @@ class Components:
         announce(backend, reason)
         self.sync_backend = backend
         self.critic_sync = WeightSync(
-            "critic", self.critic_learner.ranks, self.critic_rollout, config=config.sync, timeout_s=timeout_s,
+            "critic", self.critic_learner, self.critic_rollout, config=config.sync, timeout_s=timeout_s,
             backend=backend, wire_dtype=self.critic_rollout.serving_dtype, delta=config.sync.delta,
             probe_tokens=config.sync.probe_tokens, lora_learner=config.learner.critic.lora.enabled)
         self.artist_sync = WeightSync(
-            "artist", self.artist_learner.ranks, self.artist_samplers, config=config.sync, timeout_s=timeout_s,
+            "artist", self.artist_learner, self.artist_samplers, config=config.sync, timeout_s=timeout_s,
             backend=backend, wire_dtype=self.artist_samplers.serving_dtype)
 
     def sync_critic(self, version: int) -> dict[str, float]:

@@ -15,8 +15,9 @@ reduced metrics.
 
 Every wait has a deadline (placement and model load from the ``cluster`` section, with progress lines), and a rank
 that fails or dies fails the call at once — the others would otherwise wait inside a collective. A rank that
-dies raises :class:`LearnerRankLost` naming the learner: learners do not restart in place; the run stops and is
-resumed from its last checkpoint. It must not hold weights or images: those travel as ObjectRefs.
+dies raises :class:`LearnerRankLost` naming the learner, also when a surviving rank's collective reports the lost
+peer before Ray does: learners do not restart in place; the run stops and is resumed from its last checkpoint. A
+group must not hold weights or images: those travel as ObjectRefs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,71 @@ def token_balanced_shares(lengths: Sequence[int], parts: int) -> list[list[int]]
     return [sorted(share) for share in shares]
 
 
+PEER_FAILURE_GRACE_S = 60.0
+"""How long a rank's failure waits for the other ranks to show whether one of them died (Ray learns of a lost
+node within about 30 s by default)."""
+
+
+def wait_for_ranks(refs: list, names: Sequence[str], role: str, timeout_s: float, what: str, *,
+                   peer_failure_grace_s: float = PEER_FAILURE_GRACE_S) -> list:
+    """Every rank's result of ``refs`` (one ObjectRef per rank, in rank order), failing as soon as one rank fails.
+
+    A rank that died raises :class:`LearnerRankLost`. A rank that raised is not always the cause: when a peer's
+    node is lost, the survivors' collectives fail at once ("connection closed by peer" from gloo, an NCCL error)
+    while Ray may take seconds to report the peer dead. So before reporting a raised error, the other ranks get up
+    to ``peer_failure_grace_s`` to finish or die; a death among them is the failure reported, as a lost rank, which
+    the controller turns into a stop with the checkpoint to resume from. ``TimeoutError`` names the ranks still
+    running at ``timeout_s``."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs)
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            stalled = [name for ref, name in zip(refs, names) if ref in pending]
+            raise TimeoutError(f"{role}: {what} did not finish within {timeout_s:.0f} s "
+                               f"(waiting for {', '.join(stalled)})")
+        done, pending = ray.wait(pending, num_returns=1, timeout=min(remaining, 30.0))
+        for ref in done:
+            name = names[refs.index(ref)]
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise _rank_lost(role, name, what, exc) from exc
+            except ray.exceptions.RayTaskError as exc:
+                lost = _first_lost_rank(refs, names, pending, role, what, min(peer_failure_grace_s, remaining))
+                if lost is not None:
+                    raise lost from exc
+                raise RuntimeError(f"{role}: {name} failed during {what}: {exc.cause!r}") from exc.cause
+    return ray.get(refs)
+
+
+def _rank_lost(role: str, name: str, what: str, exc: BaseException) -> LearnerRankLost:
+    cause = (str(exc).strip().splitlines() or ["actor died"])[0]
+    return LearnerRankLost(role, name, f"{name} died during {what} ({cause})")
+
+
+def _first_lost_rank(refs: list, names: Sequence[str], pending: list, role: str, what: str,
+                     grace_s: float) -> LearnerRankLost | None:
+    """The first of ``pending`` whose rank turns out dead within ``grace_s``; None when they all finish (with a
+    result or an error of their own) or are still running when the grace ends."""
+    import ray
+
+    deadline = time.monotonic() + grace_s
+    pending = list(pending)
+    while pending and (remaining := deadline - time.monotonic()) > 0:
+        done, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                return _rank_lost(role, names[refs.index(ref)], what, exc)
+            except ray.exceptions.RayTaskError:
+                continue  # a survivor's own collective failure: keep looking for the rank that died
+    return None
+
+
 class LearnerGroup:
     """N ranks of one learner behind one handle. Subclasses add the learner's verbs."""
 
@@ -66,7 +132,8 @@ class LearnerGroup:
 
     def __init__(self, rank_args: tuple, rank_kwargs: dict[str, Any], *, gpus: int, ranks: int | None = None,
                  cpus_per_rank: float = 1.0, namespace: str | None = None, startup: StartupLimits | None = None,
-                 call_timeout_s: float = 7200.0, collective_timeout_s: float = 1800.0):
+                 call_timeout_s: float = 7200.0, collective_timeout_s: float = 1800.0,
+                 peer_failure_grace_s: float = PEER_FAILURE_GRACE_S):
         """``gpus`` (the config's ``learner.<role>.gpus``) gives one rank per GPU, or one CPU rank when 0;
         ``ranks`` instead asks for that many CPU ranks (gloo), for machines without GPUs. ``startup`` bounds
         placement and model load (``cluster.*``)."""
@@ -83,6 +150,7 @@ class LearnerGroup:
         self.num_ranks = int(ranks) if ranks is not None else max(1, int(gpus))
         gpus_per_rank = 1.0 if gpus > 0 else 0.0
         self.call_timeout_s = call_timeout_s
+        self.peer_failure_grace_s = peer_failure_grace_s
         bundle = {"CPU": float(cpus_per_rank), **({"GPU": gpus_per_rank} if gpus_per_rank else {})}
         node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
         strategy = learner_strategy(self.num_ranks, gpus_per_rank, node_gpus)
@@ -127,29 +195,8 @@ class LearnerGroup:
 
     def _wait(self, refs: list, timeout_s: float, what: str) -> list:
         """Every rank's result of ``refs`` (one per rank, in rank order)."""
-        import ray
-
-        names = self.names
-        deadline = time.monotonic() + timeout_s
-        pending = list(refs)
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                stalled = [name for ref, name in zip(refs, names) if ref in pending]
-                raise TimeoutError(f"{self.role}: {what} did not finish within {timeout_s:.0f} s "
-                                   f"(waiting for {', '.join(stalled)})")
-            done, pending = ray.wait(pending, num_returns=1, timeout=min(remaining, 30.0))
-            for ref in done:
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
-                    name = names[refs.index(ref)]
-                    cause = (str(exc).strip().splitlines() or ["actor died"])[0]
-                    raise LearnerRankLost(self.role, name, f"{name} died during {what} ({cause})") from exc
-                except ray.exceptions.RayTaskError as exc:
-                    name = names[refs.index(ref)]
-                    raise RuntimeError(f"{self.role}: {name} failed during {what}: {exc.cause!r}") from exc.cause
-        return ray.get(refs)
+        return wait_for_ranks(refs, self.names, self.role, timeout_s, what,
+                              peer_failure_grace_s=self.peer_failure_grace_s)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def version(self) -> int:
@@ -241,4 +288,5 @@ class ArtistLearnerGroup(LearnerGroup):
         return self.call("sampler_weights_ref", what="adapter gather")[0]
 
 
-__all__ = ["ArtistLearnerGroup", "CriticLearnerGroup", "LearnerGroup", "LearnerRankLost", "token_balanced_shares"]
+__all__ = ["ArtistLearnerGroup", "CriticLearnerGroup", "LearnerGroup", "LearnerRankLost", "token_balanced_shares",
+           "wait_for_ranks"]

@@ -19,10 +19,12 @@ received exactly the bytes the ranks sent, which replicas still need the LoRA ba
 may be sent, re-syncing a replica that Ray restarted (the groups call :meth:`WeightSync.resync`), and the
 figures each sync reports. It moves no tensor itself and never imports torch.
 
-Learner rank actors serve two calls here, every rank both: ``begin_weight_sync(SyncRequest) ->
-(TransferEndpoint, SyncManifest, full_model_bytes)`` from rank 0 (None from the others, which describe the same
-payload and keep their rows of it) and ``send_weights(endpoint, manifest) -> SendReport``. Replica groups expose
-their ``actors`` (each serving ``receive_weights``) and ``names``, and keep ``version`` and ``resync``.
+The learner is its group (:class:`rollout.learner_groups.LearnerGroup`), whose ranks serve two calls here, every
+rank both: ``begin_weight_sync(SyncRequest) -> (TransferEndpoint, SyncManifest, full_model_bytes)`` from rank 0
+(None from the others, which describe the same payload and keep their rows of it) and ``send_weights(endpoint,
+manifest) -> SendReport``. A rank that dies during a sync raises the group's ``LearnerRankLost``, which ends the run
+with the checkpoint to resume from, as a rank lost during an update does. Replica groups expose their ``actors``
+(each serving ``receive_weights``) and ``names``, and keep ``version`` and ``resync``.
 """
 
 from __future__ import annotations
@@ -129,16 +131,16 @@ def start_receivers(replicas: Any, version: int, endpoint: TransferEndpoint, man
 
 
 class WeightSync:
-    """Moves one model's weights from its learner rank(s) to its replica group, by the configured path."""
+    """Moves one model's weights from its learner group's ranks to its replica group, by the configured path."""
 
-    def __init__(self, model: str, learners: list[Any], replicas: Any, *, config: SyncConfig, timeout_s: float,
+    def __init__(self, model: str, learner: Any, replicas: Any, *, config: SyncConfig, timeout_s: float,
                  backend: str, wire_dtype: str, delta: bool = False, probe_tokens: int = 0,
                  lora_learner: bool = False):
         if backend not in ("collective", "object_store"):
             raise ValueError(f"weight sync backend must be collective or object_store, got {backend!r}")
-        if not learners:
+        if not learner.ranks:
             raise ValueError("weight sync needs at least one learner rank")
-        self.model, self.learners, self.replicas = model, list(learners), replicas
+        self.model, self.learner, self.replicas = model, learner, replicas
         self.config, self.timeout_s, self.backend, self.wire_dtype = config, float(timeout_s), backend, wire_dtype
         self.delta, self.probe_tokens, self.lora_learner = delta, probe_tokens, lora_learner
         self._lora_base_holders: set[int] = set()
@@ -171,12 +173,10 @@ class WeightSync:
 
     # ------------------------------------------------------------------------------------ object store
     def _through_object_store(self, version: int) -> SyncReport:
-        import ray
-
         started = time.perf_counter()
         # Every rank takes part in gathering a sharded learner's weights; rank 0 puts them into the store.
         method = "weights_ref" if self.model == "critic" else "sampler_weights_ref"
-        gathered = ray.get([getattr(rank, method).remote() for rank in self.learners], timeout=self.timeout_s)[0]
+        gathered = self.learner.call(method, timeout_s=self.timeout_s, what="weight gather")[0]
         if self.model == "critic":
             learner_version, ref, digest, nbytes = gathered
             self._check_version(learner_version, version)
@@ -190,8 +190,6 @@ class WeightSync:
 
     # -------------------------------------------------------------------------------------- collective
     def _collective(self, version: int, replicas: list[int], *, resend: bool) -> SyncReport:
-        import ray
-
         started = time.perf_counter()
         cfg = self.config
         request = SyncRequest(
@@ -203,11 +201,10 @@ class WeightSync:
             probe_tokens=self.probe_tokens, probe_tolerance=cfg.probe_tolerance, shared_memory=cfg.shared_memory)
         # Every rank describes the same payload (a sharded learner's probe is a forward pass they all run);
         # rank 0 also hosts the rendezvous and answers with it.
-        begun = [rank.begin_weight_sync.remote(request) for rank in self.learners]
-        endpoint, manifest, full_bytes = ray.get(begun, timeout=max(self.timeout_s, BEGIN_TIMEOUT_S))[0]
+        endpoint, manifest, full_bytes = self.learner.call(
+            "begin_weight_sync", request, timeout_s=max(self.timeout_s, BEGIN_TIMEOUT_S), what="weight sync start")[0]
         self._check_version(manifest.version, version)
-        participants = [(f"{self.model}-learner rank {rank}", learner.send_weights.remote(endpoint, manifest))
-                        for rank, learner in enumerate(self.learners)]
+        participants = list(zip(self.learner.names, self.learner.launch("send_weights", endpoint, manifest)))
         receivers = start_receivers(self.replicas, version, endpoint, manifest, replicas)
         try:
             results = self._await(participants + receivers, version)
@@ -240,6 +237,8 @@ class WeightSync:
         """
         import ray
 
+        from rollout.learner_groups import LearnerRankLost  # imports the learners (torch): only when syncing
+
         deadline = time.monotonic() + self.timeout_s + GRACE_S
         pending = dict(calls)
         names = {ref: name for name, ref in calls}
@@ -255,6 +254,13 @@ class WeightSync:
                     results[name] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - reported below, with every other participant's
                     failures.append((name, exc))
+        # A learner rank that died ends the run (its peers and the receivers fail waiting for it).
+        lost = [(name, exc) for name, exc in failures
+                if name in self.learner.names and isinstance(exc, ray.exceptions.RayActorError)]
+        if lost:
+            name, exc = lost[0]
+            raise LearnerRankLost(self.learner.role, name, f"{name} died during the {self.model} weight sync to "
+                                  f"version {version} ({_first_line(exc)})") from exc
         if pending:
             cause = f"; the others failed waiting for them ({_first_line(failures[0][1])})" if failures else ""
             raise TimeoutError(f"{self.model} weight sync to version {version}: {', '.join(pending)} did not join "

@@ -84,7 +84,7 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
         metrics = learner.collect(learner.launch_update(groups), timeout_s=300, what="update")
         assert metrics["learner/nft/skipped"] == 0.0 and metrics["learner/nft/version"] == 1.0
 
-        sync = WeightSync("artist", learner.ranks, samplers, config=SyncConfig(backend="collective"), timeout_s=60.0,
+        sync = WeightSync("artist", learner, samplers, config=SyncConfig(backend="collective"), timeout_s=60.0,
                           backend="collective", wire_dtype=samplers.serving_dtype)
         started = time.perf_counter()
         report = sync.sync(1)

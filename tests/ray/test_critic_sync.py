@@ -137,7 +137,7 @@ def _update_once(group, learner) -> int:
 def _weight_sync(group, learner, *, lora: bool, timeout_s: float = 60.0):
     from rollout.weight_sync import WeightSync
 
-    return WeightSync("critic", learner.ranks, group, config=SyncConfig(backend="collective", bucket_mb=1),
+    return WeightSync("critic", learner, group, config=SyncConfig(backend="collective", bucket_mb=1),
                       timeout_s=timeout_s, backend="collective", wire_dtype=group.serving_dtype, probe_tokens=32,
                       lora_learner=lora)
 
