@@ -320,51 +320,66 @@ class ArtistLearner:
 
     def _accumulate_gradients(self, samples: list[_TrainingSample], prepared: dict[int, tuple],
                               units: list[_Unit]) -> dict[str, float]:
-        from artist_actor.conditioning import build_conditioning, predict_velocity
-
-        device, dtype = self.parallel.device, self.artist.dtype
         timesteps = [self._timesteps(sample) for sample in samples]
         totals = {"learner/nft/loss": 0.0, "learner/nft/policy_loss": 0.0, "learner/nft/kl_loss": 0.0,
                   "learner/nft/positive_loss": 0.0, "learner/nft/negative_loss": 0.0}
         # Units come micro-batch by micro-batch: one conditioning is alive at a time, built once per micro-batch.
+        # They also come version by version (``_units`` buckets by sampling version), so an older sampling adapter
+        # is loaded once per run of units rather than around every forward.
         cond_members, cond = None, None
-        for unit in units:
-            items = [samples[i] for i in unit.members]
-            if unit.members != cond_members:
-                latents = torch.cat([prepared[s.group_index][2] for s in items])
-                cond_members, cond = unit.members, None
-                cond = build_conditioning(
-                    [prepared[s.group_index][0] for s in items], latents, hidden_size=self.artist.hidden_size,
-                    drop_prefix_tokens=self.artist_config.drop_prefix_tokens,
-                    masks=[prepared[s.group_index][1] for s in items], device=device, dtype=dtype)
-            x0 = torch.stack([s.x0 for s in items]).to(device)
-            if x0.shape[1] != cond.num_image_tokens:
-                raise ValueError(f"edits have {x0.shape[1]} latent tokens but their condition image gives a "
-                                 f"{cond.grid[0]}×{cond.grid[1]} grid; condition_image must be the photo at the "
-                                 f"resolution the sampler edited")
-            r = torch.tensor([s.optimality for s in items], device=device)
-            t = torch.stack([timesteps[i][unit.column] for i in unit.members]).to(device=device, dtype=torch.float32)
-            noise = torch.stack([self._noise(s, unit.column) for s in items]).to(device)
-            t_b = t.view(-1, 1, 1)
-            xt = (1.0 - t_b) * x0 + t_b * noise
-            with torch.no_grad():
-                with self._sampling_policy(items[0].version):
-                    v_old = predict_velocity(self.transformer, xt, t, cond)
-                v_ref = None
-                if self.loss_fn.kl_coef > 0:
-                    with adapters_disabled(self.transformer):
-                        v_ref = predict_velocity(self.transformer, xt, t, cond)
-            v_theta = predict_velocity(self.transformer, xt, t, cond)
-            terms = self.loss_fn(x0=x0, xt=xt, t=t, v_theta=v_theta, v_old=v_old, optimality=r, v_ref=v_ref)
-            (terms.loss * unit.weight).backward()
-            for name, value in (("loss", terms.loss), ("policy_loss", terms.policy_loss),
-                                ("kl_loss", terms.kl_loss), ("positive_loss", terms.positive_loss.mean()),
-                                ("negative_loss", terms.negative_loss.mean())):
-                totals[f"learner/nft/{name}"] += float(value.detach()) * unit.weight
+        with self._sampling_versions() as sampling_policy:
+            for unit in units:
+                items = [samples[i] for i in unit.members]
+                if unit.members != cond_members:
+                    cond_members, cond = unit.members, None  # the previous one is freed before the next is built
+                    cond = self._conditioning(items, prepared)
+                terms = self._unit_terms(unit, items, [timesteps[i] for i in unit.members], cond, sampling_policy)
+                (terms.loss * unit.weight).backward()
+                for name, value in (("loss", terms.loss), ("policy_loss", terms.policy_loss),
+                                    ("kl_loss", terms.kl_loss), ("positive_loss", terms.positive_loss.mean()),
+                                    ("negative_loss", terms.negative_loss.mean())):
+                    totals[f"learner/nft/{name}"] += float(value.detach()) * unit.weight
         totals = dict(zip(totals, self.parallel.sum(list(totals.values()))))
         if not all(math.isfinite(v) for v in totals.values()):
             logger.warning("non-finite NFT loss terms at step %d: %s", self.step, totals)
         return totals
+
+    def _conditioning(self, items: list[_TrainingSample], prepared: dict[int, tuple]):
+        """The DiT conditioning of one micro-batch: its edits' H_c and condition-image latents."""
+        from artist_actor.conditioning import build_conditioning
+
+        latents = torch.cat([prepared[s.group_index][2] for s in items])
+        return build_conditioning(
+            [prepared[s.group_index][0] for s in items], latents, hidden_size=self.artist.hidden_size,
+            drop_prefix_tokens=self.artist_config.drop_prefix_tokens,
+            masks=[prepared[s.group_index][1] for s in items], device=self.parallel.device, dtype=self.artist.dtype)
+
+    def _unit_terms(self, unit: _Unit, items: list[_TrainingSample], timesteps: list[torch.Tensor], cond,
+                    sampling_policy):
+        """The NFT loss terms of one forward/backward pass: the micro-batch noised to the unit's timestep, v_old
+        from the adapter the edits were sampled with, v_ref from the base (when KL is on), v_θ with gradients."""
+        from artist_actor.conditioning import predict_velocity
+
+        device = self.parallel.device
+        x0 = torch.stack([s.x0 for s in items]).to(device)
+        if x0.shape[1] != cond.num_image_tokens:
+            raise ValueError(f"edits have {x0.shape[1]} latent tokens but their condition image gives a "
+                             f"{cond.grid[0]}×{cond.grid[1]} grid; condition_image must be the photo at the "
+                             f"resolution the sampler edited")
+        r = torch.tensor([s.optimality for s in items], device=device)
+        t = torch.stack([steps[unit.column] for steps in timesteps]).to(device=device, dtype=torch.float32)
+        noise = torch.stack([self._noise(s, unit.column) for s in items]).to(device)
+        t_b = t.view(-1, 1, 1)
+        xt = (1.0 - t_b) * x0 + t_b * noise
+        with torch.no_grad():
+            with sampling_policy(items[0].version):
+                v_old = predict_velocity(self.transformer, xt, t, cond)
+            v_ref = None
+            if self.loss_fn.kl_coef > 0:
+                with adapters_disabled(self.transformer):
+                    v_ref = predict_velocity(self.transformer, xt, t, cond)
+        v_theta = predict_velocity(self.transformer, xt, t, cond)
+        return self.loss_fn(x0=x0, xt=xt, t=t, v_theta=v_theta, v_old=v_old, optimality=r, v_ref=v_ref)
 
     # ------------------------------------------------------------------------------- sampling versions
     def _remember_published(self) -> None:
@@ -373,20 +388,29 @@ class ArtistLearner:
             self._published.popitem(last=False)
 
     @contextmanager
-    def _sampling_policy(self, version: int):
-        """Forward passes inside run the sampling adapter of ``version`` (the one the edits came from)."""
-        if version not in self._published:
-            raise ValueError(f"edits were sampled with artist version {version}, but the learner is at version "
-                             f"{self.version} and keeps the sampling adapters of versions "
-                             f"{sorted(self._published)}; raise the kept versions (1 + trainer.max_staleness)")
-        swapped = version != self.version
-        if swapped:
-            load_local_adapter_state(self.transformer, SAMPLING_ADAPTER, self._published[version])
-        try:
+    def _sampling_versions(self):
+        """Yields ``sampling_policy(version)``, a context inside which forward passes run the sampling adapter of
+        ``version`` (the one the edits came from). An older version's adapter is loaded into the sampling slot when
+        asked for and stays there for the next passes of that version; the current version's is back on exit."""
+        loaded = self.version
+
+        @contextmanager
+        def sampling_policy(version: int):
+            nonlocal loaded
+            if version not in self._published:
+                raise ValueError(f"edits were sampled with artist version {version}, but the learner is at version "
+                                 f"{self.version} and keeps the sampling adapters of versions "
+                                 f"{sorted(self._published)}; raise the kept versions (1 + trainer.max_staleness)")
+            if version != loaded:
+                load_local_adapter_state(self.transformer, SAMPLING_ADAPTER, self._published[version])
+                loaded = version
             with active_adapter(self.transformer, SAMPLING_ADAPTER):
                 yield
+
+        try:
+            yield sampling_policy
         finally:
-            if swapped:
+            if loaded != self.version:
                 load_local_adapter_state(self.transformer, SAMPLING_ADAPTER, self._published[self.version])
 
     # ------------------------------------------------------------------------------- weights & state

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from learner.memory import CRITIC_PROMPT_TEXT_TOKENS
 from rollout.config import TrainConfig
 from rollout.placement import ResourcePlan
 
@@ -26,8 +27,6 @@ BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
 """Bytes per weight in each serving dtype (``auto`` is bfloat16 on a GPU)."""
 ADAPTER_BYTES = 4
 """peft keeps LoRA weights in float32 beside a bf16 base, so an adapter sync moves 4 bytes per parameter."""
-PROMPT_TEXT_TOKENS = 240
-"""The critic's instruction (820 characters, ~4 per token) plus the chat template around the image."""
 SECONDS_FORMAT_WIDTH = 9
 
 
@@ -238,7 +237,7 @@ def time_plan(config: TrainConfig, plan: ResourcePlan) -> TimePlan:
     B, G, K = t.batch_size, c.group_size, a.edits_per_critique
     mean_tokens = cap.mean_response_tokens or c.max_new_tokens
     vision_tokens = c.max_pixels / critic.pixels_per_token  # photos are larger than the bound at real sizes
-    prompt = PROMPT_TEXT_TOKENS + vision_tokens
+    prompt = CRITIC_PROMPT_TEXT_TOKENS + vision_tokens
     weight_bytes = critic.params * BYTES[c.dtype]
     replica_gpus = max(c.gpus_per_replica, 1e-9)
 

@@ -184,9 +184,22 @@ def test_overlapped_update_uses_the_sampling_adapter_that_made_the_edits(artist_
             seen.append(adapter_state(transformer, SAMPLING_ADAPTER))
         return real(transformer, *args, **kwargs)
 
+    import learner.artist_learner as artist_learner
+
+    loads: list[str] = []
+    real_load = artist_learner.load_local_adapter_state
+
+    def counting_load(transformer, name, state):
+        loads.append(name)
+        return real_load(transformer, name, state)
+
     monkeypatch.setattr(conditioning, "predict_velocity", spy)
+    monkeypatch.setattr(artist_learner, "load_local_adapter_state", counting_load)
     learner.update(make_groups(seed=2, version=0))  # edits sampled by version 0, learner at version 1
-    assert seen, "no v_old forward ran"
+    assert len(seen) > 2, "the update should make several v_old forwards"
+    # Version 0's adapter is swapped in once for all of them and version 1's put back once (at real size an
+    # adapter is hundreds of MB: not a copy per forward).
+    assert loads == [SAMPLING_ADAPTER, SAMPLING_ADAPTER]
     for state in seen:
         assert all(torch.equal(state[n], served_v0[n]) for n in served_v0)
     # The published chain continues from version 1, untouched by the swap.
