@@ -40,7 +40,8 @@ import torch
 
 from artist_actor.config import ArtistConfig
 from learner.config import ArtistLearnerConfig
-from learner.distributed import ParallelContext, even_share, load_sharded, save_sharded, shard_model
+from learner.distributed import (ParallelContext, even_share, load_sharded, read_learner_checkpoint_meta,
+                                 save_learner_checkpoint, shard_model)
 from learner.ema import AdapterEMA
 from learner.lora import (SAMPLING_ADAPTER, TRAINED_ADAPTER, active_adapter, adapter_parameters, adapter_state,
                           adapters_disabled, attach_nft_adapters, load_adapter_state, load_local_adapter_state,
@@ -53,10 +54,9 @@ from rollout.types import ArtistGroup, ImageHandle
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "artist_learner"
-"""Sharded checkpoint directory (torch.distributed.checkpoint) of the adapters, EMA and AdamW moments."""
-CHECKPOINT_META = "artist_learner.json"
-"""Step and version of a checkpoint, written beside the sharded directory by rank 0."""
+CHECKPOINT_NAME = "artist_learner"
+"""A checkpoint's ``artist_learner/`` (torch.distributed.checkpoint shards of the adapters, EMA and AdamW moments)
+and ``artist_learner.json`` beside it (step, version, world size; written by rank 0)."""
 
 
 def resolve_handle(handle: ImageHandle, what: str) -> np.ndarray:
@@ -467,30 +467,17 @@ class ArtistLearner:
     def save_state(self, directory: str | Path) -> Path:
         """Write the sharded learner state (``artist_learner/``, every rank its shards) and, from rank 0,
         ``artist_learner.json`` (step, version, world size) into ``directory``."""
-        import json
-
-        directory = Path(directory)
-        save_sharded(self._sharded_state(), directory / CHECKPOINT_DIR)
-        if self.parallel.is_primary:
-            (directory / CHECKPOINT_META).write_text(json.dumps(
-                {"step": self.step, "version": self.version, "world_size": self.parallel.world_size}))
-        self.parallel.barrier()
-        return directory
+        return save_learner_checkpoint(self.parallel, self._sharded_state(), directory, CHECKPOINT_NAME,
+                                       {"step": self.step, "version": self.version})
 
     def load_state(self, directory: str | Path) -> None:
         """Restore what :meth:`save_state` wrote, with any number of ranks (the state is resharded)."""
-        import json
-
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        directory = Path(directory)
-        meta_path = directory / CHECKPOINT_META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory} holds no artist learner checkpoint ({CHECKPOINT_META} missing)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_learner_checkpoint_meta(directory, CHECKPOINT_NAME)
         state = self._sharded_state()
         with torch.no_grad():
-            load_sharded(state, directory / CHECKPOINT_DIR)
+            load_sharded(state, Path(directory) / CHECKPOINT_NAME)
         set_optimizer_state_dict(self.transformer, self.optimizer, state["optimizer"])
         self.step, self.version = int(meta["step"]), int(meta["version"])
         self._published.clear()

@@ -36,7 +36,6 @@ log-probs silently drift from the engine's (the M-RoPE trap in ENVIRONMENT.md).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
@@ -49,7 +48,8 @@ import torch
 from torch import nn
 
 from learner.config import CriticLearnerConfig
-from learner.distributed import ParallelContext, full_tensor, load_sharded, save_sharded, shard_model
+from learner.distributed import (ParallelContext, full_tensor, load_sharded, read_learner_checkpoint_meta,
+                                 save_learner_checkpoint, shard_model)
 from learner.grpo import (GRPOLoss, grpo_advantages, logprob_agreement, overlong_penalty, token_entropy,
                           token_log_probs)
 from learner.memory import use_gradient_checkpointing
@@ -65,11 +65,10 @@ LANGUAGE_MODEL_LINEAR_LAYERS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k
 LLM), leaving the vision tower frozen."""
 
 _ADAPTER = "default"
-CHECKPOINT_DIR = "critic_learner"
-"""Sharded checkpoint directory (torch.distributed.checkpoint): trained tensors (every weight, or only the LoRA
-tensors with LoRA) and the AdamW moments."""
-CHECKPOINT_META = "critic_learner.json"
-"""Policy version, LoRA flag and world size of a checkpoint, written beside the sharded directory by rank 0."""
+CHECKPOINT_NAME = "critic_learner"
+"""A checkpoint's ``critic_learner/`` (torch.distributed.checkpoint shards of the trained tensors, every weight or
+only the LoRA tensors with LoRA, and the AdamW moments) and ``critic_learner.json`` beside it (policy version, LoRA
+flag, world size; written by rank 0)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -315,7 +314,8 @@ class CriticLearner:
             "learner/grpo/groups_total": float(len(groups)),
         }
         if not items:
-            metrics.update({"learner/grpo/step_applied": 0.0, "time/learner/critic_update_s": time.perf_counter() - started})
+            metrics.update({"learner/grpo/step_applied": 0.0,
+                            "time/learner/critic_update_s": time.perf_counter() - started})
             return metrics
         mine = [(prepared.critiques[(c.task_id, c.index)], a) for c, a in items
                 if (c.task_id, c.index) in prepared.critiques]
@@ -449,29 +449,19 @@ class CriticLearner:
     def save_state(self, directory: str | Path) -> Path:
         """Write the sharded learner state (``critic_learner/``, every rank its shards) and, from rank 0,
         ``critic_learner.json`` (policy version, LoRA or not, world size) into ``directory``."""
-        directory = Path(directory)
-        save_sharded(self._sharded_state(), directory / CHECKPOINT_DIR)
-        if self.parallel.is_primary:
-            (directory / CHECKPOINT_META).write_text(json.dumps(
-                {"policy_version": self.policy_version, "lora": self.peft_model is not None,
-                 "world_size": self.parallel.world_size}))
-        self.parallel.barrier()
-        return directory
+        return save_learner_checkpoint(self.parallel, self._sharded_state(), directory, CHECKPOINT_NAME,
+                                       {"policy_version": self.policy_version, "lora": self.peft_model is not None})
 
     def load_state(self, directory: str | Path) -> None:
         """Restore what :meth:`save_state` wrote, with any number of ranks (the state is resharded)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        directory = Path(directory)
-        meta_path = directory / CHECKPOINT_META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory} holds no critic learner checkpoint ({CHECKPOINT_META} missing)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_learner_checkpoint_meta(directory, CHECKPOINT_NAME)
         if bool(meta["lora"]) != (self.peft_model is not None):
             raise ValueError(f"{directory}: checkpoint lora={meta['lora']} but learner.critic.lora.enabled="
                              f"{self.peft_model is not None}; resume with the config the checkpoint was written with")
         state = self._sharded_state()
-        load_sharded(state, directory / CHECKPOINT_DIR)
+        load_sharded(state, Path(directory) / CHECKPOINT_NAME)
         set_state_dict(self.policy, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"],
                        options=StateDictOptions(ignore_frozen_params=True, strict=False))

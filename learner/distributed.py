@@ -267,5 +267,31 @@ def load_sharded(state: dict, directory: str | Path, *, may_lack: Sequence[str] 
              no_dist=not dist.is_initialized())
 
 
+def save_learner_checkpoint(parallel: ParallelContext, state: dict, directory: str | Path, name: str,
+                            meta: dict) -> Path:
+    """A learner's checkpoint in ``directory``: ``state`` sharded under ``<name>/`` (every rank its shards) and
+    ``<name>.json`` (``meta`` and the world size) from rank 0. Returns ``directory`` once every rank has written."""
+    import json
+
+    directory = Path(directory)
+    save_sharded(state, directory / name)
+    if parallel.is_primary:
+        (directory / f"{name}.json").write_text(json.dumps({**meta, "world_size": parallel.world_size}))
+    parallel.barrier()
+    return directory
+
+
+def read_learner_checkpoint_meta(directory: str | Path, name: str) -> dict:
+    """The ``<name>.json`` :func:`save_learner_checkpoint` wrote into ``directory``; FileNotFoundError naming both
+    when it is not there."""
+    import json
+
+    path = Path(directory) / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} holds no {name.replace('_', ' ')} checkpoint ({path.name} missing)")
+    return json.loads(path.read_text())
+
+
 __all__ = ["ParallelContext", "Rendezvous", "even_share", "full_tensor", "free_port", "load_sharded",
-           "local_rows", "local_tensor", "save_sharded", "shard_like", "shard_model"]
+           "local_rows", "local_tensor", "read_learner_checkpoint_meta", "save_learner_checkpoint", "save_sharded",
+           "shard_like", "shard_model"]

@@ -63,9 +63,9 @@ def export_checkpoint(checkpoint_dir: str | Path, config, out_dir: str | Path,
     """
     from artist_actor.model import load_artist
     from critic_actor.model import load_critic
-    from learner.artist_learner import CHECKPOINT_META as ARTIST_CHECKPOINT
+    from learner.artist_learner import CHECKPOINT_NAME as ARTIST_CHECKPOINT
     from learner.artist_learner import ArtistLearner
-    from learner.critic_learner import CHECKPOINT_META as CRITIC_CHECKPOINT
+    from learner.critic_learner import CHECKPOINT_NAME as CRITIC_CHECKPOINT
     from learner.critic_learner import CriticLearner
     from learner.lora import SAMPLING_ADAPTER, TRAINED_ADAPTER, load_adapter_state, merged_state_dict
     from rollout.models import resolve_model_paths
@@ -73,7 +73,7 @@ def export_checkpoint(checkpoint_dir: str | Path, config, out_dir: str | Path,
     if artist_weights not in ("ema", "trained", "sampling"):
         raise ValueError(f"artist weights must be ema, trained or sampling; got {artist_weights!r}")
     checkpoint = Path(checkpoint_dir)
-    for name in ("manifest.json", CRITIC_CHECKPOINT, ARTIST_CHECKPOINT):
+    for name in ("manifest.json", f"{CRITIC_CHECKPOINT}.json", f"{ARTIST_CHECKPOINT}.json"):
         if not (checkpoint / name).is_file():
             raise FileNotFoundError(f"{checkpoint} has no {name}; give a step directory written by train "
                                     f"(runs/<run>/checkpoints/step_N)")
