@@ -54,8 +54,7 @@ class ArtistSamplerGroup:
         if config.gpus_per_sampler:
             bundle["GPU"] = config.gpus_per_sampler
         self.placement_group = placement_group([dict(bundle) for _ in range(config.num_samplers)], strategy="SPREAD")
-        wait_for_placement(self.placement_group, "artist-sampler", self.startup,
-                           fix="lower artist.num_samplers, artist.gpus_per_sampler or artist.cpus_per_sampler")
+        wait_for_placement(self.placement_group, "artist-sampler", self.startup)
         remote_actor = ray.remote(ArtistSamplerActor)
         self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
         self.actors = [

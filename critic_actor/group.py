@@ -47,8 +47,7 @@ class CriticRolloutGroup:
             bundle["GPU"] = config.gpus_per_replica
         # PACK keeps replicas (and a replica's tensor-parallel ranks) close without requiring one node.
         self.placement_group = placement_group([dict(bundle) for _ in range(config.num_replicas)], strategy="PACK")
-        wait_for_placement(self.placement_group, ROLE, self.startup,
-                           fix="lower critic.num_replicas, critic.gpus_per_replica or critic.cpus_per_replica")
+        wait_for_placement(self.placement_group, ROLE, self.startup)
         remote_cls = ray.remote(CriticRolloutActor)
         self.names = [f"{namespace_prefix}{ROLE}-{i}" for i in range(config.num_replicas)]
         # The engine reads these at start (in-process engine core, KV-cache size, offline hub); forward the

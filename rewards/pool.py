@@ -48,8 +48,7 @@ class RewardPool:
             bundle["GPU"] = config.gpus_per_worker
         # SPREAD: reward work is CPU-bound and independent, so workers go to as many nodes as possible.
         self.placement_group = placement_group([dict(bundle) for _ in range(config.num_workers)], strategy="SPREAD")
-        wait_for_placement(self.placement_group, ROLE, startup,
-                           fix="lower rewards.num_workers, rewards.cpus_per_worker or rewards.gpus_per_worker")
+        wait_for_placement(self.placement_group, ROLE, startup)
         remote_cls = ray.remote(RewardWorker)
         names = [f"{name_prefix}{ROLE}-{i}" for i in range(config.num_workers)]
         self.workers = [

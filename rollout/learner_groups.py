@@ -127,8 +127,6 @@ class LearnerGroup:
     """N ranks of one learner behind one handle. Subclasses add the learner's verbs."""
 
     rank_class: type[LearnerRank] = LearnerRank
-    gpus_knob = ""
-    """The config field that sets how many ranks (GPUs) the group has."""
 
     def __init__(self, rank_args: tuple, rank_kwargs: dict[str, Any], *, gpus: int, ranks: int | None = None,
                  cpus_per_rank: float = 1.0, namespace: str | None = None, startup: StartupLimits | None = None,
@@ -155,7 +153,7 @@ class LearnerGroup:
         node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
         strategy = learner_strategy(self.num_ranks, gpus_per_rank, node_gpus)
         self.placement_group = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy=strategy)
-        wait_for_placement(self.placement_group, self.role, startup, fix=f"lower {self.gpus_knob}")
+        wait_for_placement(self.placement_group, self.role, startup)
         remote = ray.remote(self.rank_class)
         self.ranks = [
             remote.options(
@@ -228,7 +226,6 @@ class CriticLearnerGroup(LearnerGroup):
     """The critic's GRPO learner as N ranks: ``prepare`` (old/ref log-probs, H_c), ``update``, weights."""
 
     rank_class = CriticLearnerRank
-    gpus_knob = "learner.critic.gpus"
 
     def __init__(self, model_path: str, config, *, learner_kwargs: dict[str, Any], num_threads: int | None = None,
                  **group_kwargs: Any):
@@ -269,7 +266,6 @@ class ArtistLearnerGroup(LearnerGroup):
     """The artist's DiffusionNFT learner as N ranks: ``update`` and the sampling adapter for the samplers."""
 
     rank_class = ArtistLearnerRank
-    gpus_knob = "learner.artist.gpus"
 
     def __init__(self, artist_path: str, config, artist_config, *, learner_kwargs: dict[str, Any],
                  num_threads: int | None = None, **group_kwargs: Any):

@@ -20,19 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.placement import GIB, ResourcePlan, RolePlan, learner_strategy
-from rollout.startup import describe_bundles, print_progress
+from rollout.startup import ROLE_KNOBS, describe_bundles, print_progress
 
 # Roles in the order the run creates their placement groups (earlier roles take resources first).
 CREATION_ORDER = ("critic-learner", "artist-learner", "critic-rollout", "artist-sampler", "reward")
-
-ROLE_KNOBS = {
-    "critic-rollout": "critic.num_replicas, critic.gpus_per_replica or critic.cpus_per_replica",
-    "artist-sampler": "artist.num_samplers, artist.gpus_per_sampler or artist.cpus_per_sampler",
-    "reward": "rewards.num_workers, rewards.cpus_per_worker or rewards.gpus_per_worker",
-    "critic-learner": "learner.critic.gpus",
-    "artist-learner": "learner.artist.gpus",
-}
-"""The config fields that size each role, named in refusals."""
 
 GPU_MEMORY_GIB = {"H100": 80.0, "H200": 141.0, "B200": 180.0, "A100-80G": 80.0, "A100-40G": 40.0, "L40S": 48.0,
                   "L4": 24.0, "A10G": 24.0}

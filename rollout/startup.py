@@ -97,11 +97,21 @@ def free_resources_line() -> str:
     return "free now: " + ", ".join(parts)
 
 
-def wait_for_placement(placement_group: Any, role: str, limits: StartupLimits, *, fix: str,
+ROLE_KNOBS = {
+    "critic-rollout": "critic.num_replicas, critic.gpus_per_replica or critic.cpus_per_replica",
+    "artist-sampler": "artist.num_samplers, artist.gpus_per_sampler or artist.cpus_per_sampler",
+    "reward": "rewards.num_workers, rewards.cpus_per_worker or rewards.gpus_per_worker",
+    "critic-learner": "learner.critic.gpus",
+    "artist-learner": "learner.artist.gpus",
+}
+"""The config fields that size each role: what a placement timeout and a pre-flight refusal tell to lower."""
+
+
+def wait_for_placement(placement_group: Any, role: str, limits: StartupLimits, *,
                        report: Report = print_progress) -> None:
     """Block until the cluster grants ``placement_group``; a progress line every ``progress_every_s``.
 
-    ``role`` names the owner (``critic-rollout``) and ``fix`` the knobs that shrink its request. Raises
+    ``role`` names the owner (``critic-rollout``), whose :data:`ROLE_KNOBS` the error names as the fix. Raises
     ``TimeoutError`` after ``placement_timeout_s``, after removing the pending group so its demand does not
     linger in the cluster.
     """
@@ -130,7 +140,7 @@ def wait_for_placement(placement_group: Any, role: str, limits: StartupLimits, *
     remove_placement_group(placement_group)
     raise TimeoutError(f"{role}: the cluster did not grant {bundles} ({strategy}) within "
                        f"{limits.placement_timeout_s:.0f} s (cluster.placement_timeout_s); {free_resources_line()}; "
-                       f"{fix}, add nodes, or raise cluster.placement_timeout_s")
+                       f"lower {ROLE_KNOBS.get(role, 'its size')}, add nodes, or raise cluster.placement_timeout_s")
 
 
 def wait_until_ready(refs: Sequence[Any], names: Sequence[str], limits: StartupLimits, *,
