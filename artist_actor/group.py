@@ -3,9 +3,10 @@
 Owns the replicas' placement group (one bundle per replica, SPREAD so replicas land on different GPUs/nodes),
 their Ray names (``artist-sampler-<i>``), fanning work out and back in, and weight sync through the object store
 with a deadline (a collective sync is driven by ``rollout.weight_sync``, which starts each replica's
-``receive_weights``). Work is balanced by splitting the critiques into M contiguous shares of near-equal size (each critique costs K edits of
-the same resolution, so counts balance the work); results come back in input order. Every wait has a timeout:
-a stalled replica fails the call loudly instead of hanging the run or serving stale weights.
+``receive_weights``). Work is balanced by splitting the critiques into M contiguous shares of near-equal size
+(each critique costs K edits of the same resolution, so counts balance the work); results come back in input
+order. Every wait has a timeout: a stalled replica fails the call loudly instead of hanging the run or serving
+stale weights.
 
 It must not load models itself or decide what to sample; the controller passes the records.
 """

@@ -3,8 +3,8 @@
 Owns creating the replicas as Ray actors (named ``critic-rollout-<i>``, resources from config, packed in one
 placement group), splitting requests across them, weight sync through the object store with a timeout and a
 check that every replica received the same weights (a collective sync is driven by ``rollout.weight_sync``, which
-starts each replica's ``receive_weights``), and reporting health. It must not hold model weights or images itself: state and images travel through
-the object store or the collective.
+starts each replica's ``receive_weights``), and reporting health. It must not hold model weights or images
+itself: state and images travel through the object store or the collective.
 """
 
 from __future__ import annotations

@@ -119,6 +119,7 @@ def use_gradient_checkpointing(setting: bool | str, params: float) -> bool:
         return params >= CHECKPOINTING_AUTO_PARAMS
     return bool(setting)
 
+
 @dataclass(frozen=True, slots=True)
 class LearnerMemory:
     """Estimated peak bytes on one GPU of a learner rank, by what holds them."""

@@ -1,7 +1,7 @@
 """A single-process learner's state in memory: model tensors and optimizer states as flat, copyable values.
 
-Owns the flat layout of the critic learner's ``get_state``/``set_state``: a model state is ``{parameter name: tensor}``; an optimizer
-state is flattened to ``{"state.<param index>.<key>": tensor}`` plus a JSON description of its parameter groups
+Owns the flat layout of the critic learner's ``get_state``/``set_state``: a model state is ``{parameter name:
+tensor}``; an optimizer state is flattened to ``{"state.<param index>.<key>": tensor}`` plus a JSON description of its parameter groups
 and non-tensor entries. Copies share no storage with the model, so a held state never changes under the next
 step. Checkpoints on disk are sharded and written by ``torch.distributed.checkpoint`` (``learner.distributed``);
 this module must not decide what goes into a checkpoint directory or when.

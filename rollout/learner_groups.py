@@ -45,6 +45,12 @@ class LearnerRankLost(RuntimeError):
         self.rank_name = rank_name
         super().__init__(message)
 
+    @classmethod
+    def during(cls, role: str, rank_name: str, what: str, error: BaseException) -> "LearnerRankLost":
+        """The loss of ``rank_name`` during ``what``, from the error Ray raised for it (its first line quoted)."""
+        cause = (str(error).strip().splitlines() or ["actor died"])[0]
+        return cls(role, rank_name, f"{rank_name} died during {what} ({cause})")
+
 
 def token_balanced_shares(lengths: Sequence[int], parts: int) -> list[list[int]]:
     """Split item indices into ``parts`` shares of near-equal total length (longest item to the lightest share
@@ -89,18 +95,13 @@ def wait_for_ranks(refs: list, names: Sequence[str], role: str, timeout_s: float
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                raise _rank_lost(role, name, what, exc) from exc
+                raise LearnerRankLost.during(role, name, what, exc) from exc
             except ray.exceptions.RayTaskError as exc:
                 lost = _first_lost_rank(refs, names, pending, role, what, min(peer_failure_grace_s, remaining))
                 if lost is not None:
                     raise lost from exc
                 raise RuntimeError(f"{role}: {name} failed during {what}: {exc.cause!r}") from exc.cause
     return ray.get(refs)
-
-
-def _rank_lost(role: str, name: str, what: str, exc: BaseException) -> LearnerRankLost:
-    cause = (str(exc).strip().splitlines() or ["actor died"])[0]
-    return LearnerRankLost(role, name, f"{name} died during {what} ({cause})")
 
 
 def _first_lost_rank(refs: list, names: Sequence[str], pending: list, role: str, what: str,
@@ -117,7 +118,7 @@ def _first_lost_rank(refs: list, names: Sequence[str], pending: list, role: str,
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                return _rank_lost(role, names[refs.index(ref)], what, exc)
+                return LearnerRankLost.during(role, names[refs.index(ref)], what, exc)
             except ray.exceptions.RayTaskError:
                 continue  # a survivor's own collective failure: keep looking for the rank that died
     return None

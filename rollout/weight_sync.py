@@ -259,8 +259,8 @@ class WeightSync:
                 if name in self.learner.names and isinstance(exc, ray.exceptions.RayActorError)]
         if lost:
             name, exc = lost[0]
-            raise LearnerRankLost(self.learner.role, name, f"{name} died during the {self.model} weight sync to "
-                                  f"version {version} ({_first_line(exc)})") from exc
+            raise LearnerRankLost.during(self.learner.role, name, f"the {self.model} weight sync to version {version}",
+                                         exc) from exc
         if pending:
             cause = f"; the others failed waiting for them ({_first_line(failures[0][1])})" if failures else ""
             raise TimeoutError(f"{self.model} weight sync to version {version}: {', '.join(pending)} did not join "
