@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from artist_actor.codec import psnr  # the codec report and evaluation measure PSNR alike
-from rollout.types import TONE_ATTRIBUTES, Suggestion
+from rollout.records.types import TONE_ATTRIBUTES, Suggestion
 
 
 def _gaussian_filter(channel: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:

@@ -12,7 +12,7 @@ Metrics come from ``rollout.evaluation``. Writes ``table.md``,
 logs them with the table's numbers to MLflow. ``--compare PREFIX=LABEL`` adds ``comparison.md``: the rows
 whose label starts with PREFIX (e.g. one per RL seed) as mean ± std, and the paired per-photo bootstrap
 interval of their mean against row LABEL.
-Photos are read with ``rollout.images`` (the rules of docs/data.md); a held-out record whose photo cannot be
+Photos are read with ``rollout.records.images`` (the rules of docs/data.md); a held-out record whose photo cannot be
 read is skipped with one line naming the file and what is wrong, and listed in ``results.json``.
 Exit status: 0 evaluated, 1 no held-out photo could be read, 2 unusable arguments.
 """
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     _sample_grid(photos, outputs, out / "samples.png")
     print(table)
     if not args.no_mlflow:
-        from rollout.tracking import RunTracker
+        from rollout.tracking.run_tracker import RunTracker
 
         with RunTracker(config, out, run_name=f"evaluate-{out.name}") as tracker:
             metrics = {}
@@ -199,7 +199,7 @@ def _sample_grid(photos, outputs: dict, path: Path, count: int = 4) -> None:
     """Rows: held-out photos; columns: input, each method's output, target."""
     import numpy as np
 
-    from rollout.images import write_png
+    from rollout.records.images import write_png
 
     rows = []
     for i, (_, source, target) in enumerate(photos[:count]):

@@ -11,7 +11,7 @@ from rewards.attributes import compute_attributes
 from rewards.operators import apply_edit_ops
 from rollout.evaluation import (SampleMeasurement, auto_retouch, markdown_table, measure, oracle_output,
                                 paired_bootstrap, psnr, spearman, ssim, summarise)
-from rollout.types import EditOp, Suggestion
+from rollout.records.types import EditOp, Suggestion
 
 
 def test_psnr_hand_values():
