@@ -212,7 +212,8 @@ class ArtistSamplerActor:
         """
         import torch
 
-        state = {_adapter_free(name): torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
+        # torch.tensor copies the (small) adapter: arrays from the object store are read-only buffers.
+        state = {_adapter_free(name): torch.tensor(np.asarray(value)) if not torch.is_tensor(value) else value
                  for name, value in lora_state.items()}
         if state:
             params = self._adapter_parameters(_rank_of(state))

@@ -276,7 +276,8 @@ class ArtistLearner:
         return prepared
 
     def _training_sample(self, edit, optimality: float, group_index: int, index: int) -> _TrainingSample:
-        x0 = torch.as_tensor(np.asarray(edit.x0, dtype=np.float32))
+        # A copy: edits arrive from Ray's object store as read-only buffers, which a tensor must not alias.
+        x0 = torch.tensor(np.asarray(edit.x0), dtype=torch.float32)
         features = int(self.transformer.config.in_channels)
         if x0.ndim != 2 or x0.shape[1] != features:
             raise ValueError(f"edit {edit.task_id}/{edit.critique_index}/{edit.edit_index}: x0 has shape "

@@ -128,7 +128,7 @@ def pad_rows(arrays: Sequence[np.ndarray], width: int, device: torch.device) -> 
     """float32 ``[len(arrays), width]`` with each array in its row, right-padded with zeros."""
     out = torch.zeros((len(arrays), width), dtype=torch.float32)
     for row, values in enumerate(arrays):
-        out[row, :len(values)] = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        out[row, :len(values)] = torch.tensor(np.asarray(values), dtype=torch.float32)  # read-only object-store arrays
     return out.to(device)
 
 
