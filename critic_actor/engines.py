@@ -15,6 +15,7 @@ vLLM's weight-transfer calls with our gloo engine (:mod:`critic_actor.vllm_weigh
 from __future__ import annotations
 
 import logging
+import warnings
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -75,12 +76,58 @@ class CriticEngine(Protocol):
     def shutdown(self) -> None: ...
 
 
+TORCH_DEPRECATION_LOGGERS = ("torch._opaque_base", "torch._library.opaque_object")
+"""Loggers through which torch deprecates APIs that vLLM calls when it is imported (three WARNING lines in every
+process that imports vLLM). Nothing a user of this project can act on: kept at ERROR."""
+
+LAYERWISE_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+def _quiet_torch_deprecations() -> None:
+    for name in TORCH_DEPRECATION_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class RecomputedBufferReloadNotice(logging.Filter):
+    """Drops vLLM's ``<layer>: Failed to load weights`` for layers that hold buffers and no parameters.
+
+    Every sync loads weights through vLLM's layerwise reload, which counts all of a layer's tensors as loadable,
+    including buffers the model computes when it is built and no checkpoint holds: the rotary embeddings'
+    cos/sin cache (``RotaryEmbedding``, ``MRotaryEmbedding``) and the vision input's normalisation constants
+    (``FusedMMInputNorm``). No sync carries them, so after each one vLLM reports those layers as not loaded and
+    puts their tensors back as they were — which is what they should hold. The notice is dropped for exactly
+    those layers; a layer with parameters that received nothing is still reported.
+    """
+
+    def __init__(self, layers: frozenset[str]):
+        super().__init__()
+        self.layers = layers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and bool(record.args)
+                    and record.args[0] in self.layers)
+
+
+def quiet_recomputed_buffer_notices(model: Any) -> list[str]:
+    """Install :class:`RecomputedBufferReloadNotice` in this vLLM worker for ``model``'s buffer-only layers (run
+    in every worker through ``LLM.apply_model``); returns their class names."""
+    with_parameters = {type(m).__name__ for m in model.modules() if next(m.parameters(recurse=False), None) is not None}
+    buffer_only = frozenset(type(m).__name__ for m in model.modules()
+                            if next(m.buffers(recurse=False), None) is not None) - with_parameters
+    reload_logger = logging.getLogger(LAYERWISE_RELOAD_LOGGER)
+    for old in [f for f in reload_logger.filters if isinstance(f, RecomputedBufferReloadNotice)]:
+        reload_logger.removeFilter(old)
+    reload_logger.addFilter(RecomputedBufferReloadNotice(buffer_only))
+    return sorted(buffer_only)
+
+
 class VLLMCriticEngine:
     """A ``vllm.LLM`` on the critic checkpoint, one image per prompt, pixel bounds from config."""
 
     def __init__(self, model_path: str | Path, *, dtype: str, min_pixels: int, max_pixels: int,
                  suppressed_token_ids: list[int], seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, max_model_len: int | None = None):
+        _quiet_torch_deprecations()
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 
@@ -110,6 +157,7 @@ class VLLMCriticEngine:
         # warning; libraries in this process call it on every request, which floods the job log with a
         # message about a skipped no-op. Keep that logger's errors only.
         logging.getLogger("vllm.v1.worker.cpu_worker").setLevel(logging.ERROR)
+        self.llm.apply_model(quiet_recomputed_buffer_notices)
 
     def generate(self, prompts: list[EnginePrompt], spec: SamplingSpec) -> list[list[EngineSample]]:
         from PIL import Image
@@ -139,7 +187,11 @@ class VLLMCriticEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, object]]) -> None:
         import torch
 
-        tensors = [(name, torch.as_tensor(value)) for name, value in named_tensors]
+        with warnings.catch_warnings():
+            # Arrays from the object store are read-only buffers; these tensors are only read (vLLM copies them
+            # into its parameters), so aliasing them without a copy is safe, and torch's warning is not a problem.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors = [(name, torch.as_tensor(value)) for name, value in named_tensors]
         # The worker's reload path maps HF names to vLLM's fused parameters and re-runs the post-load
         # processing (CPU kernels repack weights after the first load, so a plain model.load_weights fails).
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
