@@ -19,8 +19,8 @@ from typing import Any
 
 from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
-from rollout.cluster.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
-                             wait_until_ready)
+from rollout.cluster.recovery import RestartableActors
+from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
 from rollout.records.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,19 @@ class ArtistSamplerGroup:
         self._state_ref = None
         self.resync: Callable[[int], None] | None = None
         """Called with a restarted replica's index to bring it to the current version over the collective."""
-        self.restarts = 0
-        """Replica restarts this group recovered from."""
-        self.retried_items = 0
-        """Edits re-sampled because the replica making them died."""
+        self.recovery = RestartableActors("artist-sampler", self.names, self.actors, limits=self.startup,
+                                          max_redos=max(1, max_restarts), restore=self._restore, item_noun="edits")
+        """Waits out a lost replica, gives it the current adapter back and redoes its share (counted there)."""
+
+    @property
+    def restarts(self) -> int:
+        """Replica losses this group recovered from."""
+        return self.recovery.restarts
+
+    @property
+    def retried_items(self) -> int:
+        """Edits re-sampled because the replica making them was lost."""
+        return self.recovery.retried_items
 
     def sample(
         self,
@@ -110,41 +119,37 @@ class ArtistSamplerGroup:
                 calls.append(actor.sample.remote(share_tasks, share, k, step))
                 names.append(name)
                 shares_sent.append((share_tasks, share))
-        import ray
-
+        # The deadline bounds the first attempt; a replica lost on the way is waited for by the recovery.
         self._wait(calls, names, self.sample_timeout_s, "sample", collect=False)
         edits: list[Edit] = []
+        per_critique = k or self.config.edits_per_critique
         for ref, name, (share_tasks, share) in zip(calls, names, shares_sent):
             index = self.names.index(name)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
-                self._recover(index, exc)
-                self.retried_items += len(share) * (k or self.config.edits_per_critique)
-                result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
-                                 timeout=self.sample_timeout_s)
-            stale = [e.artist_version for e in result.edits if e.artist_version != self._version]
-            if stale:  # Ray restarted the replica before this call reached it: it holds the base adapter
-                self._recover(index, f"it served version {stale[0]}, expected {self._version}")
-                self.retried_items += len(result.edits)
-                result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
-                                 timeout=self.sample_timeout_s)
+            result = self.recovery.result(
+                index, ref, lambda i=index, t=share_tasks, c=share: self.actors[i].sample.remote(t, c, k, step),
+                items=len(share) * per_critique, timeout_s=self.sample_timeout_s, check=self._stale_check)
             edits.extend(result.edits)
             self.rejected.extend(result.rejected)
         return edits
 
-    def _recover(self, index: int, reason: object) -> None:
-        """Wait until Ray has restarted replica ``index`` and give it the current adapter back."""
+    def _stale_check(self, result: Any) -> str | None:
+        stale = [e.artist_version for e in result.edits if e.artist_version != self._version]
+        # Ray restarted the replica before this call reached it: it holds the base adapter.
+        return f"it served version {stale[0]}, expected {self._version}" if stale else None
+
+    def _restore(self, index: int) -> None:
+        """Give a replica that is back after a loss the current adapter (nothing to do when it still serves it:
+        it was unreachable, not restarted)."""
         import ray
 
         actor = self.actors[index]
-        wait_for_restart(actor.ready.remote, self.names[index], self.startup)
-        self.restarts += 1
+        if ray.get(actor.policy_version.remote(), timeout=60.0) == self._version:
+            return
         if self.resync is not None:
             self.resync(index)
         elif self._state_ref is not None:
             ray.get(actor.set_weights.remote(self._version, self._state_ref), timeout=self.sync_timeout_s)
-        logger.warning("%s was restarted (%s); reloaded adapter version %d", self.names[index], reason, self._version)
+        logger.info("%s reloaded adapter version %d", self.names[index], self._version)
 
     def set_weights(self, version: int, lora_state: Mapping[str, Any] | Any) -> None:
         """Every replica serves ``version`` afterwards, or this raises naming the replicas that did not."""
@@ -153,8 +158,11 @@ class ArtistSamplerGroup:
         # One copy in the object store, read by every replica (an ObjectRef is passed on as it is, so the adapter
         # goes from the learner to the replicas without passing through this process).
         state_ref = lora_state if isinstance(lora_state, ray.ObjectRef) else ray.put(dict(lora_state))
-        self._wait([actor.set_weights.remote(version, state_ref) for actor in self.actors], self.names,
-                   self.sync_timeout_s, f"weight sync to version {version}")
+        refs = [actor.set_weights.remote(version, state_ref) for actor in self.actors]
+        self._wait(refs, self.names, self.sync_timeout_s, f"weight sync to version {version}", collect=False)
+        for index, ref in enumerate(refs):  # a replica lost during its load gets the adapter again once it is back
+            self.recovery.result(index, ref, lambda a=self.actors[index]: a.set_weights.remote(version, state_ref),
+                                 items=0, timeout_s=self.sync_timeout_s, restore=False)
         self._version, self._state_ref = version, state_ref
         self.resync = None
 
@@ -178,7 +186,8 @@ class ArtistSamplerGroup:
 
     @staticmethod
     def _wait(refs: list, names: list[str], timeout_s: float, what: str, collect: bool = True) -> list:
-        """Wait for every call (failing loudly on a stall); return their results unless ``collect`` is False."""
+        """Wait for every call (failing loudly on a stall); return their results unless ``collect`` is False
+        (then the caller reads each result itself, recovering a call whose replica was lost)."""
         import ray
 
         if not refs:

@@ -363,8 +363,7 @@ class Controller:
         metrics.update(sync_metrics)
         metrics.update(self._reward_metrics(records))
         metrics.update(comp.actor_seconds())
-        metrics.update({"faults/actor_restarts": float(comp.actor_restarts),
-                        "faults/retried_items": float(comp.retried_items)})
+        metrics.update(comp.fault_metrics())
         metrics.update({
             "groups/critic/zero_variance_frac": critic_zero,
             **artist_group_shares,

@@ -1,0 +1,58 @@
+"""Telling a lost actor from a failed call, the reward pool's call sizes, and the verbosity actors inherit."""
+
+from __future__ import annotations
+
+import pytest
+import ray.exceptions as rex
+
+from rewards.pool import call_sizes
+from rollout.cluster.recovery import describe_loss, lost_actor_cause
+
+
+def _task_error(cause: BaseException) -> rex.RayTaskError:
+    return rex.RayTaskError("sample", "Traceback ...", cause, proctitle="ray::ArtistSamplerActor.sample")
+
+
+@pytest.mark.parametrize("error", [
+    rex.ActorUnavailableError("restarting", None),
+    rex.ActorDiedError(),
+    rex.OutOfMemoryError("Task was killed due to the node running low on memory."),
+    rex.NodeDiedError("node 1 died"),
+    rex.WorkerCrashedError(),
+])
+def test_losses_are_recognised_directly_and_inside_a_task_error(error):
+    assert lost_actor_cause(error) is error
+    assert lost_actor_cause(_task_error(error)) is error  # the actor's own call to a lost actor
+
+
+def test_a_calls_own_error_is_not_a_loss():
+    assert lost_actor_cause(ValueError("bad record")) is None
+    assert lost_actor_cause(_task_error(RuntimeError("connection closed by peer"))) is None
+    wrapped = RuntimeError("weight sync failed")
+    wrapped.__cause__ = rex.ActorDiedError()
+    assert isinstance(lost_actor_cause(wrapped), rex.ActorDiedError)  # chained with ``raise ... from``
+
+
+def test_the_cause_is_named_for_the_log_line():
+    assert describe_loss(rex.OutOfMemoryError("low on memory")) == "killed by Ray's memory monitor"
+    assert describe_loss(rex.NodeDiedError("x")) == "its node was lost"
+    assert describe_loss(rex.ActorUnavailableError("restarting", None)) == "unreachable while restarting"
+    assert describe_loss(rex.ActorDiedError()).startswith("its process died (The actor died unexpectedly")
+
+
+@pytest.mark.parametrize("count, slots, minimum, expected", [
+    (32, 2, 8, [16, 16]),          # one worker, two calls in flight: two calls, not four of 8
+    (16, 4, 8, [8, 8]),            # the embedded step: no call below the batch size
+    (17, 4, 4, [5, 4, 4, 4]),
+    (3, 4, 8, [3]),
+    (0, 4, 8, []),
+])
+def test_reward_calls_are_few_and_large(count, slots, minimum, expected):
+    assert call_sizes(count, slots, minimum) == expected
+
+
+def test_actors_inherit_the_drivers_verbosity():
+    from rollout.cluster.startup import LOGGING_ENV
+    from rollout.env import FORWARDED
+
+    assert set(LOGGING_ENV) == set(FORWARDED)
