@@ -2,13 +2,32 @@
 
 Owns environment variables only; every value is a default (``setdefault``) so users and cluster
 operators can override each one. Why each is set: ENVIRONMENT.md (Ray token-auth trap, vLLM CPU start-up
-time, telemetry off on machines without internet).
+time, telemetry off on machines without internet). It also holds the run's verbosity (``PHOTOCRAFTER_VERBOSE``,
+set by ``--verbose``): by default the libraries' informational logs and progress bars are off (vLLM at WARNING,
+no "Loading weights" / "Writing model shards" bars), so a run prints its step lines, the progress of long waits
+and real warnings; verbose leaves every library at its own default. Actors get the same variables (the actor
+owners forward :data:`FORWARDED` in their runtime environment, so the setting holds on a remote cluster too).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+VERBOSE = "PHOTOCRAFTER_VERBOSE"
+"""``1``: show every library's own logs and progress bars (``--verbose``)."""
+QUIET = {
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    # transformers and huggingface_hub read this when imported: no tqdm bars while models load or save.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+"""What the default (not verbose) verbosity sets, unless the environment already does."""
+FORWARDED = (VERBOSE, *QUIET)
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def apply_runtime_defaults() -> None:
@@ -26,5 +45,7 @@ def apply_runtime_defaults() -> None:
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if not is_verbose():
+        defaults.update(QUIET)
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
