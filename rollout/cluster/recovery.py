@@ -81,16 +81,26 @@ def describe_loss(error: BaseException) -> str:
     return f"its process died ({first[:160]})"
 
 
-def actor_state(actor: Any) -> str:
-    """The actor's state as Ray's control store reports it (``ALIVE``, ``RESTARTING``, ``DEAD``, …), or ``""``
-    when it cannot be read. Read from the GCS directly: the public state API needs the dashboard, which a
-    cluster may run without."""
+def _actor_record(actor: Any) -> dict:
+    """The actor's entry in Ray's control store, or ``{}`` when it cannot be read. Read from the GCS directly: the
+    public state API needs the dashboard, which a cluster may run without."""
     try:
         from ray._private.state import state as global_state
 
-        return str(global_state.actor_table(actor._actor_id.hex()).get("State", ""))
-    except Exception:  # noqa: BLE001 - an unknown state only means "keep waiting, within the deadline"
-        return ""
+        return dict(global_state.actor_table(actor._actor_id.hex()))
+    except Exception:  # noqa: BLE001 - unknown only means "keep waiting, within the deadline"
+        return {}
+
+
+def actor_state(actor: Any) -> str:
+    """The actor's state (``ALIVE``, ``RESTARTING``, ``DEAD``, …), or ``""`` when it cannot be read."""
+    return str(_actor_record(actor).get("State", ""))
+
+
+def actor_restarts(actor: Any) -> int | None:
+    """How often Ray has restarted the actor so far, or None when it cannot be read."""
+    value = _actor_record(actor).get("NumRestarts")
+    return None if value is None else int(value)
 
 
 def wait_until_back(actor: Any, name: str, limits: StartupLimits, *, report: Report = print_progress) -> Any:
@@ -150,7 +160,9 @@ class RestartableActors:
         self.item_noun = item_noun
         self.report = report
         self.restarts = 0
-        """Losses of this role's actors that were recovered from."""
+        """Restarts of this role's actors that were recovered from (two calls failing for one loss count once)."""
+        self._seen = [0] * len(self.actors)
+        """Each actor's restart count as of its last recovery."""
         self.retried_items = 0
         """Work items redone because the actor doing them was lost."""
         self.causes: Counter[str] = Counter()
@@ -220,10 +232,17 @@ class RestartableActors:
                 logger.warning("%s was lost again while getting its state back (%s); waiting for it once more",
                                self.names[index], _reason(lost_actor_cause(exc)))
         reason = _reason(cause)
-        self.restarts += 1
         self.retried_items += redo
-        self.causes[reason.split(" (")[0]] += 1
         redone = f"; redoing its {redo} {self.item_noun}" if redo else ""
+        count = actor_restarts(self.actors[index])
+        new = 1 if count is None else max(0, count - self._seen[index])
+        if count is not None:
+            self._seen[index] = count
+        if not new:  # another call lost with the same restart, or the actor was unreachable without restarting
+            logger.info("%s: call redone (%s)%s", self.names[index], reason, redone)
+            return
+        self.restarts += new
+        self.causes[reason.split(" (")[0]] += new
         logger.warning("%s was lost (%s) and is back%s [%s restarts so far: %d]", self.names[index], reason, redone,
                        self.role, self.restarts)
 
@@ -232,5 +251,5 @@ def _reason(cause: Any) -> str:
     return cause if isinstance(cause, str) else describe_loss(cause)
 
 
-__all__ = ["ActorLostForGood", "RestartableActors", "actor_state", "describe_loss", "lost_actor_cause",
-           "wait_until_back"]
+__all__ = ["ActorLostForGood", "RestartableActors", "actor_restarts", "actor_state", "describe_loss",
+           "lost_actor_cause", "wait_until_back"]
