@@ -197,6 +197,9 @@ class RestartableActors:
             try:
                 value = ray.get(ref, timeout=timeout_s)
                 problem = check(value) if check is not None else None
+                if problem is None and restore and self.restarted_unseen(index):
+                    # Ray restarted it before the call reached it: the value was made without the actor's state.
+                    problem = "it was restarted before this call reached it"
                 if problem is None:
                     return value
                 cause: Any = problem
@@ -215,6 +218,11 @@ class RestartableActors:
             ref = resubmit()
 
     # ---------------------------------------------------------------------------------------- recovery
+    def restarted_unseen(self, index: int) -> bool:
+        """True when Ray restarted actor ``index`` since its last recovery (it lost the state it was given)."""
+        count = actor_restarts(self.actors[index])
+        return count is not None and count > self._seen[index]
+
     def recover(self, index: int, cause: Any, *, redo: int = 0, restore: bool = True) -> None:
         """Wait until actor ``index`` is back, restore it (again if it is lost while being restored), count the
         loss and the ``redo`` items its caller will redo, and log one line saying so."""

@@ -172,6 +172,7 @@ class WeightSync:
         """Every replica serves the learner's current weights, which must be ``version``, or this raises."""
         if self.backend == "object_store":
             return self._through_object_store(version)
+        self._catch_up_with_restarts()
         for redo in range(MAX_SYNC_REDOS + 1):
             try:
                 report = self._collective(version, list(range(self.num_replicas)), resend=False)
@@ -185,6 +186,17 @@ class WeightSync:
                     recovery.recover(index, cause, restore=False)
         self.replicas.version = version
         return report
+
+    def _catch_up_with_restarts(self) -> None:
+        """Replicas Ray restarted since the last call to them lost what earlier syncs left them (the LoRA base
+        tensors, the delta reference): count them once they are back, and send them everything this time."""
+        recovery = getattr(self.replicas, "recovery", None)
+        if recovery is None:
+            return
+        for index in range(self.num_replicas):
+            if recovery.restarted_unseen(index):
+                recovery.recover(index, "it was restarted between calls", restore=False)
+                self._forget([index])
 
     def resync(self, replica: int) -> None:
         """Bring one (restarted) replica to the group's current version over the collective."""
