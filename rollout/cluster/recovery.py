@@ -97,6 +97,37 @@ def actor_state(actor: Any) -> str:
     return str(_actor_record(actor).get("State", ""))
 
 
+def process_exit(pid: int) -> tuple[str, str] | None:
+    """(exit type, detail) Ray recorded for the dead worker process ``pid`` — ``NODE_OUT_OF_MEMORY`` when its
+    memory monitor killed it — or None when unknown. A caller's error does not say why an actor died (a killed
+    actor's pending call fails with ``ActorUnavailableError`` whatever killed it); the control store's worker
+    table does."""
+    if not pid:
+        return None
+    try:
+        from ray._private.state import state as global_state
+        from ray.core.generated import common_pb2, gcs_pb2
+
+        for raw in global_state._connect_and_get_accessor().get_worker_table():
+            worker = gcs_pb2.WorkerTableData.FromString(raw)
+            if worker.pid == pid and not worker.is_alive:
+                return common_pb2.WorkerExitType.Name(worker.exit_type), worker.exit_detail
+    except Exception:  # noqa: BLE001 - the cause is then told from the caller's error alone
+        return None
+    return None
+
+
+def describe_exit(exit_type: str, detail: str) -> str:
+    """A few words on a worker's recorded exit, for the log line."""
+    if exit_type == "NODE_OUT_OF_MEMORY" or "low on memory" in detail:
+        return "killed by Ray's memory monitor"
+    lowered = detail.lower()
+    if "node" in lowered and ("died" in lowered or "dead" in lowered or "removed" in lowered):
+        return "its node was lost"
+    first = (detail.strip().splitlines() or [exit_type])[0]
+    return f"its process died ({first[:160]})"
+
+
 def actor_restarts(actor: Any) -> int | None:
     """How often Ray has restarted the actor so far, or None when it cannot be read."""
     value = _actor_record(actor).get("NumRestarts")
@@ -163,6 +194,8 @@ class RestartableActors:
         """Restarts of this role's actors that were recovered from (two calls failing for one loss count once)."""
         self._seen = [0] * len(self.actors)
         """Each actor's restart count as of its last recovery."""
+        self._pids = [int(_actor_record(actor).get("Pid", 0) or 0) for actor in self.actors]
+        """Each actor's process as of its last recovery: its recorded exit tells why it was lost."""
         self.retried_items = 0
         """Work items redone because the actor doing them was lost."""
         self.causes: Counter[str] = Counter()
@@ -242,10 +275,16 @@ class RestartableActors:
         reason = _reason(cause)
         self.retried_items += redo
         redone = f"; redoing its {redo} {self.item_noun}" if redo else ""
-        count = actor_restarts(self.actors[index])
+        record = _actor_record(self.actors[index])
+        count = None if record.get("NumRestarts") is None else int(record["NumRestarts"])
         new = 1 if count is None else max(0, count - self._seen[index])
         if count is not None:
             self._seen[index] = count
+        if new:
+            exited = process_exit(self._pids[index])
+            if exited is not None:
+                reason = describe_exit(*exited)
+            self._pids[index] = int(record.get("Pid", 0) or 0)
         if not new:  # another call lost with the same restart, or the actor was unreachable without restarting
             logger.info("%s: call redone (%s)%s", self.names[index], reason, redone)
             return
@@ -259,5 +298,5 @@ def _reason(cause: Any) -> str:
     return cause if isinstance(cause, str) else describe_loss(cause)
 
 
-__all__ = ["ActorLostForGood", "RestartableActors", "actor_restarts", "actor_state", "describe_loss",
-           "lost_actor_cause", "wait_until_back"]
+__all__ = ["ActorLostForGood", "RestartableActors", "actor_restarts", "actor_state", "describe_exit",
+           "describe_loss", "lost_actor_cause", "process_exit", "wait_until_back"]

@@ -6,7 +6,7 @@ import pytest
 import ray.exceptions as rex
 
 from rewards.pool import call_sizes
-from rollout.cluster.recovery import describe_loss, lost_actor_cause
+from rollout.cluster.recovery import describe_exit, describe_loss, lost_actor_cause
 
 
 def _task_error(cause: BaseException) -> rex.RayTaskError:
@@ -38,6 +38,15 @@ def test_the_cause_is_named_for_the_log_line():
     assert describe_loss(rex.NodeDiedError("x")) == "its node was lost"
     assert describe_loss(rex.ActorUnavailableError("restarting", None)) == "unreachable while restarting"
     assert describe_loss(rex.ActorDiedError()).startswith("its process died (The actor died unexpectedly")
+
+
+def test_the_workers_recorded_exit_names_a_memory_monitor_kill():
+    # A killed actor's pending call fails the same way whatever killed it; Ray's worker table tells the cause.
+    assert describe_exit("NODE_OUT_OF_MEMORY", "Task was killed due to the node running low on memory.") == \
+        "killed by Ray's memory monitor"
+    assert describe_exit("SYSTEM_ERROR", "The node with node id abc has been marked dead") == "its node was lost"
+    assert describe_exit("SYSTEM_ERROR", "Worker unexpectedly exits with a connection error code 2.") == \
+        "its process died (Worker unexpectedly exits with a connection error code 2.)"
 
 
 @pytest.mark.parametrize("count, slots, minimum, expected", [
