@@ -15,6 +15,7 @@ vLLM's weight-transfer calls with our gloo engine (:mod:`critic_actor.vllm_weigh
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 from collections.abc import Iterable, Sequence
@@ -76,16 +77,22 @@ class CriticEngine(Protocol):
     def shutdown(self) -> None: ...
 
 
-TORCH_DEPRECATION_LOGGERS = ("torch._opaque_base", "torch._library.opaque_object")
-"""Loggers through which torch deprecates APIs that vLLM calls when it is imported (three WARNING lines in every
-process that imports vLLM). Nothing a user of this project can act on: kept at ERROR."""
+IMPORT_NOTICE_LOGGERS = ("vllm", "torch._opaque_base", "torch._library.opaque_object", "torch.utils.cpp_extension")
+"""Loggers that speak while vLLM is imported, before vLLM configures its logging: vLLM about its build (no Triton
+CPU backend), torch about APIs vLLM still calls and about a CUDA toolkit a CPU host lacks. Nothing a user of this
+project can act on."""
 
 LAYERWISE_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
-def _quiet_torch_deprecations() -> None:
-    for name in TORCH_DEPRECATION_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+def _quiet_import_notices() -> None:
+    """Hold the import-time notices to vLLM's own level (``VLLM_LOGGING_LEVEL``: ERROR unless the run is
+    verbose, see ``rollout.env``), and its import-time FutureWarnings with them."""
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper()
+    if logging.getLevelName(level) in (logging.ERROR, logging.CRITICAL):
+        for name in IMPORT_NOTICE_LOGGERS:
+            logging.getLogger(name).setLevel(level)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
 
 
 class RecomputedBufferReloadNotice(logging.Filter):
@@ -127,7 +134,7 @@ class VLLMCriticEngine:
     def __init__(self, model_path: str | Path, *, dtype: str, min_pixels: int, max_pixels: int,
                  suppressed_token_ids: list[int], seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, max_model_len: int | None = None):
-        _quiet_torch_deprecations()
+        _quiet_import_notices()
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 
@@ -152,6 +159,8 @@ class VLLMCriticEngine:
             # extension in each worker registers that engine there too.
             weight_transfer_config=WeightTransferConfig(backend=ENGINE_NAME),
             worker_extension_cls="critic_actor.vllm_weight_engine.WeightReceiptExtension",
+            # The run decides whether loaders draw progress bars (rollout.env: off unless verbose).
+            use_tqdm_on_load=os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "") != "1",
         )
         # vLLM's CPU worker replaces torch.set_num_threads with a function that skips the call and logs a
         # warning; libraries in this process call it on every request, which floods the job log with a

@@ -17,12 +17,14 @@ rewards itself or hold images: requests carry ObjectRefs.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from rewards.artist import failed_edit_reward
 from rewards.config import RewardsConfig
 from rewards.critic import failed_critique_reward
+from rewards.perceptual import ALEXNET_WEIGHTS_FILE
 from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
 from rollout.cluster.recovery import ActorLostForGood, RestartableActors, lost_actor_cause
 from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
@@ -63,7 +65,8 @@ class RewardPool:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
                 runtime_env=foreground_runtime_env(),
-            ).remote(config, index=i, lpips_device=None, cpu_fallback=startup.cpu_fallback)
+            ).remote(config, index=i, lpips_device=None, cpu_fallback=startup.cpu_fallback,
+                     announce_random_backbone=False)
             for i in range(config.num_workers)
         ]
         self.worker_info: list[dict[str, Any]] = wait_until_ready([w.ready.remote() for w in self.workers], names,
@@ -74,8 +77,19 @@ class RewardPool:
         self.backbone_is_random = any(info["backbone_is_random"] for info in self.worker_info)
         """True when LPIPS runs on a random AlexNet trunk: r_perc is then not a perceptual metric."""
         if self.backbone_is_random:
-            logger.warning("reward pool: LPIPS backbone is RANDOM (no AlexNet weights found); r_perc is weighted "
-                           "%.3g in r_PA — tag: %s", config.perceptual_weight, self.tracking_tags())
+            self._announce_random_backbone()
+
+    def _announce_random_backbone(self) -> None:
+        """Once per run: the workers' LPIPS trunk is random, so r_perc is no perceptual distance. A warning,
+        unless the config already weights r_perc below its default for that reason (the embedded default
+        does: no AlexNet weights ship offline), which gets one note instead."""
+        message = (f"LPIPS runs on a random AlexNet backbone (no {ALEXNET_WEIGHTS_FILE} found), so r_perc is not a "
+                   f"perceptual distance; it is weighted {self.config.perceptual_weight:g} in r_PA. Set "
+                   f"rewards.lpips_weights to the real weights (the MLflow run is tagged rewards.lpips_backbone)")
+        if self.config.perceptual_weight < type(self.config).model_fields["perceptual_weight"].default:
+            print(f"[photocrafter] note: {message}", file=sys.stderr, flush=True)
+        else:
+            logger.warning("%s", message)
 
     def tracking_tags(self) -> dict[str, str]:
         """MLflow run tags describing the reward setup (the controller sets them on the run)."""

@@ -99,9 +99,10 @@ class RewardWorker:
     """
 
     def __init__(self, config: RewardsConfig, *, index: int = 0, lpips_device: str | None = "cpu",
-                 cpu_fallback: bool = False):
+                 cpu_fallback: bool = False, announce_random_backbone: bool = True):
         """``lpips_device`` None (the pool's actors): CUDA when granted ``rewards.gpus_per_worker`` GPUs, CPU when
-        granted none, and a start-up failure when granted GPUs without CUDA unless ``cpu_fallback``."""
+        granted none, and a start-up failure when granted GPUs without CUDA unless ``cpu_fallback``.
+        ``announce_random_backbone=False``: the pool reports a random LPIPS trunk once for all its workers."""
         import cv2
         import torch
 
@@ -115,6 +116,7 @@ class RewardWorker:
         torch.set_num_threads(self.threads)
         cv2.setNumThreads(self.threads)
         self.lpips = LPIPSScorer(config.lpips_weights, resolution=config.lpips_resolution, device=lpips_device,
+                                 announce_random_backbone=announce_random_backbone,
                                  require_real_backbone=config.require_real_lpips)
 
     def __repr__(self) -> str:

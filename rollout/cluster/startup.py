@@ -71,7 +71,8 @@ def foreground_env() -> dict[str, str]:
     return {WORKER_NICENESS: os.environ.get(WORKER_NICENESS) or "0"}
 
 
-LOGGING_ENV = ("PHOTOCRAFTER_VERBOSE", "VLLM_LOGGING_LEVEL", "HF_HUB_DISABLE_PROGRESS_BARS")
+LOGGING_ENV = ("PHOTOCRAFTER_VERBOSE", "VLLM_LOGGING_LEVEL", "HF_HUB_DISABLE_PROGRESS_BARS", "TORCH_CPP_LOG_LEVEL",
+               "MLFLOW_LOGGING_LEVEL")
 """The run's verbosity (``rollout.env.FORWARDED``): actors log as much as the driver was asked to."""
 
 
