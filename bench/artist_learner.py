@@ -140,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from rollout.commands.entry import run_main
 
-    run_main(main, "bench.artist_learner")
+    run_main(main, "bench.artist_learner", supervise=True)

@@ -158,7 +158,8 @@ def analyse(run_dir: Path, steps: int) -> dict:
         "memory_kills": faults.get("faults/memory_kills", 0),
         "retried_items": faults.get("faults/retried_items", 0),
         "kills": Counter(event["kind"] for event in events if event.get("killed")),
-        "memory_monitor_victims": [v for event in events if event["kind"] == "memory" for v in event.get("victims", [])],
+        "memory_monitor_victims": [victim for event in events if event["kind"] == "memory"
+                                   for victim in event.get("victims", [])],
         "kill_errors": [event for event in events if "error" in event or "skipped" in event],
     }
 
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         weights = report.get("weights", {}).get("max_abs_diff")
         print(f"run {run + 1}/{args.runs} seed {report['seed']}: "
               f"{'completed' if report['completed'] else 'FAILED'} over {len(report['segments'])} driver(s) "
-              f"({'; '.join(_segment_line(s) for s in report['segments'])}); restarts {report.get('restarts_by_role')}, "
+              f"({'; '.join(_segment_line(s) for s in report['segments'])}); "
+              f"restarts {report.get('restarts_by_role')}, "
               f"memory kills {report.get('memory_kills')}, items lost {report.get('items_lost')}, duplicated "
               f"{report.get('items_duplicated')}, photos once {report.get('photos_consumed_once')}"
               + (f", final weights max |Δ| {weights}" if weights else ""), flush=True)
@@ -289,4 +291,4 @@ def _segment_line(segment: dict) -> str:
 if __name__ == "__main__":
     from rollout.commands.entry import run_main
 
-    run_main(main, "bench.chaos")
+    run_main(main, "bench.chaos", supervise=True)

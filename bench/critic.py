@@ -403,4 +403,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from rollout.commands.entry import run_main
 
-    run_main(main, "bench.critic")
+    run_main(main, "bench.critic", supervise="--serve-direct" not in sys.argv)  # the bare engine is measured by pid

@@ -165,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from rollout.commands.entry import run_main
 
-    run_main(main, "bench.learner_scaling")
+    run_main(main, "bench.learner_scaling", supervise=True)

@@ -115,4 +115,4 @@ def main() -> int:
 if __name__ == "__main__":
     from rollout.commands.entry import run_main
 
-    run_main(main, "bench.loop")
+    run_main(main, "bench.loop", supervise=True)

@@ -293,4 +293,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from rollout.commands.entry import run_main
 
-    run_main(main, "bench.reward_throughput")
+    run_main(main, "bench.reward_throughput", supervise=True)

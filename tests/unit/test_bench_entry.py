@@ -61,3 +61,21 @@ def test_an_entry_point_that_fails_says_what_and_why():
 def test_every_bench_ends_through_the_loud_entry():
     for path in sorted((ROOT / "bench").glob("*.py")):
         assert "run_main(main, " in path.read_text(), f"{path.name} does not end through rollout.commands.entry"
+
+
+SILENT = """
+import os
+from rollout.commands.entry import run_main
+
+def main():
+    os._exit(1)  # what a native library does when it ends the process itself
+
+run_main(main, "bench.example", supervise=True)
+"""
+
+
+def test_a_supervised_entry_point_that_dies_without_a_word_is_reported():
+    done = subprocess.run([sys.executable, "-c", SILENT], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1
+    assert "bench.example: the process ended with status 1 without reporting an error" in done.stderr
