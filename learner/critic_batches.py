@@ -150,7 +150,9 @@ def resolve_image(handle: Any, where: str) -> np.ndarray:
         if not isinstance(handle, ray.ObjectRef):
             raise TypeError(f"{where}: image handle of type {type(handle).__name__} is not an array, path or "
                             f"ray.ObjectRef")
-        image = np.array(ray.get(handle))  # a copy: the object store's buffer is read-only, and torch aliases it
+        image = np.asarray(ray.get(handle))
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"{where}: image must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    return image
+    # Arrays that came through Ray (an ObjectRef, or a record's field) are read-only views of the object store,
+    # which the image processor would hand to torch.from_numpy: give it a copy of its own.
+    return image if image.flags.writeable else image.copy()
