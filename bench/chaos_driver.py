@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 GIB = 1 << 30
-ROLE_CLASSES = {"critic_rollout": "CriticRolloutActor", "artist_sampler": "ArtistSamplerActor",
-                "reward": "RewardWorker"}
+ROLES = ("critic_rollout", "artist_sampler", "reward")
 
 
 def arm_memory_monitor(budget_gib: float) -> dict:
@@ -82,18 +81,6 @@ def _kill_pid(pid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
-
-
-def _constructor_processes(class_name: str) -> list[int]:
-    """Worker processes running ``class_name``'s constructor (Ray titles them ``ray::<class>.__init__``)."""
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info.get("cmdline") or [])
-        if cmdline.startswith(f"ray::{class_name}.__init__"):
-            found.append(process.info["pid"])
-    return found
 
 
 def _allocator(delay_s: float, threshold_bytes: int, hold_s: float):
@@ -178,19 +165,21 @@ class Monkey:
         _record(self.events, step=event["step"], kind="kill", role=event["role"], actor=name, pid=pid, killed=killed)
 
     def _kill_during_restart(self, event: dict) -> None:
-        """Kill the actor, then kill its replacement while its constructor runs (a restart under way)."""
+        """Kill the actor, then kill its replacement while Ray is still creating it (a restart under way): the
+        control store names the new process before its constructor returns."""
         actor, name = self._pick(event["role"])
         pid = _live_pid(actor)
         _kill_pid(pid)
-        class_name = ROLE_CLASSES[event["role"]]
         deadline = time.monotonic() + 120.0
         second = 0
         while time.monotonic() < deadline and not second:
-            for candidate in _constructor_processes(class_name):
-                if candidate != pid and _kill_pid(candidate):
-                    second = candidate
-                    break
-            time.sleep(0.02)
+            info = _actor_info(actor)
+            candidate = int(info.get("Pid", 0) or 0)
+            if info.get("State") != "ALIVE" and candidate not in (0, pid) and _kill_pid(candidate):
+                second = candidate
+            elif info.get("State") == "ALIVE" and candidate != pid:
+                break  # the restart finished before its process could be killed
+            time.sleep(0.01)
         _record(self.events, step=event["step"], kind="kill_during_restart", role=event["role"], actor=name,
                 pid=pid, restarting_pid=second, killed=bool(second))
 
@@ -213,7 +202,7 @@ class Monkey:
     def _pids(self) -> dict[str, int]:
         """Every actor's current process id, by name (restartable roles and learner ranks)."""
         pids = {}
-        for role in ROLE_CLASSES:
+        for role in ROLES:
             actors, names = self.actors(role)
             pids.update({n: _actor_info(a).get("Pid", 0) for a, n in zip(actors, names)})
         for group in (self.components.critic_learner, self.components.artist_learner):
