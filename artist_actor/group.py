@@ -6,7 +6,9 @@ with a deadline (a collective sync is driven by ``rollout.sync.weight_sync``, wh
 ``receive_weights``). Work is balanced by splitting the critiques into M contiguous shares of near-equal size
 (each critique costs K edits of the same resolution, so counts balance the work); results come back in input
 order. Every wait has a timeout: a stalled replica fails the call loudly instead of hanging the run or serving
-stale weights.
+stale weights. Each edit's image is a return value of its sampling call of its own (``num_returns``): owned by the
+driver process (which never fetches it), it outlives the replica that made it, so a sampler lost after it answered
+loses none of the edits still to be re-scored and rewarded.
 
 It must not load models itself or decide what to sample; the controller passes the records.
 """
@@ -112,22 +114,34 @@ class ArtistSamplerGroup:
             raise ValueError(f"conditioning without a matching critique: {strays[:5]}")
         shares = split_evenly(list(conditionings), len(self.actors))
         by_task = {task.task_id: task for task in tasks}
-        calls, names, shares_sent = [], [], []
-        for actor, name, share in zip(self.actors, self.names, shares):
+        per_critique = k or self.config.edits_per_critique
+
+        def call(index: int, share_tasks: list[PhotoTask], share: list[Conditioning]) -> list:
+            # Each edit's image is a return value of its own (num_returns), owned by this process: it outlives the
+            # replica, which may be lost before the images are re-scored and rewarded.
+            return self.actors[index].sample.options(num_returns=1 + len(share) * per_critique).remote(
+                share_tasks, share, per_critique, step, True)
+
+        calls: list[dict] = []
+        for index, share in enumerate(shares):
             if share:
                 share_tasks = [by_task[t] for t in dict.fromkeys(c.task_id for c in share) if t in by_task]
-                calls.append(actor.sample.remote(share_tasks, share, k, step))
-                names.append(name)
-                shares_sent.append((share_tasks, share))
+                calls.append({"index": index, "tasks": share_tasks, "share": share,
+                              "refs": call(index, share_tasks, share)})
         # The deadline bounds the first attempt; a replica lost on the way is waited for by the recovery.
-        self._wait(calls, names, self.sample_timeout_s, "sample", collect=False)
+        self._wait([c["refs"][0] for c in calls], [self.names[c["index"]] for c in calls], self.sample_timeout_s,
+                   "sample", collect=False)
         edits: list[Edit] = []
-        per_critique = k or self.config.edits_per_critique
-        for ref, name, (share_tasks, share) in zip(calls, names, shares_sent):
-            index = self.names.index(name)
-            result = self.recovery.result(
-                index, ref, lambda i=index, t=share_tasks, c=share: self.actors[i].sample.remote(t, c, k, step),
-                items=len(share) * per_critique, timeout_s=self.sample_timeout_s, check=self._stale_check)
+        for sent in calls:
+            def redo(sent: dict = sent) -> Any:
+                sent["refs"] = call(sent["index"], sent["tasks"], sent["share"])
+                return sent["refs"][0]
+
+            result = self.recovery.result(sent["index"], sent["refs"][0], redo, items=len(sent["share"]) * per_critique,
+                                          timeout_s=self.sample_timeout_s, check=self._stale_check)
+            slot = {(c.task_id, c.critique_index): i * per_critique for i, c in enumerate(sent["share"])}
+            for edit in result.edits:
+                edit.image = sent["refs"][1 + slot[(edit.task_id, edit.critique_index)] + edit.edit_index]
             edits.extend(result.edits)
             self.rejected.extend(result.rejected)
         return edits

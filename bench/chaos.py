@@ -165,14 +165,22 @@ def analyse(run_dir: Path, steps: int) -> dict:
 
 
 def learner_weights(checkpoint: Path) -> dict[str, dict]:
-    """Every learner's trained tensors in a checkpoint (read without running code from it)."""
+    """Every learner's weights in a checkpoint, section by section (the critic's ``model``; the artist's
+    ``adapters`` and ``ema``), without the optimizer state; read without running code from the checkpoint."""
+    import warnings
+
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     from learner.checkpoint_reader import safe_reader
 
-    return {learner: {k: v for k, v in _load_state_dict_from_keys(
-                storage_reader=safe_reader(checkpoint / learner)).items() if k.startswith("model")}
-            for learner in ("critic_learner", "artist_learner")}
+    weights = {}
+    for learner in ("critic_learner", "artist_learner"):
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            state = _load_state_dict_from_keys(storage_reader=safe_reader(checkpoint / learner))
+        weights[learner] = {f"{section}.{name}": tensor for section, tensors in state.items()
+                            if section != "optimizer" for name, tensor in tensors.items()}
+    return weights
 
 
 def compare_weights(run_dir: Path, reference_dir: Path) -> dict:

@@ -258,17 +258,16 @@ def chaos_controller(plan: dict, run_dir_holder: dict):
                     edit_keys=len({(e.task_id, e.critique_index, e.edit_index) for e in records.edits}),
                     rejected_critiques=new_rejected,
                     edit_rewards=len(records.edit_rewards),
-                    lost_edit_rewards=sum(1 for r in records.edit_rewards if _lost(r.error)),
-                    lost_critique_rewards=sum(1 for r in records.critique_rewards if _lost(r.error)),
+                    # Any reward that is missing counts (a lost worker, an edit image lost with its sampler, …):
+                    # the uninterrupted run has none.
+                    lost_edit_rewards=sum(1 for r in records.edit_rewards if r.error),
+                    lost_critique_rewards=sum(1 for r in records.critique_rewards if r.error),
+                    reward_errors=sorted({r.error[:200] for r in (*records.edit_rewards, *records.critique_rewards)
+                                          if r.error}),
                     faults={k: v for k, v in metrics.items() if k.startswith("faults/")})
             return metrics
 
     return ChaosController
-
-
-def _lost(error: str | None) -> bool:
-    """A reward that is missing because its worker was lost (not a record that cannot be scored)."""
-    return bool(error) and ("was lost" in error or "no reward worker is left" in error)
 
 
 def main(argv: list[str] | None = None) -> int:

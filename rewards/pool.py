@@ -134,7 +134,10 @@ class RewardPool:
         import ray
 
         limit = self.config.max_inflight_per_worker
-        sizes = call_sizes(len(requests), len(self.workers) * limit, self.config.batch_size)
+        for worker in range(len(self.workers)):  # a restart no call noticed (the worker was idle) is still told
+            if self.recovery.restarted_unseen(worker):
+                self.recovery.recover(worker, "it was restarted between calls", restore=False)
+        sizes = call_sizes(len(requests), len(self.workers), limit, self.config.batch_size)
         pending: list[list[Request]] = []
         start = 0
         for size in sizes:
@@ -225,13 +228,13 @@ class RewardPool:
         self.shutdown()
 
 
-def call_sizes(count: int, slots: int, min_size: int) -> list[int]:
-    """Sizes of the calls ``count`` records are cut into for a pool with ``slots`` calls in flight at once: one
-    call per slot, so each worker gets few large calls (the per-call round trip is then paid rarely, and LPIPS
-    scores a whole call as one batch), but no call smaller than ``min_size`` records (``rewards.batch_size``),
-    sizes differing by at most one."""
+def call_sizes(count: int, workers: int, inflight: int, min_size: int) -> list[int]:
+    """Sizes of the calls ``count`` records are cut into for ``workers`` workers with ``inflight`` calls each in
+    flight: one call per slot, so each worker gets few large calls (the per-call round trip is then paid rarely, and
+    LPIPS scores a whole call as one batch), but no call smaller than ``min_size`` records (``rewards.batch_size``)
+    unless that would leave a worker idle; sizes differ by at most one."""
     if count <= 0:
         return []
-    calls = max(1, min(slots, count // max(1, min_size)))
+    calls = min(count, max(workers, min(workers * inflight, count // max(1, min_size))))
     base, extra = divmod(count, calls)
     return [base + (1 if i < extra else 0) for i in range(calls)]

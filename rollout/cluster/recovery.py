@@ -41,9 +41,10 @@ class ActorLostForGood(RuntimeError):
         super().__init__(message)
 
 
-_LOST_ERRORS = ("RayActorError", "OutOfMemoryError", "NodeDiedError", "WorkerCrashedError", "ObjectLostError")
-"""Ray's errors (and their subclasses: ActorDiedError, ActorUnavailableError, OwnerDiedError, …) that mean the
-work was lost with a process or node, not that it failed."""
+_LOST_ERRORS = ("RayActorError", "OutOfMemoryError", "NodeDiedError", "WorkerCrashedError")
+"""Ray's errors (and their subclasses: ActorDiedError, ActorUnavailableError) that mean the work was lost with a
+process or node, not that it failed. A lost input object (``ObjectLostError``) is not among them: waiting for the
+actor that was given it would not bring it back."""
 
 
 def lost_actor_cause(error: BaseException) -> BaseException | None:
@@ -71,12 +72,10 @@ def describe_loss(error: BaseException) -> str:
     text = str(error)
     if isinstance(error, ray.exceptions.OutOfMemoryError) or "low on memory" in text:
         return "killed by Ray's memory monitor"
-    if isinstance(error, ray.exceptions.NodeDiedError) or "node" in text.lower() and "died" in text.lower():
+    if isinstance(error, ray.exceptions.NodeDiedError) or _says_node_lost(text):
         return "its node was lost"
     if isinstance(error, ray.exceptions.ActorUnavailableError):
         return "unreachable while restarting"
-    if isinstance(error, ray.exceptions.ObjectLostError):
-        return "an object it needed was lost with its node"
     first = (text.strip().splitlines() or [type(error).__name__])[0]
     return f"its process died ({first[:160]})"
 
@@ -121,11 +120,16 @@ def describe_exit(exit_type: str, detail: str) -> str:
     """A few words on a worker's recorded exit, for the log line."""
     if exit_type == "NODE_OUT_OF_MEMORY" or "low on memory" in detail:
         return "killed by Ray's memory monitor"
-    lowered = detail.lower()
-    if "node" in lowered and ("died" in lowered or "dead" in lowered or "removed" in lowered):
+    if _says_node_lost(detail):
         return "its node was lost"
-    first = (detail.strip().splitlines() or [exit_type])[0]
+    first = (detail.strip().split(". ")[0].splitlines() or [exit_type])[0]  # Ray's first sentence; the rest guesses
     return f"its process died ({first[:160]})"
+
+
+def _says_node_lost(text: str) -> bool:
+    lowered = text.lower()
+    return any(phrase in lowered for phrase in ("its node has died", "has been marked dead", "marked as dead",
+                                                "the node was removed"))
 
 
 def actor_restarts(actor: Any) -> int | None:
@@ -262,12 +266,15 @@ class RestartableActors:
         attempts = 0
         while True:
             wait_until_back(self.actors[index], self.names[index], self.limits, report=self.report)
+            back = actor_restarts(self.actors[index])
             try:
                 if restore and self.restore is not None:
                     self.restore(index)
                 break
             except Exception as exc:  # noqa: BLE001 - lost again while being restored: wait for it once more
-                if lost_actor_cause(exc) is None or attempts >= self.max_redos:
+                # Only this actor's own loss is waited out; another's (the learner sending the weights) is raised.
+                lost_again = actor_state(self.actors[index]) != "ALIVE" or actor_restarts(self.actors[index]) != back
+                if lost_actor_cause(exc) is None or not lost_again or attempts >= self.max_redos:
                     raise
                 attempts += 1
                 logger.warning("%s was lost again while getting its state back (%s); waiting for it once more",

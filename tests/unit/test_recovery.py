@@ -45,19 +45,24 @@ def test_the_workers_recorded_exit_names_a_memory_monitor_kill():
     assert describe_exit("NODE_OUT_OF_MEMORY", "Task was killed due to the node running low on memory.") == \
         "killed by Ray's memory monitor"
     assert describe_exit("SYSTEM_ERROR", "The node with node id abc has been marked dead") == "its node was lost"
-    assert describe_exit("SYSTEM_ERROR", "Worker unexpectedly exits with a connection error code 2.") == \
-        "its process died (Worker unexpectedly exits with a connection error code 2.)"
+    assert describe_exit("SYSTEM_ERROR", "Worker unexpectedly exits with a connection error code 2. End of file. "
+                                         "Some common causes include: (1) the process was killed by the OOM killer") \
+        == "its process died (Worker unexpectedly exits with a connection error code 2)"
+    # An actor's death message names its node's address; that alone is no node loss.
+    assert describe_loss(rex.ActorUnavailableError("node 1.2.3.4: the actor was restarted; it died", None)) == \
+        "unreachable while restarting"
 
 
-@pytest.mark.parametrize("count, slots, minimum, expected", [
-    (32, 2, 8, [16, 16]),          # one worker, two calls in flight: two calls, not four of 8
-    (16, 4, 8, [8, 8]),            # the embedded step: no call below the batch size
-    (17, 4, 4, [5, 4, 4, 4]),
-    (3, 4, 8, [3]),
-    (0, 4, 8, []),
+@pytest.mark.parametrize("count, workers, inflight, minimum, expected", [
+    (32, 1, 2, 16, [16, 16]),      # one worker, two calls in flight: two calls of 16
+    (32, 2, 2, 16, [16, 16]),      # two workers: one call each, none below the batch size
+    (16, 2, 2, 16, [8, 8]),        # the embedded step: both workers busy even below the batch size
+    (64, 2, 2, 8, [16, 16, 16, 16]),
+    (3, 4, 2, 8, [1, 1, 1]),
+    (0, 2, 2, 8, []),
 ])
-def test_reward_calls_are_few_and_large(count, slots, minimum, expected):
-    assert call_sizes(count, slots, minimum) == expected
+def test_reward_calls_are_few_and_large_and_keep_every_worker_busy(count, workers, inflight, minimum, expected):
+    assert call_sizes(count, workers, inflight, minimum) == expected
 
 
 def test_actors_inherit_the_drivers_verbosity():
