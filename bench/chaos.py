@@ -9,7 +9,9 @@ One run is one seeded schedule carried out over up to three driver processes (``
    shards. The run must stop with the newest checkpoint named and a resume command (exit status 1).
 2. ``resume``: more replica kills; the driver itself is killed (SIGKILL) a random moment after a checkpoint is
    written and before the next.
-3. ``resume``: the run must finish (exit status 0).
+3. ``resume``: more replica kills on longer schedules; the run must finish (exit status 0).
+
+Each restartable role is killed once per three steps a driver covers (at least once per driver).
 
 Then, from the steps' ledger: every training photo consumed exactly once in the run's history (one epoch), every
 step's critiques, edits and rewards delivered once each (items lost = expected − delivered, must be 0); restarts
@@ -68,8 +70,10 @@ def schedule(seed: int, steps: int) -> list[dict]:
     learner_step = rng.choice([CHECKPOINT_EVERY + 1, 2 * CHECKPOINT_EVERY])  # the newest checkpoint: step 2
 
     def kills(first: int, last: int) -> list[dict]:
+        """Each role killed once per three steps of [first, last] (at least once), at random steps and delays."""
+        rounds = max(1, (last - first + 1) // 3)
         return [{"kind": "kill", "role": role, "step": rng.randint(first, last), "delay_s": rng.uniform(0.0, 3.0)}
-                for role in roles]
+                for role in roles for _ in range(rounds)]
 
     first = [*kills(1, learner_step - 1),
              {"kind": "kill_during_restart", "role": rng.choice(roles), "step": rng.randint(1, learner_step - 1),
@@ -84,7 +88,8 @@ def schedule(seed: int, steps: int) -> list[dict]:
     return [{"segment": 1, "command": "train", "seed": seed, "events": first},
             {"segment": 2, "command": "resume", "seed": seed + 1, "events": second,
              "kill_driver_after_checkpoint": driver_after, "driver_delay_s": rng.uniform(0.3, 2.0)},
-            {"segment": 3, "command": "resume", "seed": seed + 2, "events": []}]
+            {"segment": 3, "command": "resume", "seed": seed + 2,
+             "events": kills(driver_after + 1, steps) if driver_after and steps > driver_after + 1 else []}]
 
 
 def drive(plan: dict, out: Path, log: Path, timeout_s: float) -> dict:
