@@ -152,8 +152,15 @@ class ArtistSamplerActor:
         conditioning: Sequence[Conditioning],
         k: int | None = None,
         step: int = 0,
-    ) -> ArtistSampleResult:
-        """K edits for every conditioning record (its photo is the task with the same ``task_id``)."""
+        images_apart: bool = False,
+    ) -> ArtistSampleResult | tuple:
+        """K edits for every conditioning record (its photo is the task with the same ``task_id``).
+
+        ``images_apart``: return ``(result, image_0, …, image_{n−1})`` instead, one image per (record, edit) slot
+        in input order (``None`` for a refused record's slots), the edits' ``image`` left ``None``. Called with
+        ``num_returns = 1 + n``, each image is then a return value of the call, owned by the caller: it outlives
+        this replica, so a sampler lost after it answered loses none of its edits.
+        """
         from artist_actor.sampler import EditRequest
 
         k = int(k or self.config.edits_per_critique)
@@ -185,12 +192,18 @@ class ArtistSamplerActor:
                 seed = edit_seed(self.config.seed, step, record.task_id, record.critique_index, edit_index)
                 requests.append(EditRequest(condition_image=image, hidden=hidden, mask=record.mask, seed=seed))
                 owners.append((record, edit_index))
+        slots: dict[tuple[str, int, int], np.ndarray] = {}
         for (record, edit_index), sampled in zip(owners, self.sampler.sample(requests)):
+            if images_apart:
+                slots[(record.task_id, record.critique_index, edit_index)] = sampled.image
             result.edits.append(Edit(
                 task_id=record.task_id, critique_index=record.critique_index, edit_index=edit_index,
-                seed=sampled.seed, image=self._publish(sampled.image), x0=sampled.x0, sigmas=sampled.sigmas,
-                artist_version=self._version, critic_version=record.critic_version))
-        return result
+                seed=sampled.seed, image=None if images_apart else self._publish(sampled.image), x0=sampled.x0,
+                sigmas=sampled.sigmas, artist_version=self._version, critic_version=record.critic_version))
+        if not images_apart:
+            return result
+        return (result, *[slots.get((record.task_id, record.critique_index, edit_index))
+                          for record in conditioning for edit_index in range(k)])
 
     def _publish(self, image: np.ndarray) -> Any:
         if not self.images_as_refs:
@@ -212,7 +225,8 @@ class ArtistSamplerActor:
         """
         import torch
 
-        state = {_adapter_free(name): torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
+        # torch.tensor copies the (small) adapter: arrays from the object store are read-only buffers.
+        state = {_adapter_free(name): torch.tensor(np.asarray(value)) if not torch.is_tensor(value) else value
                  for name, value in lora_state.items()}
         if state:
             params = self._adapter_parameters(_rank_of(state))

@@ -143,12 +143,13 @@ def pad_hidden_states(
     limit = max_text_tokens(grid)
     rows: list[torch.Tensor] = []
     for item, states in enumerate(hidden_states):
-        tensor = torch.as_tensor(np.asarray(states, dtype=np.float32)) if not torch.is_tensor(states) else states
+        # torch.tensor copies: H_c arrives from Ray's object store as a read-only buffer, which a tensor must not alias.
+        tensor = torch.tensor(np.asarray(states), dtype=torch.float32) if not torch.is_tensor(states) else states
         if tensor.ndim != 2 or tensor.shape[1] != hidden_size:
             raise ConditioningError(f"H_c item {item} has shape {tuple(tensor.shape)}; the artist expects "
                                     f"[T, {hidden_size}] (its joint_attention_dim = the critic hidden size)")
         if masks is not None and masks[item] is not None:
-            keep = torch.as_tensor(np.asarray(masks[item], dtype=bool))
+            keep = torch.tensor(np.asarray(masks[item]), dtype=torch.bool)
             if keep.shape[0] != tensor.shape[0]:
                 raise ConditioningError(f"H_c item {item}: mask has {keep.shape[0]} entries for "
                                         f"{tensor.shape[0]} tokens")

@@ -6,7 +6,9 @@ with a deadline (a collective sync is driven by ``rollout.sync.weight_sync``, wh
 ``receive_weights``). Work is balanced by splitting the critiques into M contiguous shares of near-equal size
 (each critique costs K edits of the same resolution, so counts balance the work); results come back in input
 order. Every wait has a timeout: a stalled replica fails the call loudly instead of hanging the run or serving
-stale weights.
+stale weights. Each edit's image is a return value of its sampling call of its own (``num_returns``): owned by the
+driver process (which never fetches it), it outlives the replica that made it, so a sampler lost after it answered
+loses none of the edits still to be re-scored and rewarded.
 
 It must not load models itself or decide what to sample; the controller passes the records.
 """
@@ -19,8 +21,8 @@ from typing import Any
 
 from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
-from rollout.cluster.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
-                             wait_until_ready)
+from rollout.cluster.recovery import RestartableActors
+from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
 from rollout.records.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
 
 logger = logging.getLogger(__name__)
@@ -78,10 +80,19 @@ class ArtistSamplerGroup:
         self._state_ref = None
         self.resync: Callable[[int], None] | None = None
         """Called with a restarted replica's index to bring it to the current version over the collective."""
-        self.restarts = 0
-        """Replica restarts this group recovered from."""
-        self.retried_items = 0
-        """Edits re-sampled because the replica making them died."""
+        self.recovery = RestartableActors("artist-sampler", self.names, self.actors, limits=self.startup,
+                                          max_redos=max(1, max_restarts), restore=self._restore, item_noun="edits")
+        """Waits out a lost replica, gives it the current adapter back and redoes its share (counted there)."""
+
+    @property
+    def restarts(self) -> int:
+        """Replica losses this group recovered from."""
+        return self.recovery.restarts
+
+    @property
+    def retried_items(self) -> int:
+        """Edits re-sampled because the replica making them was lost."""
+        return self.recovery.retried_items
 
     def sample(
         self,
@@ -103,48 +114,56 @@ class ArtistSamplerGroup:
             raise ValueError(f"conditioning without a matching critique: {strays[:5]}")
         shares = split_evenly(list(conditionings), len(self.actors))
         by_task = {task.task_id: task for task in tasks}
-        calls, names, shares_sent = [], [], []
-        for actor, name, share in zip(self.actors, self.names, shares):
+        per_critique = k or self.config.edits_per_critique
+
+        def call(index: int, share_tasks: list[PhotoTask], share: list[Conditioning]) -> list:
+            # Each edit's image is a return value of its own (num_returns), owned by this process: it outlives the
+            # replica, which may be lost before the images are re-scored and rewarded.
+            return self.actors[index].sample.options(num_returns=1 + len(share) * per_critique).remote(
+                share_tasks, share, per_critique, step, True)
+
+        calls: list[dict] = []
+        for index, share in enumerate(shares):
             if share:
                 share_tasks = [by_task[t] for t in dict.fromkeys(c.task_id for c in share) if t in by_task]
-                calls.append(actor.sample.remote(share_tasks, share, k, step))
-                names.append(name)
-                shares_sent.append((share_tasks, share))
-        import ray
-
-        self._wait(calls, names, self.sample_timeout_s, "sample", collect=False)
+                calls.append({"index": index, "tasks": share_tasks, "share": share,
+                              "refs": call(index, share_tasks, share)})
+        # The deadline bounds the first attempt; a replica lost on the way is waited for by the recovery.
+        self._wait([c["refs"][0] for c in calls], [self.names[c["index"]] for c in calls], self.sample_timeout_s,
+                   "sample", collect=False)
         edits: list[Edit] = []
-        for ref, name, (share_tasks, share) in zip(calls, names, shares_sent):
-            index = self.names.index(name)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
-                self._recover(index, exc)
-                self.retried_items += len(share) * (k or self.config.edits_per_critique)
-                result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
-                                 timeout=self.sample_timeout_s)
-            stale = [e.artist_version for e in result.edits if e.artist_version != self._version]
-            if stale:  # Ray restarted the replica before this call reached it: it holds the base adapter
-                self._recover(index, f"it served version {stale[0]}, expected {self._version}")
-                self.retried_items += len(result.edits)
-                result = ray.get(self.actors[index].sample.remote(share_tasks, share, k, step),
-                                 timeout=self.sample_timeout_s)
+        for sent in calls:
+            def redo(sent: dict = sent) -> Any:
+                sent["refs"] = call(sent["index"], sent["tasks"], sent["share"])
+                return sent["refs"][0]
+
+            result = self.recovery.result(sent["index"], sent["refs"][0], redo, items=len(sent["share"]) * per_critique,
+                                          timeout_s=self.sample_timeout_s, check=self._stale_check)
+            slot = {(c.task_id, c.critique_index): i * per_critique for i, c in enumerate(sent["share"])}
+            for edit in result.edits:
+                edit.image = sent["refs"][1 + slot[(edit.task_id, edit.critique_index)] + edit.edit_index]
             edits.extend(result.edits)
             self.rejected.extend(result.rejected)
         return edits
 
-    def _recover(self, index: int, reason: object) -> None:
-        """Wait until Ray has restarted replica ``index`` and give it the current adapter back."""
+    def _stale_check(self, result: Any) -> str | None:
+        stale = [e.artist_version for e in result.edits if e.artist_version != self._version]
+        # Ray restarted the replica before this call reached it: it holds the base adapter.
+        return f"it served version {stale[0]}, expected {self._version}" if stale else None
+
+    def _restore(self, index: int) -> None:
+        """Give a replica that is back after a loss the current adapter (nothing to do when it still serves it:
+        it was unreachable, not restarted)."""
         import ray
 
         actor = self.actors[index]
-        wait_for_restart(actor.ready.remote, self.names[index], self.startup)
-        self.restarts += 1
+        if ray.get(actor.policy_version.remote(), timeout=60.0) == self._version:
+            return
         if self.resync is not None:
             self.resync(index)
         elif self._state_ref is not None:
             ray.get(actor.set_weights.remote(self._version, self._state_ref), timeout=self.sync_timeout_s)
-        logger.warning("%s was restarted (%s); reloaded adapter version %d", self.names[index], reason, self._version)
+        logger.info("%s reloaded adapter version %d", self.names[index], self._version)
 
     def set_weights(self, version: int, lora_state: Mapping[str, Any] | Any) -> None:
         """Every replica serves ``version`` afterwards, or this raises naming the replicas that did not."""
@@ -153,8 +172,11 @@ class ArtistSamplerGroup:
         # One copy in the object store, read by every replica (an ObjectRef is passed on as it is, so the adapter
         # goes from the learner to the replicas without passing through this process).
         state_ref = lora_state if isinstance(lora_state, ray.ObjectRef) else ray.put(dict(lora_state))
-        self._wait([actor.set_weights.remote(version, state_ref) for actor in self.actors], self.names,
-                   self.sync_timeout_s, f"weight sync to version {version}")
+        refs = [actor.set_weights.remote(version, state_ref) for actor in self.actors]
+        self._wait(refs, self.names, self.sync_timeout_s, f"weight sync to version {version}", collect=False)
+        for index, ref in enumerate(refs):  # a replica lost during its load gets the adapter again once it is back
+            self.recovery.result(index, ref, lambda a=self.actors[index]: a.set_weights.remote(version, state_ref),
+                                 items=0, timeout_s=self.sync_timeout_s, restore=False)
         self._version, self._state_ref = version, state_ref
         self.resync = None
 
@@ -178,7 +200,8 @@ class ArtistSamplerGroup:
 
     @staticmethod
     def _wait(refs: list, names: list[str], timeout_s: float, what: str, collect: bool = True) -> list:
-        """Wait for every call (failing loudly on a stall); return their results unless ``collect`` is False."""
+        """Wait for every call (failing loudly on a stall); return their results unless ``collect`` is False
+        (then the caller reads each result itself, recovering a call whose replica was lost)."""
         import ray
 
         if not refs:

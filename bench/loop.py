@@ -113,4 +113,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rollout.commands.entry import run_main
+
+    run_main(main, "bench.loop", supervise=True)

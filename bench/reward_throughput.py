@@ -1,6 +1,7 @@
 """Reward throughput: the photometric part, the full r_PA (with LPIPS), one worker vs the pool.
 
-Measures, at each image size (default 256² and 512²), on edits synthesised from scikit-image's colour photos:
+Measures, at each image size (default 64², the embedded run's, and 256²), on edits synthesised from scikit-image's
+colour photos:
 
 1. attributes of one image: the fast path (OpenCV) vs the colour-science reference path;
 2. the photometric reward of one edit (r_photo + r_comp, input/target attributes cached as the worker does)
@@ -8,13 +9,16 @@ Measures, at each image size (default 256² and 512²), on edits synthesised fro
 3. the full r_PA per edit in one in-process RewardWorker (one thread);
 4. the full r_PA through a RewardPool of 1 worker and of N workers on a local Ray cluster.
 
-Prints one table (images/s; speed-ups by wall and by CPU time) and optionally writes the numbers as JSON.
+Prints one table (images/s; speed-ups by wall and by CPU time), then the pool's two headline ratios at each size —
+pool of 1 worker ÷ the same worker in-process (what the pool's calls cost; target ≥ 0.8) and pool of N ÷ pool of 1
+(how it scales; target ≥ 1.7 for 2 workers) — and optionally writes the numbers as JSON. LPIPS runs at the edit's
+own size up to ``--lpips-resolution``, as the embedded config does at 64².
 Each timing is the best of ``--repeats`` passes, the pass least disturbed by other processes on a shared
 machine (the JSON also has medians of the worker and pool timings). torch and OpenCV run one thread per
 worker, as in training, so the comparison with colour-science (single-threaded numpy) is like for like.
 The load average is printed with the table: pool scaling needs idle cores to show.
 
-    python bench/reward_throughput.py [--sizes 256 512] [--edits 32] [--workers 2] [--json out.json]
+    python -m bench.reward_throughput [--sizes 64 256] [--edits 32] [--workers 2] [--json out.json]
     python bench/reward_throughput.py --sanity      # reward sanity table on real photos (edits of known size)
 """
 
@@ -45,6 +49,12 @@ from rewards.config import RewardsConfig  # noqa: E402
 from rewards.operators import apply_edit_ops  # noqa: E402
 from rewards.worker import EditScoringRequest, RewardWorker  # noqa: E402
 from rollout.records.types import TONE_ATTRIBUTES, EditOp, Suggestion  # noqa: E402
+
+
+POOL_OVER_IN_PROCESS = 0.8
+"""A 1-worker pool must score at least this fraction of the same worker's in-process rate."""
+POOL_SCALING = 1.7
+"""A 2-worker pool must score at least this many times a 1-worker pool's rate."""
 
 
 def make_workload(size: int, edits: int, seed: int = 0) -> list[dict]:
@@ -206,7 +216,7 @@ def sanity_table(resolution: int = 512) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square edit sizes (256 512)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="square edit sizes (64 256)")
     parser.add_argument("--edits", type=int, default=32, help="edits per size (32)")
     parser.add_argument("--workers", type=int, default=2, help="pool size compared with one worker (2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported (3)")
@@ -235,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
                  configure_logging=False)
     table = {}
     for size in args.sizes:
-        row = bench_size(size, args, config)
+        sized = config.model_copy(update={"lpips_resolution": min(args.lpips_resolution, size)})
+        row = bench_size(size, args, sized)
         requests = row.pop("requests")
         if not args.no_pool:
-            for n, (best, median) in bench_pools(requests, (1, args.workers), config, args.repeats).items():
+            for n, (best, median) in bench_pools(requests, (1, args.workers), sized, args.repeats).items():
                 row[f"pool_{n}_ms"], row[f"pool_{n}_median_ms"] = best, median
+            row["pool_1_over_in_process"] = row["full_worker_ms"] / row["pool_1_ms"]
+            row[f"pool_{args.workers}_over_pool_1"] = row["pool_1_ms"] / row[f"pool_{args.workers}_ms"]
         table[size] = row
 
     rate = lambda ms: 1e3 / ms  # noqa: E731
@@ -265,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             many = row[f"pool_{args.workers}_ms"]
             line += f" | {rate(row['pool_1_ms']):7.1f} {rate(many):7.1f} {row['pool_1_ms'] / many:5.2f}"
         print(line)
+    if not args.no_pool:
+        print(f"\npool(1 worker) / in-process (target ≥ {POOL_OVER_IN_PROCESS}): " + ", ".join(
+            f"{size} px {row['pool_1_over_in_process']:.2f}" for size, row in table.items()))
+        print(f"pool({args.workers}) / pool(1) (target ≥ {POOL_SCALING}): " + ", ".join(
+            f"{size} px {row[f'pool_{args.workers}_over_pool_1']:.2f}" for size, row in table.items()))
     print(f"\n(total bench time {time.perf_counter() - started:.0f} s; load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())})")
     if args.json:
@@ -273,4 +291,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rollout.commands.entry import run_main
+
+    run_main(main, "bench.reward_throughput", supervise=True)

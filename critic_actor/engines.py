@@ -15,6 +15,8 @@ vLLM's weight-transfer calls with our gloo engine (:mod:`critic_actor.vllm_weigh
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -75,12 +77,64 @@ class CriticEngine(Protocol):
     def shutdown(self) -> None: ...
 
 
+IMPORT_NOTICE_LOGGERS = ("vllm", "torch._opaque_base", "torch._library.opaque_object", "torch.utils.cpp_extension")
+"""Loggers that speak while vLLM is imported, before vLLM configures its logging: vLLM about its build (no Triton
+CPU backend), torch about APIs vLLM still calls and about a CUDA toolkit a CPU host lacks. Nothing a user of this
+project can act on."""
+
+LAYERWISE_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+def _quiet_import_notices() -> None:
+    """Hold the import-time notices to vLLM's own level (``VLLM_LOGGING_LEVEL``: ERROR unless the run is
+    verbose, see ``rollout.env``), and its import-time FutureWarnings with them."""
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper()
+    if logging.getLevelName(level) in (logging.ERROR, logging.CRITICAL):
+        for name in IMPORT_NOTICE_LOGGERS:
+            logging.getLogger(name).setLevel(level)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+
+
+class RecomputedBufferReloadNotice(logging.Filter):
+    """Drops vLLM's ``<layer>: Failed to load weights`` for layers that hold buffers and no parameters.
+
+    Every sync loads weights through vLLM's layerwise reload, which counts all of a layer's tensors as loadable,
+    including buffers the model computes when it is built and no checkpoint holds: the rotary embeddings'
+    cos/sin cache (``RotaryEmbedding``, ``MRotaryEmbedding``) and the vision input's normalisation constants
+    (``FusedMMInputNorm``). No sync carries them, so after each one vLLM reports those layers as not loaded and
+    puts their tensors back as they were — which is what they should hold. The notice is dropped for exactly
+    those layers; a layer with parameters that received nothing is still reported.
+    """
+
+    def __init__(self, layers: frozenset[str]):
+        super().__init__()
+        self.layers = layers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and bool(record.args)
+                    and record.args[0] in self.layers)
+
+
+def quiet_recomputed_buffer_notices(model: Any) -> list[str]:
+    """Install :class:`RecomputedBufferReloadNotice` in this vLLM worker for ``model``'s buffer-only layers (run
+    in every worker through ``LLM.apply_model``); returns their class names."""
+    with_parameters = {type(m).__name__ for m in model.modules() if next(m.parameters(recurse=False), None) is not None}
+    buffer_only = frozenset(type(m).__name__ for m in model.modules()
+                            if next(m.buffers(recurse=False), None) is not None) - with_parameters
+    reload_logger = logging.getLogger(LAYERWISE_RELOAD_LOGGER)
+    for old in [f for f in reload_logger.filters if isinstance(f, RecomputedBufferReloadNotice)]:
+        reload_logger.removeFilter(old)
+    reload_logger.addFilter(RecomputedBufferReloadNotice(buffer_only))
+    return sorted(buffer_only)
+
+
 class VLLMCriticEngine:
     """A ``vllm.LLM`` on the critic checkpoint, one image per prompt, pixel bounds from config."""
 
     def __init__(self, model_path: str | Path, *, dtype: str, min_pixels: int, max_pixels: int,
                  suppressed_token_ids: list[int], seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, max_model_len: int | None = None):
+        _quiet_import_notices()
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 
@@ -105,11 +159,14 @@ class VLLMCriticEngine:
             # extension in each worker registers that engine there too.
             weight_transfer_config=WeightTransferConfig(backend=ENGINE_NAME),
             worker_extension_cls="critic_actor.vllm_weight_engine.WeightReceiptExtension",
+            # The run decides whether loaders draw progress bars (rollout.env: off unless verbose).
+            use_tqdm_on_load=os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "") != "1",
         )
         # vLLM's CPU worker replaces torch.set_num_threads with a function that skips the call and logs a
         # warning; libraries in this process call it on every request, which floods the job log with a
         # message about a skipped no-op. Keep that logger's errors only.
         logging.getLogger("vllm.v1.worker.cpu_worker").setLevel(logging.ERROR)
+        self.llm.apply_model(quiet_recomputed_buffer_notices)
 
     def generate(self, prompts: list[EnginePrompt], spec: SamplingSpec) -> list[list[EngineSample]]:
         from PIL import Image
@@ -139,7 +196,11 @@ class VLLMCriticEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, object]]) -> None:
         import torch
 
-        tensors = [(name, torch.as_tensor(value)) for name, value in named_tensors]
+        with warnings.catch_warnings():
+            # Arrays from the object store are read-only buffers; these tensors are only read (vLLM copies them
+            # into its parameters), so aliasing them without a copy is safe, and torch's warning is not a problem.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors = [(name, torch.as_tensor(value)) for name, value in named_tensors]
         # The worker's reload path maps HF names to vLLM's fused parameters and re-runs the post-load
         # processing (CPU kernels repack weights after the first load, so a plain model.load_weights fails).
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})

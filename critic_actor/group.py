@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from critic_actor.config import CriticConfig
-from rollout.cluster.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
-                             wait_until_ready)
+from rollout.cluster.recovery import RestartableActors
+from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
 from rollout.records.types import Critique, PhotoTask
 from rollout.sync.weight_transport import tensor_digest
 
@@ -73,11 +73,20 @@ class CriticRolloutGroup:
         self._digest = ""
         self.resync: Callable[[int], None] | None = None
         """Called with a restarted replica's index to bring it to :attr:`version` over the collective."""
-        self.restarts = 0
-        """Replica restarts this group recovered from."""
-        self.retried_items = 0
-        """Work items (critiques to generate, images to re-score) redone after a replica died."""
+        self.recovery = RestartableActors(ROLE, self.names, self.actors, limits=self.startup,
+                                          max_redos=max(1, max_restarts), restore=self._restore)
+        """Waits out a lost replica, gives it the current weights back and redoes its share (counted there)."""
         self._next = 0
+
+    @property
+    def restarts(self) -> int:
+        """Replica losses this group recovered from."""
+        return self.recovery.restarts
+
+    @property
+    def retried_items(self) -> int:
+        """Work items (critiques to generate, images to re-score) redone after a replica was lost."""
+        return self.recovery.retried_items
 
     @property
     def serving_dtype(self) -> str:
@@ -109,40 +118,39 @@ class CriticRolloutGroup:
     def _fan_out(self, method: str, items: list[Any], *args: Any) -> list[Any]:
         """Split ``items`` over the replicas, call ``method`` on each shard, concatenate in order.
 
-        A replica that died during its call is restarted by Ray; it gets the current weights back and its
-        shard is retried once. Work is never returned from a replica whose version lags the group's.
+        A replica lost during its call (or serving another version than the group's, because Ray restarted it
+        before the call reached it) gets the current weights back once Ray has restarted it, and its shard is
+        redone (:class:`~rollout.cluster.recovery.RestartableActors`). Work is never returned from a replica
+        whose version lags the group's.
         """
-        import ray
-
         shards = self._shards(len(items))
-        refs = [getattr(self.actors[r], method).remote(items[a:b], *args) for r, a, b in shards]
+        per_item = args[0] if method == "generate" else 1  # ``n`` critiques per photo
+        refs = [self.recovery.submit(r, method, items[a:b], *args) for r, a, b in shards]
         results = []
         for (replica, start, stop), ref in zip(shards, refs):
-            try:
-                part = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:  # includes ActorUnavailableError (restarting)
-                self._recover(replica, exc)
-                self.retried_items += (stop - start) * (args[0] if method == "generate" else 1)
-                part = ray.get(getattr(self.actors[replica], method).remote(items[start:stop], *args))
-            if method == "generate" and any(c.policy_version != self.version for c in part):
-                self._recover(replica, f"it served version {part[0].policy_version}, expected {self.version}")
-                part = ray.get(getattr(self.actors[replica], method).remote(items[start:stop], *args))
-            results.extend(part)
+            results.extend(self.recovery.result(
+                replica, ref, lambda r=replica, a=start, b=stop: self.recovery.submit(r, method, items[a:b], *args),
+                items=(stop - start) * per_item, check=self._stale_check if method == "generate" else None))
         return results
 
-    def _recover(self, replica: int, reason: Any) -> None:
+    def _stale_check(self, critiques: list[Critique]) -> str | None:
+        stale = [c.policy_version for c in critiques if c.policy_version != self.version]
+        return f"it served version {stale[0]}, expected {self.version}" if stale else None
+
+    def _restore(self, replica: int) -> None:
+        """Bring a replica that is back after a loss to :attr:`version` (nothing to do when it still serves it:
+        it was unreachable, not restarted)."""
         import ray
 
         actor = self.actors[replica]
-        wait_for_restart(actor.ready.remote, self.names[replica], self.startup)
-        self.restarts += 1
+        if ray.get(actor.policy_version.remote(), timeout=60.0) == self.version:
+            return
         if self.resync is not None:
             self.resync(replica)
         elif self._state_ref is not None:
             ray.get(actor.set_weights.remote(self.version, self._state_ref, self._digest),
                     timeout=self.sync_timeout_s + 30.0)
-        logger.warning("%s was restarted (%s); reloaded weights version %d", self.names[replica], reason,
-                       self.version)
+        logger.info("%s reloaded weights version %d", self.names[replica], self.version)
 
     def set_weights(self, version: int, state: dict[str, Any] | Any, digest: str | None = None) -> dict[str, Any]:
         """Load ``state`` into every replica as ``version`` through the object store; fail loudly on timeout or
@@ -164,12 +172,15 @@ class CriticRolloutGroup:
             digest = tensor_digest(state)
             state_ref = ray.put(state)
         refs = [a.set_weights.remote(version, state_ref, digest) for a in self.actors]
-        # The replica enforces the same timeout on its own load; the margin covers transfer and queueing.
+        # The replica enforces the same timeout on its own load; the margin covers transfer and queueing. A replica
+        # lost during its load gets the state again once Ray has restarted it.
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.sync_timeout_s + 30.0)
         if pending:
             raise TimeoutError(f"critic weight sync to version {version}: {len(pending)} of {len(refs)} replicas "
                                f"did not answer within {self.sync_timeout_s + 30.0:.0f} s")
-        reports = ray.get(refs)
+        reports = [self.recovery.result(i, ref, lambda a=actor: a.set_weights.remote(version, state_ref, digest),
+                                        items=0, timeout_s=self.sync_timeout_s + 30.0, restore=False)
+                   for i, (actor, ref) in enumerate(zip(self.actors, refs))]
         if any(r["digest"] != digest for r in reports):
             raise RuntimeError(f"critic replicas received different weights in the sync to version {version}: "
                                f"{[r['digest'] for r in reports]}, sent {digest}")

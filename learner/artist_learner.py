@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -144,6 +145,10 @@ class ArtistLearner:
         self.transformer = shard_model(self.transformer, list(self.transformer.transformer_blocks), parallel,
                                        compute_dtype=torch.bfloat16 if device.type == "cuda" else None,
                                        cpu_offload=self.config.cpu_offload)
+        # FSDP2 warns that the DiT returns a view (its output tuple), since an in-place op on it would skip the
+        # pre-backward hook. Nothing modifies it in place: predict_velocity slices it and computes out of place.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPQwenImageTransformer2DModel\) "
+                                                  r"returned a view tensor", category=UserWarning)
         self.artist.transformer = self.transformer
         self.trained_parameters = list(adapter_parameters(self.transformer, TRAINED_ADAPTER).values())
         self.optimizer = build_adamw(self.trained_parameters, lr=self.config.lr,
@@ -276,7 +281,8 @@ class ArtistLearner:
         return prepared
 
     def _training_sample(self, edit, optimality: float, group_index: int, index: int) -> _TrainingSample:
-        x0 = torch.as_tensor(np.asarray(edit.x0, dtype=np.float32))
+        # A copy: edits arrive from Ray's object store as read-only buffers, which a tensor must not alias.
+        x0 = torch.tensor(np.asarray(edit.x0), dtype=torch.float32)
         features = int(self.transformer.config.in_channels)
         if x0.ndim != 2 or x0.shape[1] != features:
             raise ValueError(f"edit {edit.task_id}/{edit.critique_index}/{edit.edit_index}: x0 has shape "

@@ -128,7 +128,7 @@ def pad_rows(arrays: Sequence[np.ndarray], width: int, device: torch.device) -> 
     """float32 ``[len(arrays), width]`` with each array in its row, right-padded with zeros."""
     out = torch.zeros((len(arrays), width), dtype=torch.float32)
     for row, values in enumerate(arrays):
-        out[row, :len(values)] = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        out[row, :len(values)] = torch.tensor(np.asarray(values), dtype=torch.float32)  # read-only object-store arrays
     return out.to(device)
 
 
@@ -153,4 +153,6 @@ def resolve_image(handle: Any, where: str) -> np.ndarray:
         image = np.asarray(ray.get(handle))
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"{where}: image must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    return image
+    # Arrays that came through Ray (an ObjectRef, or a record's field) are read-only views of the object store,
+    # which the image processor would hand to torch.from_numpy: give it a copy of its own.
+    return image if image.flags.writeable else image.copy()

@@ -247,23 +247,23 @@ def load_sharded(state: dict, directory: str | Path, *, may_lack: Sequence[str] 
     Every tensor of every section must be in the checkpoint, except in the sections named by ``may_lack``: an
     optimizer has no moments yet for a parameter that never received a gradient (e.g. the text-stream output of
     the DiT's last block, whose output is never read), while the learner it is loaded into has initialised them
-    all; those keep their fresh values. The checkpoint's ``.metadata`` is read with pickle by
-    ``torch.distributed.checkpoint``: load only checkpoints you wrote or trust.
+    all; those keep their fresh values. Nothing in the directory is unpickled beyond plain data
+    (:mod:`learner.checkpoint_reader`): a ``.metadata`` that names anything else raises ``UnsafeCheckpointError``.
     """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from learner.checkpoint_reader import read_metadata, safe_load_planner, safe_reader
 
     if not (Path(directory) / ".metadata").is_file():
         raise FileNotFoundError(f"{directory} is not a sharded learner checkpoint (no .metadata)")
-    saved = FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+    saved = read_metadata(Path(directory) / ".metadata").state_dict_metadata
     missing = [f"{section}.{name}" for section, values in state.items() if section not in may_lack
                and isinstance(values, dict) for name in values if f"{section}.{name}" not in saved]
     if missing:
         raise KeyError(f"{directory}: the checkpoint lacks {len(missing)} tensor(s) this learner has, e.g. "
                        f"{missing[:3]}; was it written with another model or LoRA config?")
-    dcp.load(state, checkpoint_id=str(directory), planner=DefaultLoadPlanner(allow_partial_load=True),
+    dcp.load(state, storage_reader=safe_reader(directory), planner=safe_load_planner(allow_partial_load=True),
              no_dist=not dist.is_initialized())
 
 

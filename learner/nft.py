@@ -119,7 +119,9 @@ def select_training_timesteps(sigmas: torch.Tensor | np.ndarray, num_samples: in
     of them; the terminal 0 is never a training point (x_t would equal x0). Each sample draws its own
     permutation, as the reference trainer does, so the N − 1 points it trains on differ between samples.
     """
-    schedule = torch.as_tensor(sigmas, dtype=torch.float64)
+    # A copy of an array (it may be a read-only buffer from the object store, which a tensor must not alias).
+    schedule = sigmas.to(torch.float64) if torch.is_tensor(sigmas) else torch.tensor(np.asarray(sigmas),
+                                                                                      dtype=torch.float64)
     if schedule.ndim == 1:
         schedule = schedule.unsqueeze(0).expand(num_samples, -1)
     if schedule.ndim != 2 or schedule.shape[0] != num_samples:

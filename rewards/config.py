@@ -42,7 +42,9 @@ class RewardsConfig(ConfigModel):
     """Critic reward: weight of r_rank (the critic scores its edit above the input)."""
     suggestion_weight: float = Field(1.0, ge=0.0, le=10.0)
     """Critic reward: weight of r_sugg (the rule-based pseudo-edit moves toward the target)."""
-    batch_size: int = Field(8, ge=1, le=4096)
-    """Records per call to one reward worker (LPIPS runs them as one batch)."""
+    batch_size: int = Field(16, ge=1, le=4096)
+    """Fewest records per call to one reward worker: a request is cut into one call per in-flight slot
+    (``num_workers × max_inflight_per_worker``) unless that would make calls smaller than this (but every worker
+    gets one); LPIPS scores a call's records as one batch."""
     max_inflight_per_worker: int = Field(2, ge=1, le=64)
-    """Batches queued on each worker at once (2 keeps a worker busy while its last result travels)."""
+    """Calls queued on each worker at once (2 keeps a worker busy while its last result travels)."""

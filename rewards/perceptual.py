@@ -97,7 +97,9 @@ class LPIPSScorer:
     """
 
     def __init__(self, weights_path: str = "", *, resolution: int = 256, device: str = "cpu",
-                 require_real_backbone: bool = False):
+                 require_real_backbone: bool = False, announce_random_backbone: bool = True):
+        """``announce_random_backbone=False``: the caller reports a random trunk itself (the reward pool does,
+        once for all its workers)."""
         import lpips
         import torch
 
@@ -125,7 +127,7 @@ class LPIPSScorer:
         self.backbone_is_random = weights is None
         """True when the AlexNet trunk is random (no real weights found): r_perc is then not perceptual."""
         self.backbone_source = str(weights) if weights is not None else f"random (seed {RANDOM_BACKBONE_SEED})"
-        if self.backbone_is_random:
+        if self.backbone_is_random and announce_random_backbone:
             _warn_random_backbone_once()
 
     def _prepare_pair(self, edit: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,10 +2,14 @@
 
 Owns creating the workers (``ray.remote(RewardWorker)``, named ``reward-<i>`` in the run's namespace, one
 SPREAD placement-group bundle each, restarted by Ray up to ``max_restarts`` times), splitting requests into
-batches, keeping every worker busy, and yielding results in completion order. Per-record failures are
-already error results from the worker; here a whole batch that is lost (the worker died beyond its
-retries) is split and retried record by record, and records that still fail come back as error results —
-the caller always gets exactly one result per request and the pool never raises for one bad record.
+calls (:func:`call_sizes`: few calls per worker, each a batch LPIPS scores at once, so the per-call round trip
+is paid rarely), keeping every worker busy, and yielding results in completion order. Per-record failures are
+already error results from the worker. A batch whose worker was lost (Ray's memory monitor, a node's loss, a
+crash) is redone once the pool has waited for the worker to come back, on whichever worker is free, and counted
+(:class:`~rollout.cluster.recovery.RestartableActors`, shared with the rollout and sampler groups); a worker
+that is dead for good leaves the pool. A batch that fails otherwise is split and retried record by record, and
+records that still fail come back as error results — the caller always gets exactly one result per request and
+the pool never raises for one bad record.
 It also reports the LPIPS backbone the workers run with, so the run can be tagged. It must not compute
 rewards itself or hold images: requests carry ObjectRefs.
 """
@@ -13,13 +17,16 @@ rewards itself or hold images: requests carry ObjectRefs.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from rewards.artist import failed_edit_reward
 from rewards.config import RewardsConfig
 from rewards.critic import failed_critique_reward
+from rewards.perceptual import ALEXNET_WEIGHTS_FILE
 from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
+from rollout.cluster.recovery import ActorLostForGood, RestartableActors, lost_actor_cause
 from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
 from rollout.records.types import CritiqueReward, EditReward
 
@@ -54,20 +61,35 @@ class RewardPool:
         self.workers = [
             remote_cls.options(
                 name=names[i], namespace=namespace, num_cpus=config.cpus_per_worker,
-                num_gpus=config.gpus_per_worker, max_restarts=max_restarts, max_task_retries=max_restarts,
+                num_gpus=config.gpus_per_worker, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
                                                                      placement_group_bundle_index=i),
                 runtime_env=foreground_runtime_env(),
-            ).remote(config, index=i, lpips_device=None, cpu_fallback=startup.cpu_fallback)
+            ).remote(config, index=i, lpips_device=None, cpu_fallback=startup.cpu_fallback,
+                     announce_random_backbone=False)
             for i in range(config.num_workers)
         ]
         self.worker_info: list[dict[str, Any]] = wait_until_ready([w.ready.remote() for w in self.workers], names,
                                                                   startup)
+        # Ray restarts a lost worker; the pool waits for it and redoes its batch (workers hold no state to restore).
+        self.recovery = RestartableActors(ROLE, names, self.workers, limits=startup, max_redos=max(1, max_restarts),
+                                          item_noun="records")
         self.backbone_is_random = any(info["backbone_is_random"] for info in self.worker_info)
         """True when LPIPS runs on a random AlexNet trunk: r_perc is then not a perceptual metric."""
         if self.backbone_is_random:
-            logger.warning("reward pool: LPIPS backbone is RANDOM (no AlexNet weights found); r_perc is weighted "
-                           "%.3g in r_PA — tag: %s", config.perceptual_weight, self.tracking_tags())
+            self._announce_random_backbone()
+
+    def _announce_random_backbone(self) -> None:
+        """Once per run: the workers' LPIPS trunk is random, so r_perc is no perceptual distance. A warning,
+        unless the config already weights r_perc below its default for that reason (the embedded default
+        does: no AlexNet weights ship offline), which gets one note instead."""
+        message = (f"LPIPS runs on a random AlexNet backbone (no {ALEXNET_WEIGHTS_FILE} found), so r_perc is not a "
+                   f"perceptual distance; it is weighted {self.config.perceptual_weight:g} in r_PA. Set "
+                   f"rewards.lpips_weights to the real weights (the MLflow run is tagged rewards.lpips_backbone)")
+        if self.config.perceptual_weight < type(self.config).model_fields["perceptual_weight"].default:
+            print(f"[photocrafter] note: {message}", file=sys.stderr, flush=True)
+        else:
+            logger.warning("%s", message)
 
     def tracking_tags(self) -> dict[str, str]:
         """MLflow run tags describing the reward setup (the controller sets them on the run)."""
@@ -97,28 +119,62 @@ class RewardPool:
                                           reason=reason)
         return self._fan_out("score_critiques", requests, failed)
 
+    @property
+    def restarts(self) -> int:
+        """Worker losses the pool recovered from."""
+        return self.recovery.restarts
+
+    @property
+    def retried_items(self) -> int:
+        """Records scored again because the worker scoring them was lost."""
+        return self.recovery.retried_items
+
     def _fan_out(self, method: str, requests: Sequence[Request],
                  failed: Callable[[Request, str], Result]) -> Iterator[Result]:
         import ray
 
-        size = self.config.batch_size
-        pending: list[list[Request]] = [list(requests[i:i + size]) for i in range(0, len(requests), size)]
+        limit = self.config.max_inflight_per_worker
+        for worker in range(len(self.workers)):  # a restart no call noticed (the worker was idle) is still told
+            if self.recovery.restarted_unseen(worker):
+                self.recovery.recover(worker, "it was restarted between calls", restore=False)
+        sizes = call_sizes(len(requests), len(self.workers), limit, self.config.batch_size)
+        pending: list[list[Request]] = []
+        start = 0
+        for size in sizes:
+            pending.append(list(requests[start:start + size]))
+            start += size
         pending.reverse()  # pop() from the end keeps submission in request order
         load = [0] * len(self.workers)
-        lost: set[int] = set()  # workers whose batch failed even after Ray's restarts and retries
+        gone: set[int] = set()  # workers Ray will not bring back
+        redos: dict[int, int] = {}  # batch id -> times it was redone after a worker loss
         inflight: dict[Any, tuple[int, list[Request]]] = {}
-        limit = self.config.max_inflight_per_worker
 
         def submit() -> None:
             while pending:
-                alive = [w for w in range(len(self.workers)) if w not in lost]
-                worker = min(alive or range(len(self.workers)), key=load.__getitem__)
+                alive = [w for w in range(len(self.workers)) if w not in gone]
+                if not alive:
+                    return
+                worker = min(alive, key=load.__getitem__)
                 if load[worker] >= limit:
                     return
                 batch = pending.pop()
-                ref = getattr(self.workers[worker], method).remote(batch)
-                inflight[ref] = (worker, batch)
+                inflight[self.recovery.submit(worker, method, batch)] = (worker, batch)
                 load[worker] += 1
+
+        def lost(worker: int, batch: list[Request], cause: BaseException) -> list[Result]:
+            """Wait for the lost worker and queue its batch again; error results once it was redone too often
+            or no worker is left."""
+            try:
+                self.recovery.recover(worker, cause, redo=len(batch))
+            except (ActorLostForGood, TimeoutError) as exc:
+                gone.add(worker)
+                logger.warning("%s leaves the pool: %s", self.recovery.names[worker], exc)
+            redos[id(batch)] = redos.get(id(batch), 0) + 1
+            if redos[id(batch)] > self.recovery.max_redos or len(gone) == len(self.workers):
+                reason = f"reward worker {self.recovery.names[worker]} was lost ({cause})".splitlines()[0]
+                return [failed(request, reason) for request in batch]
+            pending.append(batch)
+            return []
 
         def drain() -> Iterator[Result]:
             while inflight:
@@ -128,9 +184,13 @@ class RewardPool:
                 try:
                     results = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a lost batch must not end the caller's iteration
+                    cause = lost_actor_cause(exc)
+                    if cause is not None:
+                        results = lost(worker, batch, cause)
+                        submit()
+                        yield from results
+                        continue
                     reason = f"reward worker {ROLE}-{worker} failed: {type(exc).__name__}: {exc}".splitlines()[0]
-                    if isinstance(exc, ray.exceptions.RayActorError):
-                        lost.add(worker)
                     if len(batch) > 1:
                         logger.warning("%s; retrying its %d records one by one", reason, len(batch))
                         pending.extend([[request] for request in reversed(batch)])
@@ -140,6 +200,9 @@ class RewardPool:
                     results = [failed(batch[0], reason)]
                 submit()
                 yield from results
+            for batch in reversed(pending):  # only when every worker left the pool
+                yield from (failed(request, "no reward worker is left in the pool") for request in batch)
+            pending.clear()
 
         # The first batches are submitted now, not at the first next(): scoring edits and critiques can be
         # requested back to back and run together while the caller consumes either iterator.
@@ -163,3 +226,15 @@ class RewardPool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
+
+
+def call_sizes(count: int, workers: int, inflight: int, min_size: int) -> list[int]:
+    """Sizes of the calls ``count`` records are cut into for ``workers`` workers with ``inflight`` calls each in
+    flight: one call per slot, so each worker gets few large calls (the per-call round trip is then paid rarely, and
+    LPIPS scores a whole call as one batch), but no call smaller than ``min_size`` records (``rewards.batch_size``)
+    unless that would leave a worker idle; sizes differ by at most one."""
+    if count <= 0:
+        return []
+    calls = min(count, max(workers, min(workers * inflight, count // max(1, min_size))))
+    base, extra = divmod(count, calls)
+    return [base + (1 if i < extra else 0) for i in range(calls)]

@@ -71,6 +71,10 @@ class CritiqueScoringRequest:
     """The critic's re-scores of the edits made from this critique (``None`` = did not parse)."""
 
 
+_FETCHED = "__fetched__"
+"""Key of a batch's cache under which the images fetched for it at once are kept (ObjectRef hex -> array)."""
+
+
 def _is_object_ref(handle: Any) -> bool:
     return type(handle).__name__ == "ObjectRef" and type(handle).__module__.startswith("ray")
 
@@ -95,9 +99,10 @@ class RewardWorker:
     """
 
     def __init__(self, config: RewardsConfig, *, index: int = 0, lpips_device: str | None = "cpu",
-                 cpu_fallback: bool = False):
+                 cpu_fallback: bool = False, announce_random_backbone: bool = True):
         """``lpips_device`` None (the pool's actors): CUDA when granted ``rewards.gpus_per_worker`` GPUs, CPU when
-        granted none, and a start-up failure when granted GPUs without CUDA unless ``cpu_fallback``."""
+        granted none, and a start-up failure when granted GPUs without CUDA unless ``cpu_fallback``.
+        ``announce_random_backbone=False``: the pool reports a random LPIPS trunk once for all its workers."""
         import cv2
         import torch
 
@@ -111,6 +116,7 @@ class RewardWorker:
         torch.set_num_threads(self.threads)
         cv2.setNumThreads(self.threads)
         self.lpips = LPIPSScorer(config.lpips_weights, resolution=config.lpips_resolution, device=lpips_device,
+                                 announce_random_backbone=announce_random_backbone,
                                  require_real_backbone=config.require_real_lpips)
 
     def __repr__(self) -> str:
@@ -127,23 +133,39 @@ class RewardWorker:
 
     # ------------------------------------------------------------------ image handling
 
-    def _resolve(self, handle: ImageHandle, name: str) -> np.ndarray:
+    def _resolve(self, handle: ImageHandle, name: str, fetched: dict[str, Any]) -> np.ndarray:
         if isinstance(handle, np.ndarray):
             return as_rgb_uint8(handle, name)
         if isinstance(handle, (str, Path)):
             return load_image_file(handle)
         if _is_object_ref(handle):
+            if handle.hex() in fetched:
+                return as_rgb_uint8(fetched[handle.hex()], name)
             import ray
 
             return as_rgb_uint8(ray.get(handle), name)
         raise InvalidImageError(f"{name} is a {type(handle).__name__}; expected an array, a path or an ObjectRef")
+
+    @staticmethod
+    def _fetch(handles: Sequence[ImageHandle]) -> dict[str, Any]:
+        """Every distinct ObjectRef among ``handles`` in one ``ray.get`` (one round trip per call, not per image);
+        empty when one of them cannot be read: then each is read on its own, failing only its records."""
+        refs = {handle.hex(): handle for handle in handles if _is_object_ref(handle)}
+        if not refs:
+            return {}
+        import ray
+
+        try:
+            return dict(zip(refs, ray.get(list(refs.values()))))
+        except Exception:  # noqa: BLE001 - one lost image must not fail the whole batch
+            return {}
 
     def _measure(self, handle: ImageHandle, name: str,
                  cache: dict[Any, Any]) -> tuple[np.ndarray, PhotometricAttributes]:
         """Resolve and measure an image once per batch (inputs and targets repeat across edits)."""
         key = handle.hex() if _is_object_ref(handle) else (handle if isinstance(handle, (str, Path)) else id(handle))
         if key not in cache:
-            image = self._resolve(handle, name)
+            image = self._resolve(handle, name, cache.setdefault(_FETCHED, {}))
             cache[key] = (image, compute_attributes(image, self.config.attribute_resolution))
         return cache[key]
 
@@ -151,7 +173,7 @@ class RewardWorker:
 
     def score_edits(self, requests: Sequence[EditScoringRequest]) -> list[EditReward]:
         """r_PA with every component for each request, in request order; failures become error results."""
-        cache: dict[Any, Any] = {}
+        cache: dict[Any, Any] = {_FETCHED: self._fetch([h for r in requests for h in (r.input, r.edit, r.target)])}
         measured: dict[int, tuple] = {}
         results: list[EditReward | None] = [None] * len(requests)
         for i, request in enumerate(requests):
@@ -216,7 +238,8 @@ class RewardWorker:
 
     def score_critiques(self, requests: Sequence[CritiqueScoringRequest]) -> list[CritiqueReward]:
         """r_C with every component for each request, in request order; failures become error results."""
-        cache: dict[Any, Any] = {}
+        needed = [r for r in requests if not (r.kind == "restoration" and r.degradations)]  # these read no image
+        cache: dict[Any, Any] = {_FETCHED: self._fetch([h for r in needed for h in (r.input, r.target)])}
         results = []
         for request in requests:
             try:

@@ -15,7 +15,9 @@ A checkpoint is ``<run_dir>/checkpoints/step_<N>/`` holding
 Shards are written into ``.step_<N>.partial`` and the directory is renamed into place after the manifest,
 so readers see either nothing or a complete checkpoint. State trees use safetensors for tensors and JSON for
 structure; the learners' sharded directories use torch.distributed.checkpoint, whose ``.metadata`` file is a
-pickle: resume only from checkpoints you wrote or trust.
+pickle: :func:`verify_checkpoint` reads each one with an unpickler that admits only checkpoint-metadata classes
+(``learner.checkpoint_reader``) and refuses a checkpoint whose metadata names anything else, before any actor
+starts; the learners read them the same way.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def commit_checkpoint(partial: Path, step: int, extra: dict | None = None) -> Pa
 
 
 def verify_checkpoint(path: Path) -> CheckpointInfo:
-    """Check a checkpoint directory against its manifest; raise ``ValueError`` naming what is wrong."""
+    """Check a checkpoint directory against its manifest; raise ``ValueError`` naming what is wrong, and
+    ``learner.checkpoint_reader.UnsafeCheckpointError`` for a learner ``.metadata`` that would run code."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -163,6 +166,9 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
             raise ValueError(f"{path}: {rel} listed in the manifest is missing")
         if file.stat().st_size != meta["bytes"]:
             raise ValueError(f"{path}: {rel} has {file.stat().st_size} bytes, manifest says {meta['bytes']}")
+    from learner.checkpoint_reader import check_checkpoint_metadata
+
+    check_checkpoint_metadata(path)  # UnsafeCheckpointError (not a ValueError): refused, never skipped silently
     return CheckpointInfo(path=path, step=int(manifest["step"]), manifest=manifest)
 
 

@@ -106,8 +106,8 @@ class Components:
         self.artist_learner = ArtistLearnerGroup(
             str(artist_path), la, config.artist, num_threads=1, startup=startup, learner_kwargs={
                 "seed": config.trainer.seed, "kept_versions": config.trainer.max_staleness + 1})
-        # Rollout and sampler groups recover a replica that Ray restarts (current weights back, its share of the
-        # work redone once); reward workers are stateless, so Ray's own task retries cover them.
+        # Rollout, sampler and reward groups recover an actor that Ray restarts (current weights back, its share
+        # of the work redone once, counted), through one mechanism: rollout.cluster.recovery.
         self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
                                                  max_restarts=restarts, startup=startup)
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
@@ -175,13 +175,30 @@ class Components:
             self._actor_seconds[key] = metrics.pop(key)
         return metrics
 
+    def _restartable(self) -> dict[str, Any]:
+        """The roles Ray restarts, by metric name, each with its ``recovery`` (rollout.cluster.recovery)."""
+        return {"critic_rollout": self.critic_rollout, "artist_sampler": self.artist_samplers, "reward": self.rewards}
+
     @property
     def actor_restarts(self) -> int:
-        return self.critic_rollout.restarts + self.artist_samplers.restarts
+        return sum(owner.restarts for owner in self._restartable().values())
 
     @property
     def retried_items(self) -> int:
-        return self.critic_rollout.retried_items + self.artist_samplers.retried_items
+        return sum(owner.retried_items for owner in self._restartable().values())
+
+    def fault_metrics(self) -> dict[str, float]:
+        """Run totals of recovered actor losses and redone work, overall and per role, and how many losses were
+        Ray's memory monitor killing an actor (``faults/...`` in docs/metrics.md)."""
+        owners = self._restartable()
+        metrics = {"faults/actor_restarts": float(self.actor_restarts),
+                   "faults/retried_items": float(self.retried_items),
+                   "faults/memory_kills": float(sum(owner.recovery.causes["killed by Ray's memory monitor"]
+                                                    for owner in owners.values()))}
+        for role, owner in owners.items():
+            metrics[f"faults/restarts/{role}"] = float(owner.restarts)
+            metrics[f"faults/retried_items/{role}"] = float(owner.retried_items)
+        return metrics
 
     def actor_seconds(self) -> dict[str, float]:
         """Compute time spent inside actors this step (for the orchestration-overhead figure)."""

@@ -244,10 +244,10 @@ class Controller:
         if not resume:
             self.tracker.log_params(self.config)
         self.tracker.set_tags(self.components.tags())
-        if self.components.rewards.backbone_is_random:
-            self.tracker.warn("rewards.lpips_warning",
-                              "LPIPS runs on a RANDOM AlexNet backbone (no alexnet-owt-7be5be79.pth found): r_perc is "
-                              "not a perceptual metric in this run; set rewards.lpips_weights to the real weights")
+        if self.components.rewards.backbone_is_random:  # the pool said so at start; the run keeps it as a tag
+            self.tracker.set_tags({"rewards.lpips_warning": "LPIPS runs on a RANDOM AlexNet backbone (no "
+                                   "alexnet-owt-7be5be79.pth found): r_perc is not a perceptual metric in this run; "
+                                   "set rewards.lpips_weights to the real weights"})
         try:
             from rollout.tracking.ray_metrics import RayMetrics
 
@@ -363,8 +363,7 @@ class Controller:
         metrics.update(sync_metrics)
         metrics.update(self._reward_metrics(records))
         metrics.update(comp.actor_seconds())
-        metrics.update({"faults/actor_restarts": float(comp.actor_restarts),
-                        "faults/retried_items": float(comp.retried_items)})
+        metrics.update(comp.fault_metrics())
         metrics.update({
             "groups/critic/zero_variance_frac": critic_zero,
             **artist_group_shares,

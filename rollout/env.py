@@ -2,13 +2,39 @@
 
 Owns environment variables only; every value is a default (``setdefault``) so users and cluster
 operators can override each one. Why each is set: ENVIRONMENT.md (Ray token-auth trap, vLLM CPU start-up
-time, telemetry off on machines without internet).
+time, telemetry off on machines without internet). It also holds the run's verbosity (``PHOTOCRAFTER_VERBOSE``,
+set by ``--verbose``): by default the libraries' informational logs and progress bars are off (vLLM at ERROR,
+no "Loading weights" / "Writing model shards" bars, torch's C++ notices off), so a run prints its step lines, the
+progress of long waits and real warnings; verbose leaves every library at its own default. Actors get the same variables (the actor
+owners forward :data:`FORWARDED` in their runtime environment, so the setting holds on a remote cluster too).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+VERBOSE = "PHOTOCRAFTER_VERBOSE"
+"""``1``: show every library's own logs and progress bars (``--verbose``)."""
+QUIET = {
+    # vLLM's warnings on these hosts are about its own build and environment (no Triton CPU backend, no tcmalloc,
+    # torch.compile off because the replicas run eagerly), which a user cannot act on; what vLLM serves is checked
+    # by the run itself (weight digests, the log-prob probe). Errors still show.
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    # transformers, huggingface_hub and vLLM's loader: no tqdm bars while models load or save.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # torch's C++ warnings (e.g. the NUMA binding notice when vLLM pins its CPU threads).
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
+    # MLflow announces at INFO that it creates or upgrades its database tables.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+}
+"""What the default (not verbose) verbosity sets, unless the environment already does."""
+FORWARDED = (VERBOSE, *QUIET)
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def apply_runtime_defaults() -> None:
@@ -26,5 +52,7 @@ def apply_runtime_defaults() -> None:
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if not is_verbose():
+        defaults.update(QUIET)
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

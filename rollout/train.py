@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 from rollout.config import TrainConfig, dump_config, in_ray_job_working_dir_copy, load_config_or_report, run_home
-from rollout.env import apply_runtime_defaults
+from rollout.env import VERBOSE, apply_runtime_defaults, is_verbose
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,14 +69,19 @@ def init_ray(config: TrainConfig, namespace: str) -> None:
         return
     # Ray's job runner sets RAY_ADDRESS for submitted jobs: join that cluster whatever the config says.
     address = os.environ.get("RAY_ADDRESS") or config.cluster.address
+    # Ray's own start-up notices are INFO records; the dashboard's address is printed here instead.
+    quiet = {} if is_verbose() else {"logging_level": logging.WARNING}
     if address == "local":
         kwargs = dict(num_cpus=config.cluster.num_cpus, num_gpus=config.cluster.num_gpus,
                       dashboard_host=config.cluster.dashboard_host, include_dashboard=True)
         if config.cluster.metrics_export_port:
             kwargs["_metrics_export_port"] = config.cluster.metrics_export_port
-        ray.init(address="local", namespace=namespace, log_to_driver=True, **kwargs)
+        context = ray.init(address="local", namespace=namespace, log_to_driver=True, **quiet, **kwargs)
     else:
-        ray.init(address=address, namespace=namespace, log_to_driver=True)
+        context = ray.init(address=address, namespace=namespace, log_to_driver=True, **quiet)
+    dashboard = getattr(context, "dashboard_url", None)
+    if dashboard:
+        print(f"[photocrafter] Ray dashboard: http://{dashboard}", flush=True)
 
 
 class StopRequest:
@@ -104,7 +110,10 @@ def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", res
     from rollout.cluster.placement import plan_resources
     from rollout.cluster.preflight import PlanRefused
 
+    from rollout.tracking.report import configure_console_logging
+
     apply_runtime_defaults()
+    configure_console_logging(is_verbose())
     plan = plan_resources(config)
     if not plan.ok:
         for problem in plan.problems:
@@ -148,11 +157,17 @@ def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", res
 
 
 def main(argv: list[str] | None = None) -> int:
-    apply_runtime_defaults()
     parser = argparse.ArgumentParser(prog="python -m rollout.train", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every library's own logs")
+    args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE] = "1"
+    apply_runtime_defaults()
+    return run(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rollout.commands.entry import run_main
+
+    run_main(main, "python -m rollout.train")

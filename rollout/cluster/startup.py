@@ -1,11 +1,11 @@
 """Start-up of a run's actors: bounded waits for placement and model load, with progress lines, the CPU priority
 every actor runs at, and the device an actor that was granted GPUs computes on.
 
-Owns the three waits every actor owner goes through — the cluster granting a placement group, the actors
-loading their models, a restarted replica coming back — each bounded by its own timeout from the ``cluster``
-config section and reporting what is still pending (which role, which resources, which actors) at a fixed
-interval, so a long start on a real cluster is visible and a start that cannot succeed ends with an error that
-names the role and the knob to change. Weight-sync timeouts are not here: they belong to the sync path.
+Owns the two waits every actor owner goes through at start — the cluster granting a placement group, the actors
+loading their models — each bounded by its own timeout from the ``cluster`` config section (waiting for a lost
+actor to come back is ``rollout.cluster.recovery``'s) and reporting what is still pending (which role, which
+resources, which actors) at a fixed interval, so a long start on a real cluster is visible and a start that cannot
+succeed ends with an error that names the role and the knob to change. Weight-sync timeouts are not here: they belong to the sync path.
 Every actor owner starts its actors with :func:`foreground_runtime_env`: Ray starts workers at niceness 15,
 where the run's own work would lose its CPU to anything else on the machine (measured by ``bench/critic.py``).
 
@@ -71,9 +71,18 @@ def foreground_env() -> dict[str, str]:
     return {WORKER_NICENESS: os.environ.get(WORKER_NICENESS) or "0"}
 
 
+LOGGING_ENV = ("PHOTOCRAFTER_VERBOSE", "VLLM_LOGGING_LEVEL", "HF_HUB_DISABLE_PROGRESS_BARS", "TORCH_CPP_LOG_LEVEL",
+               "MLFLOW_LOGGING_LEVEL")
+"""The run's verbosity (``rollout.env.FORWARDED``): actors log as much as the driver was asked to."""
+
+
 def foreground_runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
-    """A Ray ``runtime_env`` with ``env_vars`` and the foreground priority (:func:`foreground_env`)."""
-    return {"env_vars": {**(env_vars or {}), **foreground_env()}}
+    """A Ray ``runtime_env`` with ``env_vars``, the driver's verbosity and the foreground priority
+    (:func:`foreground_env`)."""
+    import os
+
+    verbosity = {key: os.environ[key] for key in LOGGING_ENV if key in os.environ}
+    return {"env_vars": {**verbosity, **(env_vars or {}), **foreground_env()}}
 
 
 def describe_bundles(bundles: Sequence[dict[str, float]]) -> str:
@@ -173,36 +182,6 @@ def wait_until_ready(refs: Sequence[Any], names: Sequence[str], limits: StartupL
                    f"for {time.monotonic() - started:.0f} s of {limits.load_timeout_s:.0f} s "
                    f"(cluster.model_load_timeout_s)")
     return ray.get(refs)
-
-
-def wait_for_restart(ready_call: Callable[[], Any], name: str, limits: StartupLimits, *,
-                     report: Report = print_progress) -> Any:
-    """Wait until an actor Ray is restarting answers ``ready_call()`` again, and return its answer.
-
-    A restart needs a place (after a node loss, the actor's bundle moves to a surviving node) and a model
-    load, so the wait is bounded by ``placement_timeout_s + load_timeout_s``. Calls fail with
-    ``ActorUnavailableError`` while the actor is down; an actor that is dead for good raises its
-    ``RayActorError``.
-    """
-    import ray
-
-    limit = limits.placement_timeout_s + limits.load_timeout_s
-    started = last_report = time.monotonic()
-    while True:
-        remaining = limit - (time.monotonic() - started)
-        if remaining <= 0:
-            raise TimeoutError(f"{name} did not come back from its restart within {limit:.0f} s "
-                               f"(cluster.placement_timeout_s + cluster.model_load_timeout_s); {free_resources_line()}")
-        try:
-            return ray.get(ready_call(), timeout=max(0.1, min(limits.progress_every_s, remaining)))
-        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-            pass
-        now = time.monotonic()
-        if now - last_report >= limits.progress_every_s:
-            last_report = now
-            report(f"restart: waiting for {name} to be placed and reloaded for {now - started:.0f} s of "
-                   f"{limit:.0f} s; {free_resources_line()}")
-        time.sleep(min(0.5, max(0.0, limit - (now - started))))
 
 
 def actor_device(name: str, gpus: float, cpu_fallback: bool) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from rollout.env import apply_runtime_defaults
+from rollout.env import VERBOSE, apply_runtime_defaults
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rollout.train", "run the coordinated RL loop (default config: configs/embedded.yaml)"),
@@ -27,17 +28,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+VERBOSE_HELP = ("show every library's own logs and progress bars (vLLM, Ray, transformers); by default a run "
+                "prints its step lines, the progress of long waits and real warnings")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="photocrafter", description=__doc__.splitlines()[0])
+    parser.add_argument(*VERBOSE_FLAGS, action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers = {}
     for name, (_, help_text) in COMMANDS.items():
         subparsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+        subparsers[name].add_argument(*VERBOSE_FLAGS, action="store_true", help=VERBOSE_HELP)
     return parser, subparsers
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before anything reads the environment: the verbosity decides which library logs are on (rollout.env).
+    if any(flag in argv for flag in VERBOSE_FLAGS):
+        argv = [arg for arg in argv if arg not in VERBOSE_FLAGS]
+        os.environ[VERBOSE] = "1"
     apply_runtime_defaults()
     parser, subparsers = build_parser()
     if not argv or argv[0] in ("-h", "--help"):
@@ -60,5 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.run(args) or 0)
 
 
+def console_main() -> None:
+    """The ``photocrafter`` executable: :func:`main`, with any escaping error printed with its causes and a
+    summary line (rollout.commands.entry)."""
+    from rollout.commands.entry import run_main
+
+    command = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else ""
+    run_main(main, f"photocrafter {command}".strip())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -42,6 +42,7 @@ def resolve_checkpoint(value: str) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from learner.checkpoint_reader import UnsafeCheckpointError
     from learner.export import export_checkpoint
     from rollout.config import ConfigError, load_config
     from rollout.models import resolve_model_paths
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(config_path, args.set)
         record = export_checkpoint(step_dir, config, resolve_model_paths(config), args.out,
                                    artist_weights=args.artist_weights)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
         print(f"photocrafter export: {error}", file=sys.stderr)
         return 2
     print(f"exported step {record['step']} of {step_dir} ({args.artist_weights} artist weights) to {args.out}")

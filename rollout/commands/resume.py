@@ -44,6 +44,7 @@ def find_run_dir(value: str) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from learner.checkpoint_reader import UnsafeCheckpointError
     from rollout.checkpoint import latest_checkpoint
     from rollout.train import train
 
@@ -54,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{where}: not a run directory (no run.json/config.yaml){also}", file=sys.stderr)
         return 1
     print(f"[photocrafter] resuming {run_dir}", flush=True)
-    if latest_checkpoint(run_dir) is None:
+    try:
+        newest = latest_checkpoint(run_dir)
+    except UnsafeCheckpointError as refused:
+        print(f"{run_dir}: not resumed: {refused}", file=sys.stderr)
+        return 1
+    if newest is None:
         print(f"{run_dir}: no complete checkpoint to resume from", file=sys.stderr)
         return 1
     bad = [o for o in args.overrides

@@ -102,6 +102,19 @@ class WeightSyncError(RuntimeError):
     """A sync that failed on some participant, or whose replicas did not receive what the learner sent."""
 
 
+class ReplicasLostDuringSync(WeightSyncError):
+    """Replicas (not learner ranks) were lost during a sync: once Ray has restarted them, the sync is redone."""
+
+    def __init__(self, message: str, lost: dict[int, BaseException]):
+        self.lost = lost
+        """Replica index -> the error that says it was lost."""
+        super().__init__(message)
+
+
+MAX_SYNC_REDOS = 3
+"""How often one sync is redone because replicas were lost during it."""
+
+
 def resolve_backend(config: SyncConfig) -> tuple[str, str]:
     """(``collective`` | ``object_store``, why): ``auto`` takes the collective wherever gloo is available."""
     if config.backend != "auto":
@@ -159,9 +172,31 @@ class WeightSync:
         """Every replica serves the learner's current weights, which must be ``version``, or this raises."""
         if self.backend == "object_store":
             return self._through_object_store(version)
-        report = self._collective(version, list(range(self.num_replicas)), resend=False)
+        self._catch_up_with_restarts()
+        for redo in range(MAX_SYNC_REDOS + 1):
+            try:
+                report = self._collective(version, list(range(self.num_replicas)), resend=False)
+                break
+            except ReplicasLostDuringSync as lost:
+                recovery = getattr(self.replicas, "recovery", None)
+                if recovery is None or redo == MAX_SYNC_REDOS:
+                    raise
+                # The survivors hold part of the payload: once the lost ones are back, everyone gets it again.
+                for index, cause in lost.lost.items():
+                    recovery.recover(index, cause, restore=False)
         self.replicas.version = version
         return report
+
+    def _catch_up_with_restarts(self) -> None:
+        """Replicas Ray restarted since the last call to them lost what earlier syncs left them (the LoRA base
+        tensors, the delta reference): count them once they are back, and send them everything this time."""
+        recovery = getattr(self.replicas, "recovery", None)
+        if recovery is None:
+            return
+        for index in range(self.num_replicas):
+            if recovery.restarted_unseen(index):
+                recovery.recover(index, "it was restarted between calls", restore=False)
+                self._forget([index])
 
     def resync(self, replica: int) -> None:
         """Bring one (restarted) replica to the group's current version over the collective."""
@@ -267,7 +302,11 @@ class WeightSync:
                                f"or finish within the {self.timeout_s:.0f} s sync timeout{cause}")
         if failures:
             listed = "; ".join(f"{name}: {_first_line(exc)}" for name, exc in failures)
-            raise WeightSyncError(f"{self.model} weight sync to version {version} failed: {listed}") from failures[0][1]
+            message = f"{self.model} weight sync to version {version} failed: {listed}"
+            lost_replicas = _lost_replicas(failures, list(self.replicas.names))
+            if lost_replicas:  # chained to a replica's loss, so a caller recovering that replica recognises it
+                raise ReplicasLostDuringSync(message, lost_replicas) from next(iter(lost_replicas.values()))
+            raise WeightSyncError(message) from failures[0][1]
         return results
 
     def _forget(self, replicas: list[int]) -> None:
@@ -280,6 +319,18 @@ class WeightSync:
         if learner_version != version:
             raise WeightSyncError(f"{self.model} weight sync: asked for version {version}, the learner holds "
                                   f"{learner_version}")
+
+
+def _lost_replicas(failures: list[tuple[str, BaseException]], names: list[str]) -> dict[int, BaseException]:
+    """Replica index -> its loss, for the failed participants that are replicas lost with their process."""
+    from rollout.cluster.recovery import lost_actor_cause
+
+    lost = {}
+    for name, exc in failures:
+        cause = lost_actor_cause(exc) if name in names else None
+        if cause is not None:
+            lost[names.index(name)] = cause
+    return lost
 
 
 def _first_line(exc: BaseException) -> str:
@@ -297,4 +348,5 @@ def announce(backend: str, reason: str) -> None:
     print(line, file=sys.stderr)
 
 
-__all__ = ["SyncReport", "SyncRequest", "WeightSync", "WeightSyncError", "announce", "resolve_backend"]
+__all__ = ["ReplicasLostDuringSync", "SyncReport", "SyncRequest", "WeightSync", "WeightSyncError", "announce",
+           "resolve_backend"]

@@ -1,7 +1,10 @@
-"""What the console shows during training: one summary line per step and a progress bar over steps.
+"""What the console shows during training: one summary line per step, a progress bar over steps, and which log
+records reach the console.
 
 Owns formatting only: :func:`format_step_line` turns the controller's metric dict (keys as catalogued in
-docs/metrics.md) into one human line, and :class:`StepProgress` is the bar over steps. It must not log to
+docs/metrics.md) into one human line, :class:`StepProgress` is the bar over steps, and
+:func:`configure_console_logging` decides which of the project's log records the driver prints (warnings by
+default, everything with ``--verbose``; the libraries' own verbosity is set in ``rollout.env``). It must not log to
 MLflow or Ray (``rollout.tracking.run_tracker`` and ``rollout.tracking.ray_metrics`` do) and must never fail on a
 missing or non-finite metric: a step line is read by a person, and a key the controller did not emit is simply left
 out.
@@ -121,3 +124,23 @@ class StepProgress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+PROJECT_LOGGERS = ("rollout", "critic_actor", "artist_actor", "rewards", "learner")
+
+
+def configure_console_logging(verbose: bool, stream: TextIO | None = None) -> None:
+    """Print the project's log records on ``stream`` (stderr): ``WARNING`` and above as ``[photocrafter]
+    warning: …`` lines by default, every record with its logger's name when ``verbose``."""
+    import logging
+
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
+                                           else "[photocrafter] %(levelname)s: %(message)s"))
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_photocrafter_console", False)]:
+            logger.removeHandler(old)
+        handler._photocrafter_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO if verbose else logging.WARNING)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -83,9 +85,27 @@ def test_pool_scores_critiques(pool, triples):
 
 
 def test_pool_survives_a_worker_crash(pool, triples, ray_local):
-    ray_local.kill(pool.workers[0], no_restart=False)  # Ray restarts it; queued batches are retried
+    ray_local.kill(pool.workers[0], no_restart=False)  # Ray restarts it; the pool waits for it
     results = list(pool.score_edits(_requests(triples, ["target", "half", "target", "half"])))
     assert len(results) == 4 and all(r.error == "" for r in results)
+
+
+def test_a_worker_lost_mid_call_is_waited_for_and_its_records_scored_once(pool, triples, ray_local):
+    # The edits arrive from a task that takes two seconds: each worker's call waits for them, so the kill below
+    # lands while worker 0 is in its call.
+    @ray_local.remote(num_cpus=0)
+    def after(seconds: float, image):
+        time.sleep(seconds)
+        return image
+
+    slow = {**triples, "slow": after.remote(2.0, triples["target"])}
+    before = pool.restarts, pool.retried_items
+    results = pool.score_edits(_requests(slow, ["slow", "slow", "slow", "slow"]))  # calls start here
+    time.sleep(0.5)
+    ray_local.kill(pool.workers[0], no_restart=False)
+    results = list(results)
+    assert sorted(r.edit_index for r in results) == [0, 1, 2, 3] and all(r.error == "" for r in results)
+    assert pool.restarts == before[0] + 1 and pool.retried_items == before[1] + 2
 
 
 def test_edits_and_critiques_run_together_and_empty_requests_yield_nothing(pool, triples):

@@ -11,7 +11,7 @@ PACKAGES = ("rollout", "rewards", "critic_actor", "artist_actor", "learner")
 # waits every actor owner shares, and the weight-sync wire protocol that learner ranks (senders) and replicas
 # (receivers) share. Each is a leaf (tested below).
 ROLLOUT_LEAVES = {"rollout.records.types", "rollout.records.config_base", "rollout.cluster.startup",
-                  "rollout.sync.weight_transport", "rollout.sync.transfer_group"}
+                  "rollout.cluster.recovery", "rollout.sync.weight_transport", "rollout.sync.transfer_group"}
 # Driver-only heavy packages that must never be imported at module level by modules the driver imports.
 HEAVY = {"vllm", "lpips"}
 # Plugins that only vLLM's own workers import (the weight-transfer engine registered with vLLM's factory): they
@@ -47,6 +47,14 @@ def test_startup_is_a_leaf():
         head = module.split(".")[0]
         assert head in {"__future__", "collections", "dataclasses", "logging", "os", "sys", "time", "typing"} or (
             head in {"ray", "torch"} and not top_level), module
+
+
+def test_the_shared_recovery_is_a_leaf():
+    """Every restartable role's owner (critic, artist and reward packages) uses it: Ray only, inside functions."""
+    for module, top_level in _imports(ROOT / "rollout" / "cluster" / "recovery.py"):
+        head = module.split(".")[0]
+        assert head in {"__future__", "collections", "logging", "time", "typing"} or module == "rollout.cluster.startup" \
+            or (head == "ray" and not top_level), module
 
 
 def test_the_weight_transport_is_a_leaf():
