@@ -401,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray
 
-    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    # One logical CPU per actor (a sender and its receivers, twice with a baseline tree), whatever the cores.
+    actors = (1 + max(args.replicas)) * (2 if args.baseline_tree else 1)
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1, actors), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     print(f"weight sync bench: payloads {args.sizes_mb} MB (fp32), replicas {args.replicas}, median of "
           f"{args.repeats}, buckets {args.bucket_mb} MiB, {os.cpu_count()} cores", flush=True)
     try:

@@ -68,6 +68,7 @@ class Plane:
         self.device = device
         """Where this plane's buffers live on this member."""
         self.is_sender = members[0] == rank
+        self._aborted = False
 
     def wait(self, work, what: str) -> None:
         wait_bounded(work, what, self.rank, self.timeout_s, poll=self.kind == "nccl", on_timeout=self.abort)
@@ -89,14 +90,15 @@ class Plane:
 
     def abort(self) -> None:
         """Release the communicator after a failure (NCCL: its operations would otherwise hang on)."""
-        if self.kind == "nccl":
+        if self.kind == "nccl" and self.group is not None and not self._aborted:
+            self._aborted = True
             try:
                 self.group.abort()
             except Exception:  # noqa: BLE001 - best effort on a group that already failed
                 pass
 
     def close(self) -> None:
-        if self.kind == "nccl":
+        if self.kind == "nccl" and self.group is not None and not self._aborted:
             try:
                 self.group.shutdown()
             except Exception:  # noqa: BLE001 - older torch: abort frees the communicator as well

@@ -108,6 +108,8 @@ class TransferGroup:
         self.endpoint, self.rank = endpoint, rank
         self.is_sender = rank < endpoint.num_senders
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.member = describe_device(self.device)
         self.timeout = datetime.timedelta(seconds=endpoint.timeout_s)
         self.planes: dict[int, list[Plane]] = {}
