@@ -11,8 +11,8 @@ replica count, plus what LoRA-only and delta syncs send.
   loopback). Each runs pipelined (``pipeline_depth`` 2: bucket k+1 is packed and travels while bucket k is
   loaded, the default) and one bucket at a time (depth 1: each bucket delivered, loaded and released before the
   next — the schedule of the receivers before pipelining). Every path ends with the weights in each receiver's
-  memory; an engine's own load (vLLM's reload) comes on top and is left out. Receivers keep what they are given
-  (``owned``, as vLLM's layerwise reload needs). Time = the driver's wall time of one sync, median of
+  memory; an engine's own load (vLLM's reload) comes on top and is left out. Receivers copy each tensor before
+  asking for the next (``owned=False``, as the transformers engine does: buffers are reused). Time = the driver's wall time of one sync, median of
   ``--repeats``; ratios are medians of per-repeat ratios between syncs run back to back; bytes = what one
   replica receives.
 - :func:`bench_lora_fraction`: bytes of an adapter-only sync vs the full model, measured on the tiny critic and
@@ -127,7 +127,7 @@ class BenchReceiver:
 
         started = time.perf_counter()
         with TransferGroup(endpoint, endpoint.receiver_rank(index)) as group:
-            for name, tensor in receive_tensors(group, manifest, Receipt()):
+            for name, tensor in receive_tensors(group, manifest, Receipt(), owned=False):
                 self.state[name].copy_(tensor)
         return time.perf_counter() - started
 

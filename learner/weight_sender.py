@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rollout.sync.buffers import SharedSlotFile
+from rollout.sync.buffers import SenderMemory
 from rollout.sync.transfer_group import TransferGroup, open_store
 from rollout.sync.weight_transport import (
     ALIGN, SyncManifest, TransferEndpoint, WeightTransferError, device_checksum, layout_from_header, padded_bytes,
@@ -66,8 +66,8 @@ class WeightSender:
         self.snapshot_version: int | None = None
         self._store = None
         self._endpoint: TransferEndpoint | None = None
-        self._shared_file = SharedSlotFile()
-        """This rank's bucket slots in /dev/shm, kept between syncs (a fresh file costs more than the copies)."""
+        self._memory = SenderMemory()
+        """This rank's host-memory bucket slots, kept between syncs (fresh pages cost more than the copies)."""
 
     # ------------------------------------------------------------------------------------------ rank 0
     def open_endpoint(self, host: str, num_receivers: int, timeout_s: float, shared_memory: bool = True,
@@ -111,7 +111,7 @@ class WeightSender:
         checksums: dict[tuple[int, int], torch.Tensor] = {}
         try:
             with TransferGroup(endpoint, self.rank, store=store, capacity=capacity, device=device,
-                               shared_file=self._shared_file) as group:
+                               memory=self._memory) as group:
                 for number, bucket in enumerate(buckets):
                     pieces = bucket.pieces[self.rank]
                     rows_of = [shards.rows(piece) for piece in pieces]
@@ -155,8 +155,8 @@ class WeightSender:
         return report
 
     def close(self) -> None:
-        """Free what this rank keeps between syncs (its shared-memory bucket file)."""
-        self._shared_file.close()
+        """Free what this rank keeps between syncs (its host-memory slots and shared-memory bucket file)."""
+        self._memory.close()
 
     # ---------------------------------------------------------------------------------------- internals
     @staticmethod

@@ -4,9 +4,10 @@ On a CPU host, touching fresh memory costs more than the copy itself: measured h
 /dev/shm file took 0.56 s and cloning into a fresh allocation 0.31 s, against 0.04–0.07 s into memory already
 mapped. So host-memory buffers live as long as the processes that use them, not one sync:
 
-- :class:`SharedSlotFile` — a sender's slots in a /dev/shm file, kept by its ``WeightSender`` between syncs
-  (regrown when a sync needs larger slots) and unlinked when the sender goes. The name carries the host and the
-  process id, so a file left by a process that was killed is removed by the next sender started on that host;
+- :class:`SenderMemory` — a sender's slots in host memory, kept by its ``WeightSender`` between syncs: a
+  :class:`SharedSlotFile` in /dev/shm when receivers read them in place (regrown when a sync needs larger slots,
+  unlinked when the sender goes; the name carries the host and the process id, so a file left by a process that
+  was killed is removed by the next sender started on that host), plain host memory for broadcasts;
 - :func:`map_shared_file` — a receiver keeps its mapping of each sender's file while syncs keep offering it;
 - :func:`receive_buffers` — reusable receive buffers per sender for consumers that copy what they are given
   before asking for more (``receive_tensors(..., owned=False)``).
@@ -106,15 +107,38 @@ class SharedSlotFile:
         self.close()
 
 
-class SenderSlots:
-    """A sender's ``depth`` bucket buffers for one sync: slices of its shared file, GPU memory or host memory."""
+class SenderMemory:
+    """What a sender keeps between syncs: its /dev/shm slot file and its host-memory slots (either is used when
+    its receivers read in place, or take broadcasts, from host memory)."""
 
-    def __init__(self, depth: int, capacity: int, device, shared: SharedSlotFile | None = None):
+    def __init__(self):
+        self.shared_file = SharedSlotFile()
+        self._host: list[Any] = []
+
+    def host_slots(self, depth: int, capacity: int) -> list:
+        import torch
+
+        if len(self._host) < depth or self._host[0].numel() < capacity:
+            self._host = [torch.empty(capacity, dtype=torch.uint8) for _ in range(depth)]
+        return [buffer[:capacity] for buffer in self._host[:depth]]
+
+    def close(self) -> None:
+        self.shared_file.close()
+        self._host = []
+
+
+class SenderSlots:
+    """A sender's ``depth`` bucket buffers for one sync: slices of its shared file or of its kept host memory, or
+    GPU memory allocated for this sync."""
+
+    def __init__(self, depth: int, capacity: int, device, memory: SenderMemory, in_file: bool = False):
         import torch
 
         self.depth, self.capacity, self.device = depth, capacity, device
-        if shared is not None:
-            self.buffers = [buffer[:capacity] for buffer in shared.buffers[:depth]]
+        if in_file:
+            self.buffers = [buffer[:capacity] for buffer in memory.shared_file.buffers[:depth]]
+        elif torch.device(device).type == "cpu":
+            self.buffers = memory.host_slots(depth, capacity)
         else:
             self.buffers = [torch.empty(capacity, dtype=torch.uint8, device=device) for _ in range(depth)]
         self.host_copies: list | None = None
@@ -202,5 +226,5 @@ def receive_buffers(sender: int, count: int, capacity: int, device) -> list:
     return buffers[:count]
 
 
-__all__ = ["SHM_DIR", "SenderSlots", "SharedSlotFile", "keep_mappings", "map_shared_file", "open_ipc_handles",
+__all__ = ["SHM_DIR", "SenderMemory", "SenderSlots", "SharedSlotFile", "keep_mappings", "map_shared_file", "open_ipc_handles",
            "receive_buffers", "sweep_orphaned_files"]

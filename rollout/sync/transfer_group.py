@@ -27,9 +27,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
-from rollout.sync.buffers import (
-    SenderSlots, SharedSlotFile, keep_mappings, map_shared_file, open_ipc_handles,
-)
+from rollout.sync.buffers import SenderMemory, SenderSlots, keep_mappings, map_shared_file, open_ipc_handles
 from rollout.sync.data_planes import BroadcastPlane, InPlacePlane, Plane, wait_bounded
 from rollout.sync.links import MemberDevice, describe_device, plan_links, stages_on_cuda
 from rollout.sync.weight_transport import TransferEndpoint, WeightTransferError
@@ -94,10 +92,10 @@ class TransferGroup:
     """
 
     def __init__(self, endpoint: TransferEndpoint, rank: int, store=None, capacity: int = 0, device: Any = "cpu",
-                 nccl_env=None, shared_file: SharedSlotFile | None = None):
+                 nccl_env=None, memory: SenderMemory | None = None):
         """Join as ``rank``, keeping bytes on ``device``; a sender passes the ``capacity`` (bytes of its largest
-        bucket) and may pass the :class:`SharedSlotFile` it keeps between syncs (else a file lives for this sync
-        only). ``nccl_env``: a context manager to build NCCL communicators under (vLLM's workers pin NCCL
+        bucket) and may pass the :class:`SenderMemory` it keeps between syncs (else its host slots live for this
+        sync only). ``nccl_env``: a context manager to build NCCL communicators under (vLLM's workers pin NCCL
         variables that a communicator shared with another process must not carry)."""
         import torch
         from torch.distributed import PrefixStore, TCPStore
@@ -118,8 +116,8 @@ class TransferGroup:
         """Per sender: the plane of each receiver's link, in receiver order (the same on every member)."""
         self.slots: SenderSlots | None = None
         self._in_flight: dict[int, list[tuple[Plane, Any, str]]] = {}
-        self._own_file = shared_file is None
-        self._shared_file = shared_file if shared_file is not None else SharedSlotFile()
+        self._own_memory = memory is None
+        self._memory = memory if memory is not None else SenderMemory()
         self._shm_path = ""
         self._nccl_env = nccl_env
         try:
@@ -184,7 +182,7 @@ class TransferGroup:
         endpoint = self.endpoint
         if stages_on_cuda(endpoint.transport, self.member) or not endpoint.shared_memory:
             return ""
-        return self._shared_file.ensure(endpoint.pipeline_depth, capacity)
+        return self._memory.shared_file.ensure(endpoint.pipeline_depth, capacity)
 
     def _prepare_slots(self, capacity: int) -> None:
         """Sender: the bucket slots, in the shared file when some receiver reads them in place from host memory,
@@ -193,7 +191,7 @@ class TransferGroup:
         cuda = stages_on_cuda(self.endpoint.transport, self.member)
         in_file = not cuda and "ipc" in links and bool(self._shm_path)
         self.slots = SenderSlots(self.endpoint.pipeline_depth, capacity, self.device if cuda else "cpu",
-                                 shared=self._shared_file if in_file else None)
+                                 self._memory, in_file=in_file)
         if cuda and "ipc" in links:
             self._store.set(f"sender{self.rank}/ipc_handles", self.slots.ipc_handles())
 
@@ -315,8 +313,8 @@ class TransferGroup:
         if self.slots is not None:
             self.slots.close()
             self.slots = None
-        if self._own_file:
-            self._shared_file.close()
+        if self._own_memory:
+            self._memory.close()
         self._shm_path = ""
         self._store = None
 
