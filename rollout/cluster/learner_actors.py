@@ -233,6 +233,8 @@ class CriticLearnerRank(LearnerRank):
         """Describe a collective sync of the current weights: the LoRA adapter when training one (with every base
         tensor when some replica has not received it yet), else the full model; with the served-output probe.
         Every rank takes part (the probe is a forward pass); rank 0 returns the sync's endpoint and manifest."""
+        import torch
+
         from learner.distributed import local_rows
         from learner.lora import adapter_sync_state
         from rollout.sync.weight_transport import LoraSpec, ProbeSpec, default_probe_tolerance
@@ -257,8 +259,10 @@ class CriticLearnerRank(LearnerRank):
             kind, lora = "lora", LoraSpec(scaling, tuple(modules), request.lora_base)
             dtypes = {n: "float32" for n in tensors if ".lora_" in n}
         else:
-            # A full fine-tune sends its own shards; a merged LoRA model is gathered by every rank first.
-            tensors = learner.get_weights() if learner.peft_model is not None else learner.model.state_dict()
+            # A full fine-tune sends its own shards; a merged LoRA model is gathered by every rank first (in the
+            # serving dtype, so each rank holds the served bytes, not fp32 masters).
+            tensors = (learner.get_weights(getattr(torch, request.wire_dtype)) if learner.peft_model is not None
+                       else learner.model.state_dict())
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         local = {name: local_rows(t, self.rank, self.world_size) for name, t in tensors.items()}
         # What the replicas serve is the base model (adapters merged in): the measure of what a sync sent.

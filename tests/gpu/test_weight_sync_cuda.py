@@ -119,35 +119,32 @@ def _run(targets, expected: int, timeout_s: float = 300.0) -> list:
     return collected
 
 
+def _timed_syncs(sender_gpu: int, receiver_gpu: int, transport: str, plane: str, megabytes: int,
+                 label: str) -> None:
+    """One learner rank and one receiver process syncing ``megabytes`` of bf16 (64 MiB buckets) one bucket at a
+    time and pipelined, twice each: every sync over ``plane``, bit-exact, the fastest of each printed."""
+    depths = [1, 2, 1, 2]
+    out = _run([(_sender, (f"cuda:{sender_gpu}", megabytes, 1, depths, transport), {}),
+                (_receiver, (f"cuda:{receiver_gpu}", megabytes, depths), {})], expected=2 * len(depths) + 1)
+    sent = [r for r in out if r[0] == "sender"]
+    received = [r for r in out if r[0] == "receiver"]
+    assert all(r[3] == {plane: 1} for r in sent + received)
+    assert all(r[5] == sent[0][5] for r in received)  # every tensor's word sum, as the sender held it
+    for depth in (1, 2):
+        seconds = min(r[2] for r in received if r[1] == depth)
+        print(f"[sync-gpu] {label}, {megabytes} MiB bf16 in 64 MiB buckets, depth {depth}: {seconds:.3f} s "
+              f"({megabytes / 1024 / seconds:.1f} GiB/s)")
+
+
 def test_cuda_ipc_link_delivers_to_a_receiver_on_the_senders_gpu():
     """Two processes on GPU 0 (a colocated learner rank and replica): the receiver reads the sender's bucket slots
     through CUDA IPC handles; the bytes stay on the GPU and arrive bit-exact."""
-    megabytes, depths = 512, [1, 2, 2]
-    out = _run([(_sender, ("cuda:0", megabytes, 1, depths, "auto"), {}),
-                (_receiver, ("cuda:0", megabytes, depths), {})], expected=2 * len(depths) + 1)
-    sent = [r for r in out if r[0] == "sender"]
-    received = [r for r in out if r[0] == "receiver"]
-    assert all(r[3] == {"ipc": 1} for r in sent + received)
-    assert all(r[5] == sent[0][5] for r in received)
-    for depth in (1, 2):
-        seconds = min(r[2] for r in received if r[1] == depth)
-        print(f"[sync-gpu] CUDA IPC, same GPU, {megabytes} MiB bf16, depth {depth}: {seconds:.3f} s "
-              f"({megabytes / 1024 / seconds:.1f} GiB/s)")
+    _timed_syncs(0, 0, "auto", "ipc", 512, "CUDA IPC on one GPU")
 
 
 def test_nccl_link_between_two_gpus_pipelined_and_one_bucket_at_a_time():
     _two_gpus()
-    megabytes, depths = 1024, [1, 2, 1, 2]
-    out = _run([(_sender, ("cuda:0", megabytes, 1, depths, "nccl"), {}),
-                (_receiver, ("cuda:1", megabytes, depths), {})], expected=2 * len(depths) + 1)
-    sent = [r for r in out if r[0] == "sender"]
-    received = [r for r in out if r[0] == "receiver"]
-    assert all(r[3] == {"nccl": 1} for r in sent + received)
-    assert all(r[5] == sent[0][5] for r in received)
-    for depth in (1, 2):
-        seconds = min(r[2] for r in received if r[1] == depth)
-        print(f"[sync-gpu] NCCL GPU0 -> GPU1, {megabytes} MiB bf16 in 64 MiB buckets, depth {depth}: "
-              f"{seconds:.3f} s ({megabytes / 1024 / seconds:.1f} GiB/s)")
+    _timed_syncs(0, 1, "nccl", "nccl", 1024, "NCCL GPU0 -> GPU1")
 
 
 def test_a_receiver_lost_mid_sync_fails_the_nccl_sync_and_the_sender_lives_on():
