@@ -83,7 +83,7 @@ class BenchSender:
         state = {name: tensor.clone() for name, tensor in self.state.items()}  # the learner's get_weights copy
         return [ray.put(state)], tensor_digest(state), sum(t.numel() * 4 for t in state.values())
 
-    def begin(self, num_receivers: int, bucket_bytes: int, shared_memory: bool, depth: int):
+    def begin(self, num_receivers: int, bucket_bytes: int, shared_memory: bool, depth: int = 2):
         import ray
 
         from rollout.sync.weight_transport import SyncManifest, TensorSpec
