@@ -33,6 +33,7 @@ whatever else runs on it (the ratios within one run are the figures to compare);
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -172,9 +173,9 @@ def _one_sync(ray, sender, receivers: list, path: str, bucket_mb: int) -> tuple[
 
 
 def _bench_module_file() -> str:
-    import bench.sync
+    import learner.weight_sender
 
-    return bench.sync.__file__
+    return learner.weight_sender.__file__
 
 
 def _median_ratio(numerator: list[float], denominator: list[float]) -> float:
@@ -192,7 +193,12 @@ def bench_paths(sizes_mb: list[int], replica_counts: list[int], repeats: int, bu
 
     rows = []
     paths = PATHS + (BASELINE_PATHS if baseline_tree else ())
-    sender_cls, receiver_cls = ray.remote(num_cpus=1)(BenchSender), ray.remote(num_cpus=1)(BenchReceiver)
+    # The actor classes by their importable name (run as ``python -m bench.sync`` this module is __main__, whose
+    # classes Ray would ship by value): a baseline tree's workers then import that tree's own classes.
+    from bench import sync as importable
+
+    sender_cls = ray.remote(num_cpus=1)(importable.BenchSender)
+    receiver_cls = ray.remote(num_cpus=1)(importable.BenchReceiver)
     baseline_env = {"env_vars": {"PYTHONPATH": str(Path(baseline_tree).resolve())}} if baseline_tree else None
     if baseline_tree:
         where = ray.get(ray.remote(_bench_module_file).options(runtime_env=baseline_env).remote())
@@ -206,6 +212,9 @@ def bench_paths(sizes_mb: list[int], replica_counts: list[int], repeats: int, bu
                                    for _ in range(max(replica_counts))])
         ray.get([r.checksum.remote() for _, receivers in actors.values() for r in receivers]
                 + [sender.put.remote() for sender, _ in actors.values()])  # all started
+        if baseline_tree:
+            where = ray.get(actors["baseline"][0].__ray_call__.remote(lambda actor: inspect.getfile(type(actor))))
+            assert where.startswith(str(Path(baseline_tree).resolve())), f"baseline actors run {where}"
         seconds = {(count, path): [] for count in replica_counts for path in paths}
         sent_bytes: dict[str, int] = {}
         for _ in range(repeats):
