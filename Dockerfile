@@ -21,15 +21,36 @@ ENV DEBIAN_FRONTEND=noninteractive \
     TRANSFORMERS_OFFLINE=1 \
     TORCH_HOME=/models/torch
 
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
 # Triton (vLLM, torch.compile) compiles small C launchers at run time: it needs gcc and Python's headers.
 # rsync lets the Ray cluster launcher sync files into the container. Ubuntu's archive is a moving snapshot, so
 # these packages are not pinned; the Python environment below is.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.12 python3.12-venv python3.12-dev gcc libc6-dev \
-        ca-certificates rsync \
+        ca-certificates rsync curl \
     && rm -rf /var/lib/apt/lists/* \
     && python3.12 -m venv "$VIRTUAL_ENV"
+
+# NCCL between nodes over EFA (AWS p4d/p5): the EFA installer's userspace (libfabric, rdma-core) and the
+# aws-ofi-nccl plugin it bundles, which NCCL loads as libnccl-net-ofi.so (NCCL_NET_PLUGIN=ofi). The kernel module
+# is the host's. Without them a learner wider than one node and every cross-node weight sync fall back to TCP
+# sockets. Elsewhere (InfiniBand clusters, one node) the plugin finds no EFA device and NCCL uses its own
+# transports; set NCCL_NET_PLUGIN=none to skip it. docs/cluster.md, "Multi-node NCCL".
+ARG EFA_INSTALLER_VERSION=1.48.0
+WORKDIR /tmp/efa
+# hadolint ignore=DL3008
+RUN curl -fsSL "https://efa-installer.amazonaws.com/aws-efa-installer-${EFA_INSTALLER_VERSION}.tar.gz" \
+        | tar -xz --strip-components=1 \
+    && apt-get update \
+    && ./efa_installer.sh -y --skip-kmod --skip-limit-conf --no-verify \
+    && rm -rf /tmp/efa /var/lib/apt/lists/* \
+    && test -e /opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so
+ENV LD_LIBRARY_PATH=/opt/amazon/ofi-nccl/lib:/opt/amazon/efa/lib \
+    NCCL_NET_PLUGIN=ofi \
+    FI_PROVIDER=efa \
+    FI_EFA_USE_DEVICE_RDMA=1
 
 WORKDIR /opt/photocrafter-rl
 

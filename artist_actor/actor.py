@@ -25,6 +25,7 @@ import numpy as np
 from artist_actor.config import ArtistConfig
 from rollout.cluster.startup import actor_device
 from rollout.records.types import Conditioning, Edit, PhotoTask, RejectedRecord
+from rollout.sync.links import worker_members
 from rollout.sync.weight_transport import SyncManifest, TransferEndpoint
 
 SAMPLING_ADAPTER = "old"
@@ -141,7 +142,8 @@ class ArtistSamplerActor:
         """Identity and what the replica serves; returns once the model is loaded."""
         return {"role": "artist-sampler", "index": self.index, "policy_version": self._version,
                 "hidden_size": self.model.hidden_size, "codec": self.model.codec.name,
-                "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch.")}
+                "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+                "sync_members": worker_members(self.model.device)}
 
     def policy_version(self) -> int:
         return self._version
@@ -252,17 +254,18 @@ class ArtistSamplerActor:
         lets the group check every replica received what the learner sent. A transfer that fails, or an adapter
         that does not match the sampling adapter, raises and leaves the previous weights and version in place.
         """
-        from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
+        from rollout.sync.receiving import Receipt, receive_tensors
+        from rollout.sync.transfer_group import TransferGroup
 
         manifest = manifest if isinstance(manifest, SyncManifest) else SyncManifest.from_dict(manifest)
         if manifest.version != version:
             raise ValueError(f"manifest is for version {manifest.version}, not {version}")
         receipt = Receipt()
-        with TransferGroup(endpoint, endpoint.receiver_rank(receiver_index)) as group:
+        with TransferGroup(endpoint, endpoint.receiver_rank(receiver_index), device=self.model.device) as group:
             tensors = dict(receive_tensors(group, manifest, receipt))
         self.set_weights(version, tensors)
         return {"policy_version": version, "digest": receipt.digest, "bytes_received": receipt.bytes_received,
-                "tensors": receipt.tensors}
+                "tensors": receipt.tensors, "links": receipt.links}
 
     def _adapter_parameters(self, rank: int) -> dict[str, Any]:
         transformer = self.model.transformer
@@ -273,9 +276,10 @@ class ArtistSamplerActor:
                                 init_lora_weights=False)
             inject_adapter_in_model(config, transformer, adapter_name=SAMPLING_ADAPTER)
             # peft creates the adapter in the base weights' dtype. The learner keeps its adapters in float32
-            # on any DiT (a soft-updated old adapter would round away in bf16) and computes v_old with them;
-            # serving the same float32 tensors makes the samplers' policy exactly that v_old. LoRA is ~1 % of
-            # the DiT's weights, so the float32 adapter matmuls cost little beside the bf16 base.
+            # on any DiT (a soft-updated old adapter would round away in bf16) and computes v_old with them; both
+            # sync paths deliver those float32 tensors unrounded (the collective manifest names float32 for every
+            # adapter tensor whatever the DiT's dtype), so serving them in float32 makes the samplers' policy
+            # exactly that v_old. LoRA is ~1 % of the DiT's weights: the float32 adapter matmuls cost little.
             from peft.tuners.tuners_utils import cast_adapter_dtype
 
             cast_adapter_dtype(transformer, SAMPLING_ADAPTER, autocast_adapter_dtype=True)

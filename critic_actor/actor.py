@@ -35,6 +35,7 @@ from critic_actor.inputs import critic_prompt_text, fit_to_pixel_bounds, resolve
 from critic_actor.model import expected_state_shapes
 from rollout.cluster.startup import actor_device
 from rollout.records.types import Critique, PhotoTask
+from rollout.sync.links import worker_members
 from rollout.sync.weight_transport import SyncManifest, TransferEndpoint, tensor_digest
 
 ROLE = "critic-rollout"
@@ -95,7 +96,9 @@ class CriticRolloutActor:
     def ready(self) -> dict[str, Any]:
         """Returns once the engine is up: role, index, engine kind, version and start time."""
         return {"role": ROLE, "index": self.index, "engine": self.config.engine, "policy_version": self._version,
-                "dtype": self.serving_dtype, "start_s": round(self.start_s, 3), "repr": repr(self)}
+                "dtype": self.serving_dtype, "receivers": self.engine.receivers,
+                "sync_members": worker_members(self.device, self.engine.receivers),
+                "start_s": round(self.start_s, 3), "repr": repr(self)}
 
     def policy_version(self) -> int:
         return self._version
@@ -183,9 +186,10 @@ class CriticRolloutActor:
         self._run_sync(version, lambda: self.engine.load_weights(state.items()))
         return self._synced(version, digest, started)
 
-    def receive_weights(self, version: int, endpoint: TransferEndpoint, receiver_index: int,
+    def receive_weights(self, version: int, endpoint: TransferEndpoint, first_receiver: int,
                         manifest: SyncManifest | dict[str, Any]) -> dict[str, Any]:
-        """Join a collective sync as receiver ``receiver_index`` of ``endpoint`` and load what it carries.
+        """Join a collective sync as receivers ``first_receiver`` .. ``+ receivers - 1`` of ``endpoint`` (one per
+        engine worker; see :meth:`ready`) and load what it carries.
 
         Returns ``{"policy_version", "digest", "seconds", "bytes_received", "probe_abs_diff", ...}``: the digest
         of every bucket's checksum (the group compares it with the senders'), and the mean |Δ log p| between the
@@ -201,9 +205,9 @@ class CriticRolloutActor:
         if manifest.kind == "full":
             self._check_state(version, {t.name: t.shape for t in manifest.tensors})
         started = time.perf_counter()
-        receipt = self._run_sync(version, lambda: self.engine.receive_weights(endpoint, receiver_index, manifest))
+        receipt = self._run_sync(version, lambda: self.engine.receive_weights(endpoint, first_receiver, manifest))
         report = {key: receipt[key] for key in ("bytes_received", "tensors_received", "tensors_loaded",
-                                                "lora_modules_bound", "lora_modules_expected")}
+                                                "lora_modules_bound", "lora_modules_expected", "links", "workers")}
         report["probe_abs_diff"] = self._probe(version, manifest)
         return {**self._synced(version, receipt["digest"], started), **report}
 

@@ -8,8 +8,9 @@ sync received bucket by bucket), and the raw log-probs of a fixed token sequence
 must not know about tasks, records or Ray: :mod:`critic_actor.actor` does that.
 
 vLLM is imported only inside :class:`VLLMCriticEngine`. With ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` the engine
-core and its model live in this process, so weights are loaded in place (no restart). Collective syncs go through
-vLLM's weight-transfer calls with our gloo engine (:mod:`critic_actor.vllm_weight_engine`).
+core and its model live in this process, so weights are loaded in place (no restart); a tensor-parallel engine
+runs its workers as processes of the replica (vLLM's multiprocessing executor). Collective syncs go through vLLM's
+weight-transfer calls into our bucket engine (:mod:`critic_actor.vllm_weight_engine`), one receiver per worker.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ class CriticEngine(Protocol):
 
     def load_weights(self, named_tensors: Iterable[tuple[str, "object"]]) -> None: ...
 
-    def receive_weights(self, endpoint: TransferEndpoint, receiver_index: int,
+    receivers: int
+    """Worker processes that each join a collective sync as one receiver (a tensor-parallel vLLM: its TP size)."""
+
+    def receive_weights(self, endpoint: TransferEndpoint, first_receiver: int,
                         manifest: SyncManifest) -> dict[str, Any]: ...
 
     def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray: ...
@@ -128,6 +132,22 @@ def quiet_recomputed_buffer_notices(model: Any) -> list[str]:
     return sorted(buffer_only)
 
 
+def merge_worker_receipts(receipts: Sequence[dict[str, Any] | None], workers: int) -> dict[str, Any]:
+    """One replica's receipt from its workers' (one per tensor-parallel rank, each receiving every tensor): every
+    worker must have received, and the same bytes; the replica reports the first worker's figures, its workers'
+    count and every worker's receiver index."""
+    if len(receipts) != workers or any(r is None for r in receipts):
+        raise RuntimeError(f"{sum(r is not None for r in receipts)} of the engine's {workers} workers received the "
+                           f"sync ({len(receipts)} answered)")
+    if any(r["digest"] != receipts[0]["digest"] for r in receipts):
+        raise RuntimeError(f"the engine's workers disagree on what they received: "
+                           f"{[r['digest'] for r in receipts]}")
+    receivers = sorted(r.get("receiver", 0) for r in receipts)
+    if receivers != list(range(workers)):
+        raise RuntimeError(f"the engine's workers joined as receivers {receivers}, expected 0..{workers - 1}")
+    return {**receipts[0], "workers": workers}
+
+
 class VLLMCriticEngine:
     """A ``vllm.LLM`` on the critic checkpoint, one image per prompt, pixel bounds from config."""
 
@@ -143,6 +163,12 @@ class VLLMCriticEngine:
 
         torch_dtype = resolve_dtype(dtype)
         self._suppressed = {int(i): SUPPRESSED_LOGIT_BIAS for i in suppressed_token_ids}
+        self.receivers = int(tensor_parallel_size)
+        """Worker processes that each receive a collective sync (one per tensor-parallel rank)."""
+        # Tensor-parallel workers as processes of this replica: the replica's actor already holds every GPU of
+        # its placement-group bundle, and inside a placement group vLLM would otherwise pick its Ray executor,
+        # whose worker actors then wait for GPUs that bundle no longer has.
+        executor = {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
         self.llm = LLM(
             model=str(model_path),
             dtype=str(torch_dtype).removeprefix("torch."),
@@ -155,12 +181,13 @@ class VLLMCriticEngine:
             mm_processor_kwargs={"size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}},
             logprobs_mode="raw_logprobs",
             disable_log_stats=True,
-            # Collective syncs arrive through vLLM's weight-transfer calls into our gloo engine; importing the
+            # Collective syncs arrive through vLLM's weight-transfer calls into our bucket engine; importing the
             # extension in each worker registers that engine there too.
             weight_transfer_config=WeightTransferConfig(backend=ENGINE_NAME),
             worker_extension_cls="critic_actor.vllm_weight_engine.WeightReceiptExtension",
             # The run decides whether loaders draw progress bars (rollout.env: off unless verbose).
             use_tqdm_on_load=os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "") != "1",
+            **executor,
         )
         # vLLM's CPU worker replaces torch.set_num_threads with a function that skips the call and logs a
         # warning; libraries in this process call it on every request, which floods the job log with a
@@ -206,19 +233,17 @@ class VLLMCriticEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
         self._drop_caches()
 
-    def receive_weights(self, endpoint: TransferEndpoint, receiver_index: int,
+    def receive_weights(self, endpoint: TransferEndpoint, first_receiver: int,
                         manifest: SyncManifest) -> dict[str, Any]:
-        """Join a collective sync and load what it carries; returns the workers' receipt (they must agree)."""
+        """Join a collective sync with every worker (receivers ``first_receiver`` .. ``+ receivers - 1``) and
+        load what it carries; returns the workers' receipt (every worker must report the same digest)."""
         self.llm.init_weight_transfer_engine(
-            {"init_info": {"endpoint": asdict(endpoint), "receiver_index": receiver_index}})
+            {"init_info": {"endpoint": asdict(endpoint), "first_receiver": first_receiver}})
         self.llm.start_weight_update()
         self.llm.update_weights({"update_info": {"manifest": manifest.to_dict()}})
         self.llm.finish_weight_update(weight_version=str(manifest.version))
         self._drop_caches()
-        receipts = self.llm.collective_rpc("photocrafter_weight_receipt")
-        if any(r is None or r["digest"] != receipts[0]["digest"] for r in receipts):
-            raise RuntimeError(f"the engine's workers disagree on what they received: {receipts}")
-        return receipts[0]
+        return merge_worker_receipts(self.llm.collective_rpc("photocrafter_weight_receipt"), self.receivers)
 
     def _drop_caches(self) -> None:
         # Every cache derived from the old weights must go, on the scheduler side as well as in the worker
@@ -321,21 +346,26 @@ class TransformersCriticEngine:
         if unknown:
             raise KeyError(f"{len(unknown)} weight names are not parameters of the critic, e.g. {unknown[:3]}")
 
-    def receive_weights(self, endpoint: TransferEndpoint, receiver_index: int,
+    receivers = 1
+    """One process receives a collective sync."""
+
+    def receive_weights(self, endpoint: TransferEndpoint, first_receiver: int,
                         manifest: SyncManifest) -> dict[str, Any]:
         """Join a collective sync and load what it carries into the transformers model."""
         from critic_actor.weight_receiver import LoadReport
-        from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
+        from rollout.sync.receiving import Receipt, receive_tensors
+        from rollout.sync.transfer_group import TransferGroup
 
         receipt, report = Receipt(), LoadReport()
-        with TransferGroup(endpoint, endpoint.receiver_rank(receiver_index)) as group:
+        with TransferGroup(endpoint, endpoint.receiver_rank(first_receiver), device=self.model.device) as group:
             mirror = self._weights.mirror_for(manifest)
-            self.load_weights(self._weights.tensors_to_load(
-                manifest, receive_tensors(group, manifest, receipt, mirror), report, device=self.model.device))
+            # A full payload is copied into the model tensor by tensor: it may arrive as views of reused buffers.
+            received = receive_tensors(group, manifest, receipt, mirror, owned=manifest.kind != "full")
+            self.load_weights(self._weights.tensors_to_load(manifest, received, report, device=self.model.device))
         self._weights.sync_finished(manifest)
         return {"version": manifest.version, "digest": receipt.digest, "bytes_received": receipt.bytes_received,
                 "tensors_received": receipt.tensors, "tensors_loaded": report.tensors_loaded,
-                "lora_modules_bound": report.lora_modules_bound,
+                "lora_modules_bound": report.lora_modules_bound, "links": receipt.links, "workers": 1,
                 "lora_modules_expected": report.lora_modules_expected}
 
     def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:

@@ -93,6 +93,16 @@ class CriticRolloutGroup:
         """The replicas' weight dtype (what a sync sends)."""
         return self.ready_info[0]["dtype"]
 
+    @property
+    def receivers_per_replica(self) -> list[int]:
+        """Processes of each replica that receive a collective sync (its engine's tensor-parallel workers)."""
+        return [info["receivers"] for info in self.ready_info]
+
+    @property
+    def sync_members(self) -> list[list[dict]]:
+        """Where each replica's receiving workers keep their weights (a weight sync picks its planes by it)."""
+        return [info["sync_members"] for info in self.ready_info]
+
     def _shards(self, count: int) -> list[tuple[int, int, int]]:
         """(replica, start, stop) contiguous shards of ``count`` items, balanced; the first replica rotates so
         small batches do not always land on replica 0."""

@@ -1,18 +1,24 @@
-"""Our engine in vLLM's weight-transfer framework: gloo buckets from every learner rank into a running vLLM model.
+"""Our engine in vLLM's weight-transfer framework: buckets from every learner rank into a running vLLM model.
 
 vLLM 0.32 receives trainer weights through ``vllm.distributed.weight_transfer``: an engine registered by name in
 ``WeightTransferEngineFactory`` lives in each worker, and ``LLM.init_weight_transfer_engine`` /
-``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` drive it. The engines vLLM ships are CUDA
-only (NCCL, CUDA IPC) and take one trainer sender; :class:`GlooWeightTransferEngine` is ours, registered as
-:data:`ENGINE_NAME`, so the same four calls run on CPU, with the protocol of :mod:`rollout.sync.weight_transport`:
+``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` drive it. :class:`BucketWeightTransferEngine`
+is ours, registered as :data:`ENGINE_NAME`, with the protocol of :mod:`rollout.sync.weight_transport` over the data
+planes each link agrees on (:mod:`rollout.sync.links`): NCCL between GPUs (GPU buffers, no host staging), CUDA IPC
+from a learner rank on the same GPU, gloo or a shared-memory file in host memory. Why not vLLM's own engines:
+``nccl`` takes one trainer sender, so a sharded learner would gather the whole model on rank 0 and push it through
+that one link; ``nccl_m2n`` does take every rank's shards but needs the ``nccl-extensions`` package (not part of
+vLLM 0.32 or this image) and writes into vLLM's parameters directly, which leaves no place for the LoRA merge,
+the delta patch or the per-bucket checksums; both keep one communicator for the run, driven from trainer rank 0.
 
-- ``init_transfer_engine`` joins the sync's gloo groups (one per learner rank; blocks until all joined, or raises
-  after the endpoint's timeout);
+- ``init_transfer_engine`` joins the sync as receiver ``first_receiver + worker rank``: each worker of a
+  tensor-parallel replica is its own receiver and gets every tensor whole; vLLM's weight loaders then keep the
+  worker's own slice (its TP handling), so nothing about TP leaks into the protocol;
 - ``start_weight_update`` / ``finish_weight_update`` open and close vLLM's layerwise reload, the path that lets
   the CPU kernels repack weights after loading (a plain ``model.load_weights`` on a loaded CPU model fails);
 - ``update_weights`` streams every bucket through :class:`~critic_actor.weight_receiver.ReplicaWeights` (LoRA
-  merge, delta copy) into ``model.load_weights`` and keeps a receipt (bucket digest, bytes, tensors, LoRA binding)
-  that :class:`WeightReceiptExtension` hands back through ``collective_rpc``.
+  merge, delta copy) into ``model.load_weights`` and keeps a receipt (bucket digest, bytes, tensors, LoRA binding,
+  links by plane) that :class:`WeightReceiptExtension` hands back through ``collective_rpc``.
 
 This module is imported only inside vLLM workers (registration from ``engines.VLLMCriticEngine``, and vLLM's
 import of the worker extension in every worker process), never by the driver, which is why it may import vLLM
@@ -32,27 +38,36 @@ from vllm.distributed.weight_transfer.base import (
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
 from critic_actor.weight_receiver import LoadReport, ReplicaWeights
+from rollout.sync.receiving import Receipt, receive_tensors
+from rollout.sync.transfer_group import TransferGroup
 from rollout.sync.weight_transport import SyncManifest, TransferEndpoint
-from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
-ENGINE_NAME = "photocrafter-gloo"
-"""Name of :class:`GlooWeightTransferEngine` in ``WeightTransferEngineFactory`` (``WeightTransferConfig.backend``)."""
+ENGINE_NAME = "photocrafter-buckets"
+"""Name of :class:`BucketWeightTransferEngine` in ``WeightTransferEngineFactory`` (``WeightTransferConfig.backend``)."""
 _LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 @dataclass
-class GlooInitInfo(WeightTransferInitInfo):
-    """Which sync to join: its endpoint (as a dict) and this replica's receiver index."""
+class BucketInitInfo(WeightTransferInitInfo):
+    """Which sync to join: its endpoint (as a dict) and the receiver index of this replica's first worker."""
 
     endpoint: dict
-    receiver_index: int
+    first_receiver: int
 
 
 @dataclass
-class GlooUpdateInfo(WeightTransferUpdateInfo):
+class BucketUpdateInfo(WeightTransferUpdateInfo):
     """The sync's manifest (as a dict, see :meth:`rollout.sync.weight_transport.SyncManifest.to_dict`)."""
 
     manifest: dict
+
+
+def _unpinned_nccl_env():
+    """vLLM pins NCCL variables for its own communicators; one shared with a learner rank must be built without
+    them (or the two sides disagree and hang)."""
+    from vllm.utils.nccl import unpinned_nccl_env
+
+    return unpinned_nccl_env()
 
 
 class _OnlyPartialReloadNotices(logging.Filter):
@@ -64,11 +79,11 @@ class _OnlyPartialReloadNotices(logging.Filter):
         return "Failed to load weights" not in record.getMessage()
 
 
-class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
-    """Receives bucketed, per-rank-sharded weights over gloo and loads them into the worker's model."""
+class BucketWeightTransferEngine(WeightTransferEngine[BucketInitInfo, BucketUpdateInfo]):
+    """Receives bucketed, per-rank-sharded weights and loads them into the worker's model."""
 
-    init_info_cls = GlooInitInfo
-    update_info_cls = GlooUpdateInfo
+    init_info_cls = BucketInitInfo
+    update_info_cls = BucketUpdateInfo
     supports_draft_weight_update = False
 
     def __init__(self, config, vllm_config, device: torch.device, model: torch.nn.Module) -> None:
@@ -81,10 +96,16 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self.last_receipt: dict[str, Any] | None = None
         self._partial = False
 
-    def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+    @property
+    def receiver_index(self) -> int:
+        """This worker's place among a replica's receivers: its rank in the replica's TP × PP world."""
+        return int(self.parallel_config.rank)
+
+    def init_transfer_engine(self, init_info: BucketInitInfo) -> None:
         self._close()
         endpoint = TransferEndpoint(**init_info.endpoint)
-        self.group = TransferGroup(endpoint, endpoint.receiver_rank(init_info.receiver_index))
+        rank = endpoint.receiver_rank(init_info.first_receiver + self.receiver_index)
+        self.group = TransferGroup(endpoint, rank, device=self.device, nccl_env=_unpinned_nccl_env)
 
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -97,7 +118,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         if self.device.type != "cpu":  # the base class synchronizes unconditionally, which raises on a CPU host
             torch.accelerator.synchronize()
 
-    def receive_weights(self, update_info: GlooUpdateInfo) -> None:
+    def receive_weights(self, update_info: BucketUpdateInfo) -> None:
         if self.group is None:
             raise RuntimeError("weight transfer not initialised: call init_weight_transfer_engine first")
         manifest = SyncManifest.from_dict(update_info.manifest)
@@ -113,11 +134,14 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
                                    f"{manifest.version}")
         except BaseException:
             # vLLM ends the update session on this error without calling finish_weight_update: close the
-            # layerwise reload here, which puts every layer that received nothing back as it was.
+            # layerwise reload here, which puts every layer that received nothing back as it was (and release
+            # NCCL communicators whose peers may be gone at once).
+            self.group.abort()
             self.finish_weight_update()
             raise
         self.weights.sync_finished(manifest)
-        self.last_receipt = {"version": manifest.version, "digest": receipt.digest,
+        self.last_receipt = {"version": manifest.version, "digest": receipt.digest, "links": receipt.links,
+                             "receiver": self.receiver_index,
                              "bytes_received": receipt.bytes_received, "tensors_received": receipt.tensors,
                              "tensors_loaded": report.tensors_loaded, "vllm_parameters_loaded": len(loaded),
                              "lora_modules_bound": report.lora_modules_bound,
@@ -157,9 +181,9 @@ class WeightReceiptExtension:
 
 
 def register() -> None:
-    """Register :class:`GlooWeightTransferEngine` under :data:`ENGINE_NAME` (once per process)."""
+    """Register :class:`BucketWeightTransferEngine` under :data:`ENGINE_NAME` (once per process)."""
     if ENGINE_NAME not in WeightTransferEngineFactory._registry:
-        WeightTransferEngineFactory.register_engine(ENGINE_NAME, GlooWeightTransferEngine)
+        WeightTransferEngineFactory.register_engine(ENGINE_NAME, BucketWeightTransferEngine)
 
 
 register()

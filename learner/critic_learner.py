@@ -372,20 +372,27 @@ class CriticLearner:
         })
         return metrics
 
-    def get_weights(self) -> dict[str, torch.Tensor]:
+    def get_weights(self, dtype: torch.dtype | None = None, *, keep: bool = True) -> dict[str, torch.Tensor]:
         """CPU tensors by Hugging Face name: the model's full ``state_dict()``, for ``CriticRolloutActor.set_weights``.
 
         With LoRA the adapters are merged (W + α/r · B·A) into the base weights they adapt and every tensor keeps
         the base model's own name, so the engine loads a plain checkpoint and never needs to know about
         adapters. The rollout actor accepts only the complete parameter set (a partial load could leave a
-        replica with mixed weights), so the untouched weights travel too. On a sharded learner every rank must
-        call this (the tensors are gathered from all ranks).
+        replica with mixed weights), so the untouched weights travel too. ``dtype`` casts each tensor as it is
+        gathered (the serving dtype: a bf16 replica is sent bf16 bytes, not the fp32 masters). On a sharded
+        learner every rank must call this (the tensors are gathered from all ranks, one at a time); a rank with
+        ``keep=False`` only takes part in the gathers and returns nothing.
         """
         if self.peft_model is None:
-            return {name: full_tensor(tensor).cpu().clone() for name, tensor in self.model.state_dict().items()}
+            weights = {}
+            for name, tensor in self.model.state_dict().items():
+                full = full_tensor(tensor)  # a collective on a sharded learner: every rank, in the same order
+                if keep:
+                    weights[name] = full.to("cpu", dtype=dtype or full.dtype, copy=True)
+            return weights
         from learner.lora import merged_state_dict
 
-        return merged_state_dict(self.model, _ADAPTER)
+        return merged_state_dict(self.model, _ADAPTER, dtype=dtype, keep=keep)
 
     @torch.no_grad()
     def probe_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Owns everything a learner needs to run as rank r of N processes (one per GPU, or CPU processes with gloo):
 
-- :class:`ParallelContext`: joining the learner's ``torch.distributed`` process group (NCCL on CUDA, gloo on
-  CPU) by TCP rendezvous on rank 0's address, its device mesh, and the few collectives the learners use
+- :class:`ParallelContext`: joining the learner's ``torch.distributed`` process group (NCCL for CUDA tensors
+  with gloo beside it for host tensors on GPU ranks, gloo on CPU ranks; :func:`process_group_backend`) by TCP
+  rendezvous on rank 0's address, its device mesh, and the few collectives the learners use
   (sums of metrics, the largest micro-batch count, so every rank runs the same number of forward passes —
   FSDP all-gathers parameters inside every forward, and a rank that skipped one would hang the others);
 - :func:`shard_model`: FSDP2 (``torch.distributed.fsdp.fully_shard``) over a model's repeated blocks and a root,
@@ -39,6 +40,14 @@ class Rendezvous:
     world_size: int
     timeout_s: float = 1800.0
     """How long a collective may wait for the other ranks before it fails (a lost rank never hangs forever)."""
+
+
+def process_group_backend(device: torch.device) -> str:
+    """The learner group's backend for ranks on ``device``: on a GPU rank NCCL for CUDA tensors *and* gloo for CPU
+    tensors — with ``cpu_offload`` the sharded parameters, gradients and optimizer state live in host memory, so
+    ``clip_grad_norm_`` and ``full_tensor()`` reduce CPU tensors, which NCCL cannot (the mix the reference
+    trainers use when offloading); gloo alone on CPU ranks."""
+    return "cuda:nccl,cpu:gloo" if torch.device(device).type == "cuda" else "gloo"
 
 
 def free_port() -> int:
@@ -87,9 +96,8 @@ class ParallelContext:
                 raise RuntimeError(f"this process already belongs to a process group (rank {dist.get_rank()} of "
                                    f"{dist.get_world_size()}); one learner rank per process")
         else:
-            backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(
-                backend, init_method=f"tcp://{rendezvous.address}:{rendezvous.port}", rank=rank,
+                process_group_backend(device), init_method=f"tcp://{rendezvous.address}:{rendezvous.port}", rank=rank,
                 world_size=rendezvous.world_size, timeout=datetime.timedelta(seconds=rendezvous.timeout_s),
                 **({"device_id": device} if device.type == "cuda" else {}))
         return cls(rank, rendezvous.world_size, device, sharded=True)
@@ -170,7 +178,8 @@ def shard_model(root: nn.Module, blocks: Iterable[nn.Module], context: ParallelC
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None)
-    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    # Pinned host memory speeds host↔GPU copies but needs a CUDA driver: a CPU rank offloads unpinned.
+    offload = CPUOffloadPolicy(pin_memory=context.device.type == "cuda") if cpu_offload else OffloadPolicy()
     blocks = list(blocks)
     for block in blocks:
         fully_shard(block, mesh=context.mesh, mp_policy=policy, offload_policy=offload)
@@ -293,5 +302,5 @@ def read_learner_checkpoint_meta(directory: str | Path, name: str) -> dict:
 
 
 __all__ = ["ParallelContext", "Rendezvous", "even_share", "full_tensor", "free_port", "load_sharded",
-           "local_rows", "local_tensor", "read_learner_checkpoint_meta", "save_learner_checkpoint", "save_sharded",
-           "shard_like", "shard_model"]
+           "local_rows", "local_tensor", "process_group_backend", "read_learner_checkpoint_meta",
+           "save_learner_checkpoint", "save_sharded", "shard_like", "shard_model"]

@@ -236,27 +236,35 @@ def adapter_sync_state(model: nn.Module, adapter: str, *,
 
 
 @torch.no_grad()
-def merged_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, adapter: str, *, dtype: torch.dtype | None = None,
+                      keep: bool = True) -> dict[str, torch.Tensor]:
     """The base model's ``state_dict`` by its own names with ``adapter`` merged in (W + α/r · B·A), on the CPU.
 
     Works for any peft-injected model (the critic's ``get_peft_model`` wrapper or the DiT's injected adapters):
     LoRA tensors are dropped, ``.base_layer.`` is removed from names, and every adapted weight becomes its
-    merged value, so the result loads into an adapter-free copy of the model with ``strict=True``. On a sharded
-    learner every tensor is gathered from the ranks first (a collective every rank must call).
+    merged value (computed in float32), so the result loads into an adapter-free copy of the model with
+    ``strict=True``. ``dtype`` casts every result (e.g. to the serving dtype). On a sharded learner every tensor is
+    gathered from the ranks first (a collective every rank must call); ranks with ``keep=False`` take part in the
+    gathers but keep nothing, so only the rank that uses the result holds the model in host memory.
     """
     from peft.tuners.lora import LoraLayer
 
     from learner.distributed import full_tensor
 
+    adapted = {f"{name}.base_layer.weight": module for name, module in model.named_modules()
+               if isinstance(module, LoraLayer) and adapter in module.lora_A}
     merged: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        if ".lora_" not in name:
-            merged[name.replace(".base_layer.", ".")] = full_tensor(tensor).cpu().clone()
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            base = merged[f"{name}.weight"]
-            lora_a = full_tensor(module.lora_A[adapter].weight).cpu().float()
-            lora_b = full_tensor(module.lora_B[adapter].weight).cpu().float()
-            delta = (lora_b @ lora_a) * module.scaling[adapter]
-            merged[f"{name}.weight"] = (base.float() + delta).to(base.dtype)
+        if ".lora_" in name:
+            continue
+        full = full_tensor(tensor)
+        module = adapted.get(name)
+        if module is not None:  # the factors are gathered on every rank too (collectives)
+            lora_a = full_tensor(module.lora_A[adapter].weight).float()
+            lora_b = full_tensor(module.lora_B[adapter].weight).float()
+            if keep:
+                delta = (lora_b.to(full.device) @ lora_a.to(full.device)) * module.scaling[adapter]
+                full = (full.float() + delta).to(full.dtype)
+        if keep:
+            merged[name.replace(".base_layer.", ".")] = full.to("cpu", dtype=dtype or full.dtype, copy=True)
     return merged

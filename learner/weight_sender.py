@@ -1,10 +1,11 @@
 """The sending side of weight sync, as one learner rank runs it.
 
 Owns, for one rank: joining a sync's transfer group, walking the bucket plan of :mod:`rollout.sync.weight_transport`,
-casting each of this rank's pieces to the wire (serving) dtype into a bucket-sized staging buffer (the shared
-bucket file when every receiver is on this machine), the per-bucket checksum trailer, publishing the bucket,
-and — when delta sync is on — the snapshot of what this rank last sent, against which the next sync encodes only
-the elements that changed.
+casting each of this rank's pieces to the wire (serving) dtype into one of the group's bucket slots (GPU memory on
+a CUDA rank, the shared bucket file when receivers read it in place, else host memory), the per-bucket checksum
+trailer (computed where the slot lives), publishing the bucket — bucket k+1 is packed while bucket k travels and
+loads — and, when delta sync is on, the snapshot of what this rank last sent, against which the next sync encodes
+only the elements that changed (encoded in host memory).
 
 The API is narrow on purpose: a rank calls :meth:`WeightSender.send` with the sync's endpoint and manifest and an
 iterable of ``(name, local_shard)`` in manifest order, where ``local_shard`` is the rank's own dim-0 chunk of the
@@ -24,11 +25,12 @@ from typing import Any
 
 import torch
 
+from rollout.sync.buffers import SenderMemory
+from rollout.sync.transfer_group import TransferGroup, open_store
 from rollout.sync.weight_transport import (
-    ALIGN, SyncManifest, TransferEndpoint, WeightTransferError, bucket_checksum, layout_from_header, padded_bytes,
+    ALIGN, SyncManifest, TransferEndpoint, WeightTransferError, device_checksum, layout_from_header, padded_bytes,
     plan_buckets, row_layout, shard_rows,
 )
-from rollout.sync.transfer_group import TransferGroup, open_store
 
 
 @dataclass(slots=True)
@@ -47,7 +49,9 @@ class SendReport:
     seconds: float = 0.0
     pieces: dict[str, int] = field(default_factory=lambda: {"dense": 0, "sparse": 0, "unchanged": 0})
     shared_memory: bool = False
-    """Whether the buckets went through shared memory (every receiver on this rank's machine)."""
+    """Whether some receiver read this rank's buckets in place (shared memory, or CUDA IPC on the same GPU)."""
+    links: dict[str, int] = field(default_factory=dict)
+    """This rank's links to the receivers by plane (``ipc``, ``nccl``, ``gloo``)."""
 
 class WeightSender:
     """One learner rank's sender; keeps the delta snapshot between syncs."""
@@ -62,14 +66,17 @@ class WeightSender:
         self.snapshot_version: int | None = None
         self._store = None
         self._endpoint: TransferEndpoint | None = None
+        self._memory = SenderMemory()
+        """This rank's host-memory bucket slots, kept between syncs (fresh pages cost more than the copies)."""
 
     # ------------------------------------------------------------------------------------------ rank 0
-    def open_endpoint(self, host: str, num_receivers: int, timeout_s: float,
-                      shared_memory: bool = True) -> TransferEndpoint:
+    def open_endpoint(self, host: str, num_receivers: int, timeout_s: float, shared_memory: bool = True,
+                      transport: str = "auto", pipeline_depth: int | None = None) -> TransferEndpoint:
         """Rank 0: host the rendezvous store of a new sync (replacing any earlier one) and describe it."""
         if self.rank != 0:
             raise RuntimeError("only sender rank 0 hosts the sync's store")
-        self._endpoint, self._store = open_store(host, self.num_ranks, num_receivers, timeout_s, shared_memory)
+        self._endpoint, self._store = open_store(host, self.num_ranks, num_receivers, timeout_s, shared_memory,
+                                                 transport, pipeline_depth)
         return self._endpoint
 
     def delta_base(self, requested: int | None) -> int | None:
@@ -80,10 +87,11 @@ class WeightSender:
 
     # ------------------------------------------------------------------------------------------- every rank
     def send(self, endpoint: TransferEndpoint, manifest: SyncManifest,
-             named_shards: Iterable[tuple[str, torch.Tensor]]) -> SendReport:
-        """Join the sync's group and broadcast this rank's pieces of every bucket; blocks until all are sent.
+             named_shards: Iterable[tuple[str, torch.Tensor]], device: torch.device | str = "cpu") -> SendReport:
+        """Join the sync's group and deliver this rank's pieces of every bucket; blocks until all are delivered.
 
-        ``named_shards`` yields ``(name, local_shard)`` for every tensor of the manifest, in its order. A name,
+        ``named_shards`` yields ``(name, local_shard)`` for every tensor of the manifest, in its order; ``device``
+        is where this rank's weights live (a CUDA rank packs its buckets in GPU memory: no host staging). A name,
         shape or count that disagrees with the manifest raises before anything is sent for that bucket.
         """
         if manifest.num_senders != self.num_ranks or endpoint.num_senders != self.num_ranks:
@@ -100,69 +108,63 @@ class WeightSender:
         fresh: dict[str, torch.Tensor] = {}
         buckets = [b for b in plan_buckets(manifest) if b.pieces[self.rank]]
         capacity = max((b.dense_bytes[self.rank] for b in buckets), default=0) + ALIGN
+        checksums: dict[tuple[int, int], torch.Tensor] = {}
         try:
-            with TransferGroup(endpoint, self.rank, store=store, capacity=capacity) as group:
-                shared = group.shared[self.rank]
-                in_flight = None  # over broadcast, packing the next bucket overlaps the previous one's transfer
-                for bucket in buckets:
+            with TransferGroup(endpoint, self.rank, store=store, capacity=capacity, device=device,
+                               memory=self._memory) as group:
+                for number, bucket in enumerate(buckets):
                     pieces = bucket.pieces[self.rank]
                     rows_of = [shards.rows(piece) for piece in pieces]
-                    if shared:  # the file is rewritten in place: every receiver must have copied it out
-                        in_flight = self._finish(group, in_flight)
+                    slot, staging = group.acquire(number)  # packs bucket k+1 while bucket k travels and loads
+                    what = f"bucket {bucket.index}"
                     if manifest.delta_from is not None:
                         counts, parts = self._delta_parts(manifest, pieces, rows_of, snapshot)
-                        _, nbytes = layout_from_header(pieces, counts)
-                        buffer = group.stage(nbytes + ALIGN, capacity)
-                        self._write_delta(buffer, manifest, pieces, parts)
-                        header = torch.tensor(counts, dtype=torch.int64)
-                        in_flight = self._finish(group, in_flight)
-                        group.wait(group.broadcast(self.rank, header), f"header of bucket {bucket.index}")
-                        report.bytes_sent += header.numel() * 8
+                        nbytes = layout_from_header(pieces, counts)[1] + ALIGN
+                        self._write_delta(staging[:nbytes], manifest, pieces, parts)
+                        group.send_header(slot, counts, what)
+                        report.bytes_sent += len(counts) * 8
                         for count in counts:
                             report.pieces["dense" if count < 0 else "sparse" if count else "unchanged"] += 1
                     else:
-                        buffer = group.stage(bucket.dense_bytes[self.rank] + ALIGN, capacity)
-                        self._pack_dense(buffer, manifest, pieces, rows_of)
+                        nbytes = bucket.dense_bytes[self.rank] + ALIGN
+                        self._pack_dense(staging, manifest, pieces, rows_of)
                         report.pieces["dense"] += len(pieces)
-                    checksum = bucket_checksum(buffer[:-ALIGN])
-                    buffer[-ALIGN:].view(torch.int64)[0] = checksum
-                    work = group.publish(buffer)
-                    self._finish(group, in_flight)
-                    in_flight = (work, buffer, bucket.index)
-                    report.checksums[(bucket.index, self.rank)] = checksum
-                    report.bytes_sent += buffer.numel()
+                    checksum = device_checksum(staging[:nbytes - ALIGN])
+                    staging[nbytes - ALIGN:nbytes].view(torch.int64).copy_(checksum.reshape(1))
+                    group.publish(slot, nbytes, what)
+                    checksums[(bucket.index, self.rank)] = checksum
+                    report.bytes_sent += nbytes
                     report.dense_bytes += bucket.dense_bytes[self.rank] + ALIGN
                     report.buckets += 1
                     if self.keep_snapshot:
                         for piece, rows in zip(pieces, rows_of):
                             self._remember(fresh, manifest, piece, rows)
-                self._finish(group, in_flight)
+                group.drain()
                 shards.finish()
-                report.shared_memory = shared
+                report.shared_memory = "ipc" in group.link_counts
+                report.links = group.link_counts
         finally:
             if self.rank == 0:  # a sync's store serves that sync only; a late joiner then finds nobody
                 self._store, self._endpoint = None, None
+        if checksums:
+            values = torch.stack(list(checksums.values())).tolist()
+            report.checksums = dict(zip(checksums, values))
         if self.keep_snapshot:
             self._snapshot, self.snapshot_version = fresh, manifest.version
         report.seconds = time.perf_counter() - started
         return report
 
-    # ---------------------------------------------------------------------------------------- internals
-    @staticmethod
-    def _finish(group: TransferGroup, in_flight) -> None:
-        """Wait until a bucket published earlier has reached every receiver (its buffer stays referenced until
-        then); returns None, the new in-flight state."""
-        if in_flight is not None:
-            work, _, index = in_flight
-            group.complete(work, f"bucket {index}")
-        return None
+    def close(self) -> None:
+        """Free what this rank keeps between syncs (its host-memory slots and shared-memory bucket file)."""
+        self._memory.close()
 
+    # ---------------------------------------------------------------------------------------- internals
     @staticmethod
     def _pack_dense(buffer: torch.Tensor, manifest: SyncManifest, pieces, rows_of) -> None:
         for piece, rows in zip(pieces, rows_of):
             dtype = _wire_dtype(manifest, piece)
             region = buffer[piece.offset:piece.offset + piece.numel * piece.itemsize].view(dtype)
-            region.copy_(rows.reshape(-1))  # the cast to the wire dtype happens in this copy
+            region.copy_(rows.reshape(-1))  # the cast to the wire dtype (and any host→GPU copy) happens here
 
     def _delta_parts(self, manifest: SyncManifest, pieces, rows_of, snapshot) -> tuple[list[int], list]:
         """Per piece: -1 (dense), 0 (unchanged) or the count of changed elements (sparse), and what to write."""

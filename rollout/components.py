@@ -216,7 +216,6 @@ class Components:
         from rollout.sync.weight_sync import WeightSync, announce, resolve_backend
 
         backend, reason = resolve_backend(config.sync)
-        announce(backend, reason)
         self.sync_backend = backend
         self.critic_sync = WeightSync(
             "critic", self.critic_learner, self.critic_rollout, config=config.sync, timeout_s=timeout_s,
@@ -225,6 +224,7 @@ class Components:
         self.artist_sync = WeightSync(
             "artist", self.artist_learner, self.artist_samplers, config=config.sync, timeout_s=timeout_s,
             backend=backend, wire_dtype=self.artist_samplers.serving_dtype)
+        announce(backend, reason, {"critic": self.critic_sync.links, "artist": self.artist_sync.links})
 
     def sync_critic(self, version: int) -> dict[str, float]:
         """Every rollout replica serves the critic learner's ``version``; the sync's metrics."""

@@ -142,9 +142,20 @@ class CapacityConfig(ConfigModel):
     """Fraction of the bf16 peak that large matmuls achieve (model FLOPs utilisation)."""
     bandwidth_efficiency: float = Field(0.7, gt=0.0, le=1.0)
     """Fraction of the memory bandwidth that decoding achieves."""
-    weight_sync_gbs: float = Field(8.0, gt=0.0, le=10_000.0)
-    """Effective bandwidth of one weight sync from a learner to its replicas, in GB/s (verl reports 8.25 GB/s
-    for a 30B model on 32 H100; set your own figure from ``sync/*`` in MLflow)."""
+    gpus_per_node: int = Field(8, ge=1, le=64)
+    """GPUs of one node: a plan that fits one node syncs over NVLink, a larger one between nodes."""
+    nvlink_gbs: float = Field(350.0, gt=0.0, le=10_000.0)
+    """Bandwidth of an NCCL broadcast between GPUs of one node, in GB/s (an assumption for H100 SXM's NVLink 4
+    behind NVSwitch; replace it with your ``nccl-tests`` broadcast figure)."""
+    gpu_network_gbs: float = Field(45.0, gt=0.0, le=10_000.0)
+    """Bandwidth of an NCCL broadcast between GPUs of different nodes, per GPU, in GB/s (an assumption: one
+    400 Gb/s InfiniBand NDR or EFA link per GPU at ~90 %)."""
+    tcp_gbs: float = Field(2.0, gt=0.0, le=10_000.0)
+    """Bandwidth of one gloo (TCP) link and of an object-store transfer between nodes, in GB/s (an assumption
+    for one TCP stream between cloud nodes; measure yours)."""
+    weight_sync_gbs: float | None = Field(None, gt=0.0, le=10_000.0)
+    """A measured end-to-end sync bandwidth in GB/s (bytes per replica over seconds, from ``sync/*`` in MLflow)
+    that replaces the per-plane model; None = the model of docs/cluster.md, "Weight sync"."""
     mean_response_tokens: int | None = Field(None, ge=1, le=8192)
     """Mean critique length in tokens, for the token counts the learners and the DiT see (None =
     ``critic.max_new_tokens``, an upper bound). Decoding always runs to the longest response,
@@ -194,11 +205,16 @@ class ClusterConfig(ConfigModel):
 class SyncConfig(ConfigModel):
     """How learner weights reach the serving replicas after each update (docs/design/weight-sync.md)."""
 
-    backend: Literal["auto", "collective", "object_store"] = "auto"
-    """``collective``: every learner rank broadcasts its own shard of each bucket to all replicas at once over a
-    gloo group of the sync's own (cost flat in the number of replicas); ``object_store``: the learner puts the
-    whole state into Ray's object store and every replica fetches a copy; ``auto`` = collective wherever
-    torch.distributed has gloo, else the object store (the choice is logged at start)."""
+    backend: Literal["auto", "collective", "nccl", "gloo", "ipc", "object_store"] = "auto"
+    """How weights travel. The collective (every learner rank delivers its own shard of each bucket to every
+    replica at once, buckets pipelined) picks a data plane per link at each sync: ``ipc`` where the replica shares
+    the rank's device (a colocated GPU: CUDA IPC; CPUs on one machine: a /dev/shm file), ``nccl`` between GPUs
+    (GPU buffers, no host staging; flat in the number of replicas), ``gloo`` otherwise (host buffers over TCP, a
+    binomial tree: grows as log2 of the replicas). ``auto`` (default) / ``collective``: that choice; ``nccl``:
+    require NCCL between GPUs (fails at start if a member holds its weights on a CPU); ``gloo``: host memory
+    everywhere; ``ipc``: require every replica on its rank's device; ``object_store``: the learner gathers the
+    model once in the serving dtype, rank 0 puts it into Ray's object store and every replica fetches a copy.
+    ``auto`` falls back to the object store only where torch.distributed lacks gloo (logged at start)."""
     bucket_mb: int = Field(256, ge=1, le=2047)
     """Bucket size in MiB: bounds the staging memory of every sender and receiver of a collective sync."""
     shared_memory: bool = True
@@ -215,9 +231,10 @@ class SyncConfig(ConfigModel):
     probe_tokens: int = Field(32, ge=0, le=1024)
     """Length of the served-output probe after each collective critic sync: the replicas' log-probs of this
     many fixed tokens must match the learner's (0 = off)."""
-    probe_tolerance: float = Field(0.05, gt=0.0, le=10.0)
-    """Largest mean |Δ log p| on the probe between a replica and the learner that counts as the same weights
-    (fp32 CPU agrees to ~1e-6; bf16 serving against an fp32 learner to ~1e-2)."""
+    probe_tolerance: float | None = Field(None, gt=0.0, le=10.0)
+    """Largest mean |Δ log p| on the probe between a replica and the learner that counts as the same weights.
+    None = by precision: 0.1 when either side computes in 16 bits (a bf16 replica, or a learner on GPU, which
+    computes in bf16), 0.01 when both compute in float32 (docs/design/weight-sync.md, "Probe tolerance")."""
 
 
 class TrackingConfig(ConfigModel):

@@ -3,7 +3,7 @@
 Owns the arithmetic ``photocrafter check-config`` prints after the resource plan, so a team can size a cluster
 before renting it: FLOPs per critique token and per DiT forward, a roofline time for each (compute-bound at
 ``compute_efficiency`` of the bf16 peak, or memory-bound at ``bandwidth_efficiency`` of the HBM bandwidth when
-decoding), the bytes a weight sync moves over ``weight_sync_gbs``, the step time of the synchronous loop and of
+decoding), each weight sync by the model of its data plane (:mod:`rollout.sync.cost`), the step time of the synchronous loop and of
 the overlapped one (``trainer.max_staleness`` ≥ 1), and the fraction of GPU time spent waiting in each.
 
 Every figure is a model from the architectures' shapes and the ``cluster.capacity`` inputs, never a
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learner.memory import CRITIC_PROMPT_TEXT_TOKENS
-from rollout.config import TrainConfig
 from rollout.cluster.placement import ResourcePlan
+from rollout.config import TrainConfig
+from rollout.sync.cost import sync_plane, sync_seconds
 
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
 """Bytes per weight in each serving dtype (``auto`` is bfloat16 on a GPU)."""
@@ -276,8 +277,15 @@ def time_plan(config: TrainConfig, plan: ResourcePlan) -> TimePlan:
     critic_sync_bytes = critic.params * BYTES[c.dtype]
     targets = len(la.lora.target_modules) or 8  # the DiT's 8 joint-attention projections by default
     adapter_params = targets * la.lora.rank * 2 * dit.inner * dit.layers
-    sync_critic = critic_sync_bytes / (cap.weight_sync_gbs * 1e9)
-    sync_artist = adapter_params * ADAPTER_BYTES / (cap.weight_sync_gbs * 1e9)
+    backend = config.sync.backend
+    critic_plane = sync_plane(backend, learner_gpus=lc.gpus, replica_gpus=c.gpus_per_replica)
+    artist_plane = sync_plane(backend, learner_gpus=la.gpus, replica_gpus=a.gpus_per_sampler)
+    # Every tensor-parallel worker of a replica receives the whole model (its weight loaders keep their slice).
+    critic_sync = sync_seconds(critic_sync_bytes, critic_plane, senders=max(1, lc.gpus), total_gpus=plan.total_gpus,
+                               receivers=c.num_replicas * max(1, math.ceil(c.gpus_per_replica)), capacity=cap)
+    artist_sync = sync_seconds(adapter_params * ADAPTER_BYTES, artist_plane, senders=max(1, la.gpus),
+                               receivers=a.num_samplers, total_gpus=plan.total_gpus, capacity=cap)
+    sync_critic, sync_artist = critic_sync.seconds, artist_sync.seconds
 
     g_roll, g_samp = _gpus(plan, "critic-rollout"), _gpus(plan, "artist-sampler")
     g_cl, g_al = _gpus(plan, "critic-learner"), _gpus(plan, "artist-learner")
@@ -297,18 +305,17 @@ def time_plan(config: TrainConfig, plan: ResourcePlan) -> TimePlan:
                       f"GRPO on {B * G} sequences, {'LoRA' if lc.lora.enabled else 'full'} backward"),
         StageEstimate("artist_update", g_al, artist_update,
                       f"DiffusionNFT on {edits} edits × {train_timesteps} timesteps × {per_timestep} forwards"),
-        StageEstimate("sync_critic", 0, sync_critic,
-                      f"{critic_sync_bytes / 1e9:.1f} GB (critic in {c.dtype}) at {cap.weight_sync_gbs:g} GB/s"),
-        StageEstimate("sync_artist", 0, sync_artist,
-                      f"{adapter_params * ADAPTER_BYTES / 1e9:.2f} GB (LoRA r{la.lora.rank}, fp32) at "
-                      f"{cap.weight_sync_gbs:g} GB/s"),
+        StageEstimate("sync_critic", 0, sync_critic, f"critic in {c.dtype}: {critic_sync.detail}"),
+        StageEstimate("sync_artist", 0, sync_artist, f"LoRA r{la.lora.rank} in fp32: {artist_sync.detail}"),
     )
     seconds = {s.name: s.seconds for s in stages}
     busy = g_roll * (rollout + rescore) + g_samp * sample + g_cl * (prepare + critic_update) + g_al * artist_update
     total = plan.total_gpus
     sync_s, overlapped_s = step_seconds(seconds, overlapped=False), step_seconds(seconds, overlapped=True)
     notes = (f"architectures: {critic.source}; {dit.source}",
-             "reward workers (CPU), VAE encode/decode and data loading are not modelled")
+             "reward workers (CPU), VAE encode/decode and data loading are not modelled",
+             f"weight sync (sync.backend: {backend}): the bytes over the plane it takes; its rendezvous and the "
+             f"replicas' reload are not modelled (measure sync/*_s)")
     return TimePlan(stages=stages, total_gpus=total, sync_step_s=sync_s, overlapped_step_s=overlapped_s,
                     sync_idle=idle_fraction(busy, total, sync_s),
                     overlapped_idle=idle_fraction(busy, total, overlapped_s),

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from learner.artist_learner import ArtistLearner
 from learner.critic_learner import CriticLearner
 from learner.distributed import ParallelContext, Rendezvous, free_port
 from rollout.cluster.startup import actor_device
+from rollout.sync.links import describe_device
 
 
 def _rng_state() -> dict:
@@ -70,6 +71,7 @@ class LearnerRank(ABC):
         self.cpu_fallback = cpu_fallback
         self.num_threads = num_threads
         self.learner: Any = None
+        self.device: Any = "cpu"
         self._sender = None
         self._payload: dict[str, Any] | None = None
 
@@ -93,7 +95,9 @@ class LearnerRank(ABC):
             device = torch.device("cuda", torch.cuda.current_device())
         context = ParallelContext.join(self.rank, rendezvous, device)
         self.learner = self._build(context)
-        return {"rank": self.rank, **self.learner.ready()}
+        self.device = device
+        # Where this rank's weights live, as a weight sync's data planes are chosen from it.
+        return {"rank": self.rank, **self.learner.ready(), "sync_member": asdict(describe_device(device))}
 
     @abstractmethod
     def _build(self, context: ParallelContext):
@@ -115,6 +119,8 @@ class LearnerRank(ABC):
         _set_rng_state(load_state_tree(directory, f"{self.role.replace('-', '_')}_rng"))
 
     def shutdown(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
         if self.learner is not None:
             self.learner.parallel.close()
 
@@ -135,6 +141,8 @@ class LearnerRank(ABC):
         from rollout.sync.weight_transport import ITEMSIZE, SyncManifest, TensorSpec
 
         if self._sender is None or self._sender.keep_snapshot != request.delta_keep:
+            if self._sender is not None:
+                self._sender.close()
             self._sender = WeightSender(self.rank, self.world_size, keep_snapshot=request.delta_keep)
         full = kind == "full"
         dtypes = dtypes or {}
@@ -147,7 +155,8 @@ class LearnerRank(ABC):
         if self.rank != 0:
             return None
         endpoint = self._sender.open_endpoint(ray.util.get_node_ip_address(), request.num_receivers,
-                                              request.timeout_s, shared_memory=request.shared_memory)
+                                              request.timeout_s, shared_memory=request.shared_memory,
+                                              transport=request.transport)
         model_shapes = shapes if model_shapes is None else model_shapes
         full_bytes = sum(math.prod(shape) for shape in model_shapes.values()) * ITEMSIZE[request.wire_dtype]
         return endpoint, manifest, full_bytes
@@ -158,7 +167,8 @@ class LearnerRank(ABC):
         local, self._payload = self._payload, None
         if local is None:
             raise RuntimeError("send_weights called before begin_weight_sync")
-        return self._sender.send(endpoint, manifest, ((spec.name, local[spec.name]) for spec in manifest.tensors))
+        return self._sender.send(endpoint, manifest, ((spec.name, local[spec.name]) for spec in manifest.tensors),
+                                 device=self.device)
 
 
 class CriticLearnerRank(LearnerRank):
@@ -202,14 +212,18 @@ class CriticLearnerRank(LearnerRank):
     def version(self) -> int:
         return self.learner.policy_version
 
-    def weights_ref(self) -> tuple[int, Any, str, int] | None:
+    def weights_ref(self, serving_dtype: str | None = None) -> tuple[int, Any, str, int] | None:
         """(version, ObjectRef of the weights the rollout replicas load, their digest, their bytes) from rank 0;
-        None from the other ranks (they take part in gathering the weights)."""
+        None from the other ranks (they take part in gathering the weights and keep nothing). The weights are
+        cast to ``serving_dtype`` as they are gathered: the store holds, and each replica fetches, the bytes it
+        serves (bf16: half the fp32 masters)."""
         import ray
+        import torch
 
         from rollout.sync.weight_transport import tensor_digest
 
-        weights = self.learner.get_weights()
+        dtype = getattr(torch, serving_dtype) if serving_dtype else None
+        weights = self.learner.get_weights(dtype, keep=self.rank == 0)
         if self.rank != 0:
             return None
         nbytes = sum(t.numel() * t.element_size() for t in weights.values())
@@ -219,9 +233,11 @@ class CriticLearnerRank(LearnerRank):
         """Describe a collective sync of the current weights: the LoRA adapter when training one (with every base
         tensor when some replica has not received it yet), else the full model; with the served-output probe.
         Every rank takes part (the probe is a forward pass); rank 0 returns the sync's endpoint and manifest."""
+        import torch
+
         from learner.distributed import local_rows
         from learner.lora import adapter_sync_state
-        from rollout.sync.weight_transport import LoraSpec, ProbeSpec
+        from rollout.sync.weight_transport import LoraSpec, ProbeSpec, default_probe_tolerance
 
         learner = self.learner
         if request.version is not None and request.version != learner.policy_version:
@@ -233,7 +249,9 @@ class CriticLearnerRank(LearnerRank):
 
             ids = learner.processor.tokenizer(CRITIC_INSTRUCTION, add_special_tokens=False)["input_ids"]
             ids = ids[:request.probe_tokens]
-            probe = ProbeSpec(tuple(ids), tuple(learner.probe_log_probs(ids).tolist()), request.probe_tolerance)
+            tolerance = request.probe_tolerance or default_probe_tolerance(
+                request.wire_dtype, learner_computes_16bit=learner.device.type == "cuda")
+            probe = ProbeSpec(tuple(ids), tuple(learner.probe_log_probs(ids).tolist()), tolerance)
         kind, lora, dtypes = "full", None, None
         if learner.peft_model is not None and request.lora_adapter:
             tensors, modules, scaling = adapter_sync_state(learner.model, "default", include_base=request.lora_base)
@@ -241,8 +259,10 @@ class CriticLearnerRank(LearnerRank):
             kind, lora = "lora", LoraSpec(scaling, tuple(modules), request.lora_base)
             dtypes = {n: "float32" for n in tensors if ".lora_" in n}
         else:
-            # A full fine-tune sends its own shards; a merged LoRA model is gathered by every rank first.
-            tensors = learner.get_weights() if learner.peft_model is not None else learner.model.state_dict()
+            # A full fine-tune sends its own shards; a merged LoRA model is gathered by every rank first (in the
+            # serving dtype, so each rank holds the served bytes, not fp32 masters).
+            tensors = (learner.get_weights(getattr(torch, request.wire_dtype)) if learner.peft_model is not None
+                       else learner.model.state_dict())
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         local = {name: local_rows(t, self.rank, self.world_size) for name, t in tensors.items()}
         # What the replicas serve is the base model (adapters merged in): the measure of what a sync sent.
@@ -295,4 +315,8 @@ class ArtistLearnerRank(LearnerRank):
         learner = self.learner
         version = learner.version if request.version is None else request.version
         shapes, local = learner.published_sampling_adapter(version)
-        return self._open_weight_sync(request, shapes, local, version=version)
+        # The adapter travels in float32 whatever the samplers' DiT dtype: the learner computes v_old with these
+        # float32 tensors and the samplers keep their adapter in float32 (artist_actor/actor.py), so they serve
+        # exactly that v_old; the object-store path sends the same float32 tensors.
+        return self._open_weight_sync(request, shapes, local, version=version,
+                                      dtypes={name: "float32" for name in shapes})

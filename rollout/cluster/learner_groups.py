@@ -258,9 +258,10 @@ class CriticLearnerGroup(LearnerGroup):
         groups_ref = ray.put(light)
         return self.launch("update", groups_ref)
 
-    def weights_ref(self) -> tuple[int, Any, str, int]:
-        """(version, ObjectRef of the full weights, digest, bytes), gathered from the ranks and put by rank 0."""
-        return self.call("weights_ref", what="weight gather")[0]
+    def weights_ref(self, serving_dtype: str | None = None) -> tuple[int, Any, str, int]:
+        """(version, ObjectRef of the full weights in ``serving_dtype``, digest, bytes), gathered from the ranks
+        once (rank 0 alone keeps them) and put by rank 0."""
+        return self.call("weights_ref", serving_dtype, what="weight gather")[0]
 
 
 class ArtistLearnerGroup(LearnerGroup):

@@ -1,30 +1,36 @@
 """Weight sync, driver side: for each model, one owner that gets the learner's weights into every serving replica.
 
 ```
-  collective (sync.backend: collective)                       object store (sync.backend: object_store)
+  collective (sync.backend: auto | nccl | gloo | ipc)           object store (sync.backend: object_store)
 
-  every learner rank ── begin_weight_sync            every learner rank ── gather; rank 0 ray.put ─► ObjectRef
-        │  (rank 0 answers: endpoint, manifest)                                              + digest
+  every learner rank ── begin_weight_sync            every learner rank ── gather (serving dtype); rank 0 keeps
+        │  (rank 0 answers: endpoint, manifest)        it and ray.puts it ─► ObjectRef + digest
         │                                                                        │
   every learner rank ── send_weights ──┐  one deadline,           every replica ── ray.get + load ◄┘
   every replica ── receive_weights ────┴─ stalled ones named       (one copy fetched per replica)
+   (one receiver per engine worker)
         │
-  bucket digests: every replica == union of the ranks' checksums; probe: replica log-probs == learner's
+  bucket digests: every receiver == union of the ranks' checksums; probe: replica log-probs == learner's
 ```
 
-Owns: which path runs (``sync.backend``, ``auto`` resolved and logged once), the order of a collective sync (rank 0
-hosts the rendezvous and describes the payload, then every rank sends while every replica receives), one deadline
-for all of them with the replicas that never finished named in the error, the cross-check that each replica
-received exactly the bytes the ranks sent, which replicas still need the LoRA base tensors and whether a delta
-may be sent, re-syncing a replica that Ray restarted (the groups call :meth:`WeightSync.resync`), and the
-figures each sync reports. It moves no tensor itself and never imports torch.
+Owns: which path runs (``sync.backend``, ``auto`` resolved and logged once) and which data planes it may use
+(``nccl``, ``gloo``, ``ipc``, or ``auto``: chosen per link at each rendezvous by :mod:`rollout.sync.links`, and
+checked here at start against where every learner rank and replica worker keeps its weights, so an impossible
+request fails before the first step, not after it), the order of a collective sync (rank 0 hosts the rendezvous
+and describes the payload, then every rank sends while every replica receives), the receiver ranks of each
+replica (one per engine worker: a tensor-parallel vLLM replica is several receivers), one deadline for all of them
+with the replicas that never finished named in the error, the cross-check that each replica received exactly the
+bytes the ranks sent, which replicas still need the LoRA base tensors and whether a delta may be sent, re-syncing
+a replica that Ray restarted (the groups call :meth:`WeightSync.resync`), and the figures each sync reports. It
+moves no tensor itself and never imports torch.
 
 The learner is its group (:class:`rollout.cluster.learner_groups.LearnerGroup`), whose ranks serve two calls here, every
 rank both: ``begin_weight_sync(SyncRequest) -> (TransferEndpoint, SyncManifest, full_model_bytes)`` from rank 0
 (None from the others, which describe the same payload and keep their rows of it) and ``send_weights(endpoint,
 manifest) -> SendReport``. A rank that dies during a sync raises the group's ``LearnerRankLost``, which ends the run
 with the checkpoint to resume from, as a rank lost during an update does. Replica groups expose their ``actors``
-(each serving ``receive_weights``) and ``names``, and keep ``version`` and ``resync``.
+(each serving ``receive_weights``), ``names`` and, when a replica runs several receiving workers,
+``receivers_per_replica``; and keep ``version`` and ``resync``.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rollout.config import SyncConfig
-from rollout.sync.weight_transport import SyncManifest, TransferEndpoint, combine_checksums
+from rollout.sync.links import MemberDevice, plan_links
+from rollout.sync.weight_transport import SyncManifest, TransferEndpoint, WeightTransferError, combine_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +74,12 @@ class SyncRequest:
     delta_keep: bool = False
     """Receivers keep a copy (and the learner a snapshot) for the next delta."""
     probe_tokens: int = 0
-    probe_tolerance: float = 0.05
+    probe_tolerance: float | None = None
+    """None: by precision (:func:`rollout.sync.weight_transport.default_probe_tolerance`, resolved by the rank)."""
     shared_memory: bool = True
     """Receivers on a sender's machine may take its buckets through shared memory."""
+    transport: str = "auto"
+    """The data planes the sync may use (``auto``, ``nccl``, ``gloo``, ``ipc``; see :mod:`rollout.sync.links`)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -85,6 +96,8 @@ class SyncReport:
     """Bytes of the whole model in the serving dtype: the reference for :attr:`sent_fraction`."""
     probe_abs_diff: float | None = None
     """Largest mean |Δ log p| over the replicas on the served-output probe (critic, collective path)."""
+    links: dict[str, int] = field(default_factory=dict)
+    """Sender → receiver links by data plane (``ipc``, ``nccl``, ``gloo``); empty for the object store."""
 
     @property
     def sent_fraction(self) -> float:
@@ -115,10 +128,17 @@ MAX_SYNC_REDOS = 3
 """How often one sync is redone because replicas were lost during it."""
 
 
+TRANSPORT_OF_BACKEND = {"auto": "auto", "collective": "auto", "nccl": "nccl", "gloo": "gloo", "ipc": "ipc"}
+"""The data planes each collective ``sync.backend`` allows (``auto``/``collective``: chosen per link)."""
+
+
 def resolve_backend(config: SyncConfig) -> tuple[str, str]:
-    """(``collective`` | ``object_store``, why): ``auto`` takes the collective wherever gloo is available."""
+    """(``collective`` | ``object_store``, why): ``auto`` takes the collective wherever gloo is available (every
+    collective sync needs gloo: its in-place planes signal over it, and host-memory links move over it)."""
+    if config.backend == "object_store":
+        return "object_store", "set by sync.backend"
     if config.backend != "auto":
-        return config.backend, "set by sync.backend"
+        return "collective", f"set by sync.backend ({config.backend})"
     try:
         import torch.distributed as dist
 
@@ -126,21 +146,56 @@ def resolve_backend(config: SyncConfig) -> tuple[str, str]:
     except ImportError:
         usable = False
     if usable:
-        return "collective", "auto: torch.distributed has gloo"
+        return "collective", "auto: data planes chosen per link (NCCL between GPUs, IPC on a shared device, gloo)"
     return "object_store", "auto: torch.distributed has no gloo backend here"
+
+
+def expected_links(transport: str, senders: list[dict], receivers: list[dict],
+                   shared_memory: bool = True) -> dict[str, int]:
+    """Links by data plane that a sync from ``senders`` to ``receivers`` (their :class:`MemberDevice` dicts, as
+    ready() reports them) will take under ``transport``; :class:`WeightTransferError` when it cannot be met.
+    Assumes a receiver on a sender's machine can map its shared-memory file (checked again at each rendezvous)."""
+    members = [MemberDevice(**m) for m in receivers]
+    links: Counter = Counter()
+    for rank, sender in enumerate(senders):
+        sender = MemberDevice(**sender)
+        visible = [shared_memory and m.machine == sender.machine for m in members]
+        links.update(plan_links(transport, sender, members, visible, sender_rank=rank))
+    return dict(links)
+
+
+def receiver_counts(replicas: Any) -> list[int]:
+    """Receiving processes of each replica (a tensor-parallel vLLM replica: one per worker)."""
+    counts = getattr(replicas, "receivers_per_replica", None)
+    return list(counts) if counts else [1] * len(replicas.actors)
+
+
+def first_receivers(counts: list[int], indices: list[int]) -> list[int]:
+    """The first receiver index of each chosen replica (in ``indices`` order) when replica i has ``counts[i]``
+    receiving workers: consecutive ranges, so receivers 0..Σ-1 are each taken exactly once."""
+    firsts, first = [], 0
+    for replica in indices:
+        if counts[replica] < 1:
+            raise ValueError(f"replica {replica} has {counts[replica]} receiving workers")
+        firsts.append(first)
+        first += counts[replica]
+    return firsts
 
 
 def start_receivers(replicas: Any, version: int, endpoint: TransferEndpoint, manifest: SyncManifest,
                     indices: list[int] | None = None) -> list[tuple[str, Any]]:
-    """Start ``receive_weights`` on the replica group's chosen actors (all by default), in order, as receivers
-    0..R-1 of ``endpoint``; returns ``(replica name, ObjectRef of its report)`` to wait on with the senders."""
+    """Start ``receive_weights`` on the replica group's chosen actors (all by default), in order; each replica
+    gets as many consecutive receiver ranks as it has receiving workers, starting at the index passed to it.
+    Returns ``(replica name, ObjectRef of its report)`` to wait on with the senders."""
     indices = list(range(len(replicas.actors))) if indices is None else list(indices)
-    if endpoint.num_receivers != len(indices):
-        raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, not {len(indices)}")
+    counts = receiver_counts(replicas)
+    wanted = sum(counts[i] for i in indices)
+    if endpoint.num_receivers != wanted:
+        raise ValueError(f"the endpoint expects {endpoint.num_receivers} receivers, the replicas have {wanted}")
     manifest_data = manifest.to_dict()
-    return [(replicas.names[replica],
-             replicas.actors[replica].receive_weights.remote(version, endpoint, index, manifest_data))
-            for index, replica in enumerate(indices)]
+    return [(replicas.names[replica], replicas.actors[replica].receive_weights.remote(version, endpoint, first,
+                                                                                        manifest_data))
+            for replica, first in zip(indices, first_receivers(counts, indices))]
 
 
 class WeightSync:
@@ -155,6 +210,11 @@ class WeightSync:
             raise ValueError("weight sync needs at least one learner rank")
         self.model, self.learner, self.replicas = model, learner, replicas
         self.config, self.timeout_s, self.backend, self.wire_dtype = config, float(timeout_s), backend, wire_dtype
+        self.transport = TRANSPORT_OF_BACKEND.get(config.backend, "auto")
+        self.links: dict[str, int] = {}
+        """Links by data plane the collective is expected to take (from where every member keeps its weights)."""
+        if backend == "collective":
+            self.links = self._check_links()
         self.delta, self.probe_tokens, self.lora_learner = delta, probe_tokens, lora_learner
         self._lora_base_holders: set[int] = set()
         """Replicas that hold the LoRA base tensors (sent on their first adapter sync)."""
@@ -166,6 +226,18 @@ class WeightSync:
     @property
     def num_replicas(self) -> int:
         return len(self.replicas.actors)
+
+    def _check_links(self) -> dict[str, int]:
+        """The planes this model's syncs will take, from the members' ready() reports; an impossible
+        ``sync.backend`` (``nccl`` with a CPU member, ``ipc`` across devices) fails here, before any step."""
+        senders = [info.get("sync_member") for info in getattr(self.learner, "info", None) or []]
+        receivers = [m for members in getattr(self.replicas, "sync_members", None) or [] for m in members]
+        if not senders or not receivers or None in senders:
+            return {}
+        try:
+            return expected_links(self.transport, senders, receivers, self.config.shared_memory)
+        except WeightTransferError as exc:
+            raise WeightSyncError(f"{self.model} weight sync cannot start: {exc}") from exc
 
     # ----------------------------------------------------------------------------------------------- verbs
     def sync(self, version: int) -> SyncReport:
@@ -210,8 +282,11 @@ class WeightSync:
     def _through_object_store(self, version: int) -> SyncReport:
         started = time.perf_counter()
         # Every rank takes part in gathering a sharded learner's weights; rank 0 puts them into the store.
-        method = "weights_ref" if self.model == "critic" else "sampler_weights_ref"
-        gathered = self.learner.call(method, timeout_s=self.timeout_s, what="weight gather")[0]
+        if self.model == "critic":  # gathered once, cast to what the replicas serve as it is gathered
+            gathered = self.learner.call("weights_ref", self.wire_dtype, timeout_s=self.timeout_s,
+                                         what="weight gather")[0]
+        else:  # the sampling adapter, float32 as the learner computes v_old with it
+            gathered = self.learner.call("sampler_weights_ref", timeout_s=self.timeout_s, what="adapter gather")[0]
         if self.model == "critic":
             learner_version, ref, digest, nbytes = gathered
             self._check_version(learner_version, version)
@@ -227,8 +302,10 @@ class WeightSync:
     def _collective(self, version: int, replicas: list[int], *, resend: bool) -> SyncReport:
         started = time.perf_counter()
         cfg = self.config
+        counts = receiver_counts(self.replicas)
         request = SyncRequest(
-            num_receivers=len(replicas), timeout_s=self.timeout_s, bucket_bytes=cfg.bucket_mb << 20,
+            num_receivers=sum(counts[i] for i in replicas), timeout_s=self.timeout_s,
+            bucket_bytes=cfg.bucket_mb << 20, transport=self.transport,
             wire_dtype=self.wire_dtype, version=version if resend else None,
             lora_adapter=cfg.critic_lora == "adapter",
             lora_base=self.lora_learner and not set(replicas) <= self._lora_base_holders,
@@ -259,9 +336,13 @@ class WeightSync:
         if manifest.kind == "full" and manifest.delta_keep:
             self._delta_version = version
         probes = [r.get("probe_abs_diff") for r in received.values() if r.get("probe_abs_diff") is not None]
+        links: Counter = Counter()
+        for report in sent:
+            links.update(report.links)
         return SyncReport(version=version, path="collective", seconds=time.perf_counter() - started,
                           replicas=len(replicas), bytes_per_replica=sum(r.bytes_sent for r in sent),
-                          full_model_bytes=int(full_bytes), probe_abs_diff=max(probes) if probes else None)
+                          full_model_bytes=int(full_bytes), probe_abs_diff=max(probes) if probes else None,
+                          links=dict(links))
 
     def _await(self, calls: list[tuple[str, Any]], version: int) -> dict[str, Any]:
         """Results of every participant's call, or an error naming those that failed or never finished.
@@ -341,12 +422,15 @@ def _first_line(exc: BaseException) -> str:
     return message.strip()
 
 
-def announce(backend: str, reason: str) -> None:
-    """Say once, at start, which path weights take."""
-    line = f"[photocrafter] weight sync: {backend} ({reason})"
+def announce(backend: str, reason: str, links: dict[str, dict[str, int]] | None = None) -> None:
+    """Say once, at start, which path weights take (and, for the collective, each model's links by plane)."""
+    planes = "; ".join(f"{model}: " + ", ".join(f"{count} {plane}" for plane, count in sorted(by_plane.items()))
+                       for model, by_plane in (links or {}).items() if by_plane)
+    line = f"[photocrafter] weight sync: {backend} ({reason})" + (f"; links {planes}" if planes else "")
     logger.info(line)
     print(line, file=sys.stderr)
 
 
-__all__ = ["ReplicasLostDuringSync", "SyncReport", "SyncRequest", "WeightSync", "WeightSyncError", "announce",
-           "resolve_backend"]
+__all__ = ["ReplicasLostDuringSync", "SyncReport", "SyncRequest", "TRANSPORT_OF_BACKEND", "WeightSync",
+           "WeightSyncError", "announce", "expected_links", "first_receivers", "receiver_counts", "resolve_backend",
+           "start_receivers"]

@@ -9,8 +9,9 @@ Owns what both ends of a sync must agree on, and nothing else:
   sender rank that holds those rows (rank r holds chunk r under ``torch.chunk`` semantics, as FSDP2 shards a
   parameter), and the pieces are packed in manifest order into buckets of at most ``bucket_bytes`` — so no rank
   ever gathers the whole model, and staging memory on every side is bounded by the bucket size;
-- bucket checksums: the wrapping sum of a bucket's 32-bit words, carried in the bucket's 8-byte trailer and
-  re-computed on receipt (one pass over the bytes, no hashing of the payload);
+- bucket checksums: the wrapping (mod 2**64) sum of a bucket's 64-bit words, carried in the bucket's 8-byte
+  trailer and re-computed on receipt, on whichever device holds the bucket (one pass over the bytes at memory
+  speed, no hashing of the payload);
 - delta encoding (:attr:`SyncManifest.delta_from`): each piece travels dense, sparse (int32 indices + values) or
   not at all when it did not change since the version both sides hold;
 - the layout of a delta bucket (:func:`layout_from_header`).
@@ -41,6 +42,30 @@ MAX_BUCKET_BYTES = 1 << 31
 """Sparse indices are int32, so a piece (at most one bucket) must stay below 2**31 bytes."""
 
 
+TRANSPORTS = ("auto", "nccl", "gloo", "ipc")
+"""What a sync may ask of its data planes (``sync.backend`` without ``object_store``): ``auto`` chooses per link
+(see :mod:`rollout.sync.links`), the others require that plane for every link that can take it."""
+PIPELINE_DEPTH = 2
+"""Buckets in flight per sender: bucket k+1 is packed and travels while receivers load bucket k."""
+
+
+PROBE_TOLERANCE_16BIT = 0.1
+"""Default probe tolerance (mean |Δ log p|, nats) when the learner or the replica computes in bf16/fp16: about
+three times the largest published trainer-vs-vLLM gap in bf16 (mean 0.011–0.036, RMS 0.03–0.04 nats;
+docs/design/weight-sync.md), far below what wrong weights give (nats)."""
+PROBE_TOLERANCE_FLOAT32 = 0.01
+"""Default probe tolerance when both sides compute in float32 (measured here ≤ 1.5e-7 on CPU; a published fp32
+cross-engine floor on GPU is 0.0022 RMS)."""
+
+
+def default_probe_tolerance(serving_dtype: str, learner_computes_16bit: bool) -> float:
+    """The probe tolerance for a replica serving ``serving_dtype`` against a learner that computes in 16 bits or
+    not: the coarser of the two decides."""
+    if learner_computes_16bit or ITEMSIZE.get(serving_dtype, 4) < 4:
+        return PROBE_TOLERANCE_16BIT
+    return PROBE_TOLERANCE_FLOAT32
+
+
 class WeightTransferError(RuntimeError):
     """A transfer failed: a rank never joined, a broadcast timed out, or a bucket arrived corrupted."""
 
@@ -60,8 +85,19 @@ class TransferEndpoint:
     """Bound on every wait: the rendezvous, and each bucket's broadcast."""
     shared_memory: bool = True
     """Senders may offer their buckets through shared memory to receivers on their machine."""
+    transport: str = "auto"
+    """The data planes this sync may use (:data:`TRANSPORTS`); every member applies the same rule to the
+    descriptors all members publish at the rendezvous, so they agree on each link's plane."""
+    pipeline_depth: int = PIPELINE_DEPTH
+    """Buckets in flight per sender (1: each bucket is delivered and loaded before the next one is sent)."""
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """Key prefix of this sync's groups in the store (a store may outlive a failed sync)."""
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
+        if self.pipeline_depth < 1:
+            raise ValueError(f"pipeline_depth must be at least 1, got {self.pipeline_depth}")
 
     def receiver_rank(self, index: int) -> int:
         """The global rank of receiver ``index``."""
@@ -245,13 +281,20 @@ def plan_buckets(manifest: SyncManifest) -> list[Bucket]:
 
 
 # ----------------------------------------------------------------------------------------------- checksums
-def bucket_checksum(payload) -> int:
-    """Wrapping sum of the payload's 32-bit words (the payload length is a multiple of 8)."""
+def device_checksum(payload):
+    """The payload's checksum as a 0-dim int64 tensor on the payload's device, without waiting for it: the sum of
+    its 64-bit words, wrapping mod 2**64 (the payload length is a multiple of 8). A sum of 64-bit words runs at
+    memory speed on CPUs and GPUs; summing 32-bit words into int64 was ~60x slower on CPU (a widening pass)."""
     import torch
 
     if payload.numel() == 0:
-        return 0
-    return int(torch.sum(payload.view(torch.int32), dtype=torch.int64))
+        return torch.zeros((), dtype=torch.int64, device=payload.device)
+    return torch.sum(payload.view(torch.int64))
+
+
+def bucket_checksum(payload) -> int:
+    """:func:`device_checksum` as a Python int (waits for the device)."""
+    return int(device_checksum(payload))
 
 
 def combine_checksums(checksums: Mapping[tuple[int, int], int]) -> str:
@@ -264,7 +307,7 @@ def combine_checksums(checksums: Mapping[tuple[int, int], int]) -> str:
 
 
 def tensor_digest(state: Mapping[str, Any]) -> str:
-    """Cheap content digest of a state dict (name, shape, dtype and the 32-bit word sum of each tensor): one
+    """Cheap content digest of a state dict (name, shape, dtype and the 64-bit word sum of each tensor): one
     pass over the bytes, used where weights travel through the object store instead of buckets."""
     import numpy as np
     import torch

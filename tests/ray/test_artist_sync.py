@@ -84,8 +84,9 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
         metrics = learner.collect(learner.launch_update(groups), timeout_s=300, what="update")
         assert metrics["learner/nft/skipped"] == 0.0 and metrics["learner/nft/version"] == 1.0
 
+        # As for a bf16 DiT: the adapter still travels in float32, as the learner computes v_old with it.
         sync = WeightSync("artist", learner, samplers, config=SyncConfig(backend="collective"), timeout_s=60.0,
-                          backend="collective", wire_dtype=samplers.serving_dtype)
+                          backend="collective", wire_dtype="bfloat16")
         started = time.perf_counter()
         report = sync.sync(1)
         sync_s = time.perf_counter() - started
@@ -94,6 +95,13 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
         assert report.path == "collective" and samplers.policy_versions() == [1] and samplers.version == 1
         # The adapter in fp32 plus one 8-byte checksum trailer per bucket: nothing else crosses the wire.
         assert info["sync_bytes"] < report.bytes_per_replica <= info["sync_bytes"] + 8 * 16
+        served = ray.get(samplers.actors[0].__ray_call__.remote(
+            lambda actor: {n: p.detach().clone() for n, p in actor._adapter_parameters(4).items()}))
+        published = ray.get(learner.ranks[0].__ray_call__.remote(
+            lambda rank: {n.removeprefix("base_model.model."): t.clone()
+                          for n, t in rank.learner.published_sampling_adapter(1)[1].items()}))
+        assert served.keys() == published.keys()
+        assert all(served[n].dtype == torch.float32 and torch.equal(served[n], published[n]) for n in served)
 
         after = samplers.sample(tasks, critiques, conditionings, k=K, step=0)  # same seeds, new weights
         assert {e.artist_version for e in after} == {1}

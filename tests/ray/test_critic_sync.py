@@ -261,3 +261,29 @@ def test_a_replica_that_never_joins_fails_the_sync_within_the_timeout_naming_it(
         print(f"stalled sync raised after {elapsed:.1f} s (timeout 8 s): {str(info.value)[:160]}")
     finally:
         learner.shutdown()
+
+
+def test_object_store_fallback_sends_the_serving_dtype_gathered_once(group, ray_local, embedded_models):
+    """sync.backend object_store for a bf16 fleet: the sharded learner gathers its weights once, rank 0 alone keeps
+    them, cast to bf16 as they are gathered, and every replica fetches exactly the bf16 serving bytes."""
+    from rollout.sync.weight_sync import WeightSync
+    from rollout.sync.weight_transport import tensor_digest
+
+    ray = ray_local
+    learner = _learner_group(embedded_models, lora=False, ranks=2)
+    try:
+        # Every rank takes part in the gathers; only rank 0 answers with the weights, the other keeps nothing.
+        (version, ref, digest, nbytes), other = learner.call("weights_ref", "bfloat16", what="weight gather")
+        weights = ray.get(ref)
+        serving_bytes = sum(t.numel() for t in weights.values()) * 2
+        assert {t.dtype for t in weights.values()} == {torch.bfloat16} and nbytes == serving_bytes
+        assert tensor_digest(weights) == digest and other is None
+        sync = WeightSync("critic", learner, group, config=SyncConfig(backend="object_store"), timeout_s=60.0,
+                          backend="object_store", wire_dtype="bfloat16")
+        report = sync.sync(version)
+        assert report.path == "object_store" and report.bytes_per_replica == serving_bytes
+        assert group.generate(TASKS[:1], n=1, step=0)[0].policy_version == version
+        print(f"object-store fallback: {serving_bytes / 1e6:.2f} MB of bf16 per replica in {report.seconds:.2f} s "
+              f"(the fp32 masters are {2 * serving_bytes / 1e6:.2f} MB)")
+    finally:
+        learner.shutdown()

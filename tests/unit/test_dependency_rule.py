@@ -10,8 +10,12 @@ PACKAGES = ("rollout", "rewards", "critic_actor", "artist_actor", "learner")
 # Modules of `rollout` that a model or reward package may import: the records, the config types, the start-up
 # waits every actor owner shares, and the weight-sync wire protocol that learner ranks (senders) and replicas
 # (receivers) share. Each is a leaf (tested below).
+SYNC_PROTOCOL = {"rollout.sync.weight_transport", "rollout.sync.links", "rollout.sync.buffers",
+                 "rollout.sync.data_planes", "rollout.sync.transfer_group", "rollout.sync.receiving"}
+"""The weight-sync modules both ends import: the wire protocol, the plane rule, the planes and their memory, the
+groups, the receiving loop."""
 ROLLOUT_LEAVES = {"rollout.records.types", "rollout.records.config_base", "rollout.cluster.startup",
-                  "rollout.cluster.recovery", "rollout.sync.weight_transport", "rollout.sync.transfer_group"}
+                  "rollout.cluster.recovery", *SYNC_PROTOCOL}
 # Driver-only heavy packages that must never be imported at module level by modules the driver imports.
 HEAVY = {"vllm", "lpips"}
 # Plugins that only vLLM's own workers import (the weight-transfer engine registered with vLLM's factory): they
@@ -59,12 +63,13 @@ def test_the_shared_recovery_is_a_leaf():
 
 def test_the_weight_transport_is_a_leaf():
     """Senders and receivers share it, so it may not pull in Ray, vLLM or any other package of ours."""
-    allowed = {"__future__", "collections", "dataclasses", "datetime", "hashlib", "math", "os", "socket", "typing",
-               "uuid", "numpy", "torch"}
-    for name in ("weight_transport.py", "transfer_group.py"):
-        for module, top_level in _imports(ROOT / "rollout" / "sync" / name):
-            assert module.split(".")[0] in allowed or module == "rollout.sync.weight_transport", module
-            assert not top_level or module.split(".")[0] != "torch", f"torch at module level: {module}"
+    allowed = {"__future__", "collections", "contextlib", "dataclasses", "datetime", "hashlib", "json", "math", "os",
+               "pickle", "re", "socket", "threading", "time", "typing", "uuid", "numpy", "torch"}
+    for module_name in SYNC_PROTOCOL:
+        path = ROOT / (module_name.replace(".", "/") + ".py")
+        for module, top_level in _imports(path):
+            assert module.split(".")[0] in allowed or module in SYNC_PROTOCOL, f"{path.name}: {module}"
+            assert not top_level or module.split(".")[0] != "torch", f"{path.name}: torch at module level: {module}"
 
 
 def test_rewards_and_actors_import_only_records_and_config_from_rollout():

@@ -1,5 +1,5 @@
 """The GPU environment as a cluster gets it: the node image (Dockerfile) installs the `gpu` extra in one resolve,
-the launcher config and the KubeRay RayJob run that image, and the set resolves against PyPI.
+the launcher config and the KubeRay RayJob (kuberay_rayjob.yaml) run that image, and the set resolves against PyPI.
 
 The resolver test asks pip for the image's own install line (read from the Dockerfile, so the two cannot drift
 apart) with ``--dry-run --report``: nothing is installed. It needs PyPI and takes a minute or two.
@@ -112,9 +112,8 @@ def test_launcher_and_rayjob_run_the_image_and_mount_the_data():
     ray_pin = project_pins()["ray"]
     assert any(f"ray.__version__ == '{ray_pin}'" in c for c in launcher["setup_commands"])
 
-    cluster_doc = (PROJECT_ROOT / "docs" / "cluster.md").read_text()
-    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", cluster_doc, re.S)]
-    (rayjob,) = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "RayJob"]
+    rayjob = yaml.safe_load((PROJECT_ROOT / "kuberay_rayjob.yaml").read_text())
+    assert rayjob["kind"] == "RayJob" and "kuberay_rayjob.yaml" in (PROJECT_ROOT / "docs" / "cluster.md").read_text()
     spec = rayjob["spec"]["rayClusterSpec"]
     assert spec["rayVersion"] == ray_pin
     pods = [spec["headGroupSpec"]["template"]] + [group["template"] for group in spec["workerGroupSpecs"]]

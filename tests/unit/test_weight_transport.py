@@ -88,7 +88,8 @@ def _sender(rank: int, fsdp_port: int, endpoints: "mp.Queue", results: "mp.Queue
 
 
 def _receiver(index: int, endpoints: "mp.Queue", results: "mp.Queue") -> None:
-    from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
+    from rollout.sync.receiving import Receipt, receive_tensors
+    from rollout.sync.transfer_group import TransferGroup
 
     torch.set_num_threads(1)
     mirror: dict = {}
@@ -206,7 +207,8 @@ def _lone_sender(endpoints: "mp.Queue", results: "mp.Queue") -> None:
 
 def _joining_receiver(endpoints: "mp.Queue", results: "mp.Queue") -> None:
     from rollout.sync.weight_transport import WeightTransferError
-    from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
+    from rollout.sync.receiving import Receipt, receive_tensors
+    from rollout.sync.transfer_group import TransferGroup
 
     endpoint = endpoints.get(timeout=60)
     manifest = SyncManifest(version=1, tensors=(TensorSpec("w", (4, 4)),), wire_dtype="float32", num_senders=1,
