@@ -260,16 +260,20 @@ class Split:
 
     def describe(self) -> str:
         if self.critic_colocated:
-            critic = f"critic colocated on {self.critic_learner} GPUs (a replica and a learner rank on each)"
+            critic = f"critic colocated on {_count(self.critic_learner, 'GPU')} (a replica and a learner rank on each)"
         else:
-            critic = (f"critic disaggregated: {self.replicas} replicas × {self.gpus_per_replica:g} GPU, learner on "
-                      f"{self.critic_learner}")
+            critic = (f"critic disaggregated: {_count(self.replicas, 'replica')} × {self.gpus_per_replica:g} GPU, "
+                      f"learner on {_count(self.critic_learner, 'GPU')}")
         if self.artist_colocated:
-            artist = f"artist colocated on {self.artist_learner} GPUs (a sampler and a learner rank on each)"
+            artist = f"artist colocated on {_count(self.artist_learner, 'GPU')} (a sampler and a learner rank on each)"
         else:
-            artist = (f"artist disaggregated: {self.samplers} samplers × {self.gpus_per_sampler:g} GPU, learner on "
-                      f"{self.artist_learner}")
+            artist = (f"artist disaggregated: {_count(self.samplers, 'sampler')} × {self.gpus_per_sampler:g} GPU, "
+                      f"learner on {_count(self.artist_learner, 'GPU')}")
         return f"{critic}; {artist}"
+
+
+def _count(n: float, noun: str) -> str:
+    return f"{n:g} {noun}{'' if n == 1 else 's'}"
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -466,13 +470,13 @@ def stage_estimates(work: StepWork, split: Split, cap, switch_seconds: dict[str,
     in_place = "copied in place on each GPU at"
     stages = [
         StageEstimate("critic_rollout", split.rollout_gpus, rollout,
-                      f"{w.critiques} critiques × {w.new_tokens} tokens on {split.replicas} replicas; "
+                      f"{w.critiques} critiques × {w.new_tokens} tokens on {_count(split.replicas, 'replica')}; "
                       f"{_giga(per_token)}/token, {w.critic_weight_bytes / 1e9:.1f} GB of weights read per decode step"),
         StageEstimate("prepare", split.critic_learner, prepare,
                       f"{w.critiques}×{w.prepare_forwards} forwards of {w.prompt_tokens + w.new_tokens:.0f} tokens, "
                       f"{_giga(w.critic_forward)} each"),
         StageEstimate("artist_sample", split.sampler_gpus, sample,
-                      f"{w.edits} edits × {w.sample_evaluations} DiT forwards on {split.samplers} samplers; "
+                      f"{w.edits} edits × {w.sample_evaluations} DiT forwards on {_count(split.samplers, 'sampler')}; "
                       f"{_giga(w.dit_forward)}/forward at {int(w.image_tokens)} image + {w.text_tokens:.0f} text "
                       f"tokens"),
         StageEstimate("rescore", split.rollout_gpus, rescore, f"{w.edits} greedy re-scores × {w.rescore_tokens} tokens"),

@@ -72,7 +72,7 @@ class Proposal:
                  f"({self.evaluated} splits weighed; step of trainer.max_staleness)"]
         rows = [("placement", "split", "step s", "idle", "edits/GPU/s")]
         if current is not None:
-            rows.append(("configured", _split_cells(current.split), f"{current.step_s:.1f}",
+            rows.append((f"configured ({current.total_gpus:g} GPUs)", _split_cells(current.split), f"{current.step_s:.1f}",
                          f"{100 * current.idle:.0f} %", f"{current.edits_per_gpu_second:.3f}"))
         for placement, candidate in sorted(self.per_placement.items()):
             name = _placement_name(*placement) + ("  <- proposed" if candidate is self.best else "")
@@ -164,21 +164,19 @@ def pools_to_split(placement: tuple[bool, bool], pools: tuple[int, ...], replica
                    sampler_gpus: int) -> Split:
     """A split from pool sizes: (critic shared | replicas, critic learner) + (artist shared | samplers, artist
     learner), replicas and samplers counted in actors of ``replica_gpus`` / ``sampler_gpus`` GPUs."""
-    critic_colocated, artist_colocated = placement
     values = list(pools)
-    if critic_colocated:
-        shared = values.pop(0)
-        replicas, per_replica, critic_learner = shared, 1.0, shared
-    else:
-        replicas, critic_learner = values.pop(0), values.pop(0)
-        per_replica = float(replica_gpus)
-    if artist_colocated:
-        shared = values.pop(0)
-        samplers, per_sampler, artist_learner = shared, 1.0, shared
-    else:
-        samplers, artist_learner = values.pop(0), values.pop(0)
-        per_sampler = float(sampler_gpus)
-    return Split(critic_colocated=critic_colocated, artist_colocated=artist_colocated, replicas=replicas,
+
+    def model(colocated: bool, gpus_per_actor: int) -> tuple[int, float, int]:
+        """(serving actors, GPUs each, learner GPUs) of one model, taking its pools from ``values``."""
+        if colocated:
+            shared = values.pop(0)
+            return shared, 1.0, shared
+        actors, learner = values.pop(0), values.pop(0)
+        return actors, float(gpus_per_actor), learner
+
+    replicas, per_replica, critic_learner = model(placement[0], replica_gpus)
+    samplers, per_sampler, artist_learner = model(placement[1], sampler_gpus)
+    return Split(critic_colocated=placement[0], artist_colocated=placement[1], replicas=replicas,
                  gpus_per_replica=per_replica, critic_learner=critic_learner, samplers=samplers,
                  gpus_per_sampler=per_sampler, artist_learner=artist_learner)
 
