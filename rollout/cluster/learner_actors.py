@@ -14,7 +14,10 @@ Owns the actor-side glue of one rank, so weights and hidden states stay out of t
 - checkpoints are written by the ranks themselves into the checkpoint directory (shared storage on a cluster):
   each its shards of the learner state, rank 0 the small metadata and this process's RNG states (a resumed CPU
   run reproduces the uninterrupted one);
-- compute time inside each call is reported, so the controller can measure its own orchestration overhead.
+- compute time inside each call is reported, so the controller can measure its own orchestration overhead;
+- taking turns with a colocated replica on the same GPU: ``release`` (with ``offload``: the weights and optimizer
+  state to host memory, as verl's hybrid engine offloads its FSDP actor) and ``wake``, each reporting the process's
+  memory around it; a verb that computes brings an offloaded rank back first.
 
 The learning math stays in ``learner/``; placement and fan-out are the groups' (:mod:`rollout.cluster.learner_groups`).
 Every method that touches the model is called on every rank by the group (collectives inside).
@@ -72,6 +75,7 @@ class LearnerRank(ABC):
         self.learner: Any = None
         self._sender = None
         self._payload: dict[str, Any] | None = None
+        self._offloaded = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.role}-{self.rank}, world={self.world_size}, learner={self.learner!r})"
@@ -99,9 +103,50 @@ class LearnerRank(ABC):
     def _build(self, context: ParallelContext):
         """The learner this rank runs, on ``context``."""
 
+    @abstractmethod
+    def _device_state(self) -> tuple[list[Any], Any]:
+        """(the modules whose weights live on this rank's device, the optimizer) — what an offload moves."""
+
+    # ----------------------------------------------------------------------------- turns on a shared GPU
+    def release(self, offload: bool) -> dict[str, Any]:
+        """Give the GPU to the replica sharing it: free activations and caches and, with ``offload`` on a GPU, move
+        the weights and optimizer state to host memory; the memory report around it."""
+        from rollout.cluster.residency import measured
+
+        def change() -> str:
+            if not offload or self.learner.parallel.device.type != "cuda":
+                return "activations and caches"
+            self._move("cpu")
+            self._offloaded = True
+            return "weights and optimizer state to host"
+
+        return measured(f"{self.role}-{self.rank}", "release", change)
+
+    def wake(self) -> dict[str, Any]:
+        """Take the GPU back: offloaded weights and optimizer state return to it."""
+        from rollout.cluster.residency import measured
+
+        return measured(f"{self.role}-{self.rank}", "wake", self._resident)
+
+    def _resident(self) -> str:
+        if not self._offloaded:
+            return "resident"
+        self._move(self.learner.parallel.device)
+        self._offloaded = False
+        return "weights and optimizer state to the GPU"
+
+    def _move(self, device: Any) -> None:
+        from rollout.cluster.residency import move_optimizer_state
+
+        modules, optimizer = self._device_state()
+        for module in modules:
+            module.to(device)
+        move_optimizer_state(optimizer, device)
+
     def save_checkpoint(self, directory: str) -> None:
         from rollout.checkpoint import save_state_tree
 
+        self._resident()  # the shards are written by collectives on the rank's device
         self.learner.save_state(directory)
         if self.rank == 0:
             save_state_tree(_rng_state(), directory, f"{self.role.replace('-', '_')}_rng")
@@ -109,6 +154,7 @@ class LearnerRank(ABC):
     def load_checkpoint(self, directory: str) -> None:
         from rollout.checkpoint import load_state_tree
 
+        self._resident()
         self.learner.load_state(directory)
         # Rank 0's RNG states, on every rank: nothing rank-specific is drawn from them (per-sample noise has
         # its own seeds), and a resumed run may have another number of ranks.
@@ -177,10 +223,15 @@ class CriticLearnerRank(LearnerRank):
     def _build(self, context: ParallelContext) -> CriticLearner:
         return CriticLearner(self._model_path, self._config, parallel=context, **self._learner_kwargs)
 
+    def _device_state(self) -> tuple[list[Any], Any]:
+        modules = [self.learner.policy] + ([self.learner.reference] if self.learner.reference is not None else [])
+        return modules, self.learner.optimizer
+
     def prepare(self, critiques, padding) -> tuple[list, dict[str, float]]:
         """Prepare this rank's critiques, keep them here, return (conditionings with H_c refs, metrics)."""
         import ray
 
+        self._resident()
         start = time.perf_counter()
         prepared = self.learner.prepare(critiques, padding=padding)
         conditionings = [replace(c, hidden=ray.put(c.hidden)) for c in prepared.conditionings]
@@ -193,6 +244,7 @@ class CriticLearnerRank(LearnerRank):
         """GRPO update of every group on the critiques the last ``prepare`` gave this rank."""
         if self._prepared is None:
             raise RuntimeError("update called before prepare")
+        self._resident()
         start = time.perf_counter()
         metrics = self.learner.update(groups, self._prepared)
         self._prepared = None
@@ -209,6 +261,7 @@ class CriticLearnerRank(LearnerRank):
 
         from rollout.sync.weight_transport import tensor_digest
 
+        self._resident()
         weights = self.learner.get_weights()
         if self.rank != 0:
             return None
@@ -223,6 +276,7 @@ class CriticLearnerRank(LearnerRank):
         from learner.lora import adapter_sync_state
         from rollout.sync.weight_transport import LoraSpec, ProbeSpec
 
+        self._resident()
         learner = self.learner
         if request.version is not None and request.version != learner.policy_version:
             raise RuntimeError(f"critic learner holds version {learner.policy_version}, cannot re-send "
@@ -268,7 +322,11 @@ class ArtistLearnerRank(LearnerRank):
         return ArtistLearner(self._artist_path, self._config, self._artist_config, parallel=context,
                              **self._learner_kwargs)
 
+    def _device_state(self) -> tuple[list[Any], Any]:
+        return [self.learner.transformer], self.learner.optimizer
+
     def update(self, groups) -> dict[str, float]:
+        self._resident()
         start = time.perf_counter()
         metrics = self.learner.update(groups)
         metrics["time/actor/artist_update_s"] = time.perf_counter() - start
@@ -282,6 +340,7 @@ class ArtistLearnerRank(LearnerRank):
         other ranks (they take part in gathering the adapter)."""
         import ray
 
+        self._resident()
         version, tensors = self.learner.get_sampler_weights()
         if self.rank != 0:
             return None
@@ -292,6 +351,7 @@ class ArtistLearnerRank(LearnerRank):
         """Describe a collective sync of the sampling adapter: the current one, or the published version
         ``request.version`` names (a restarted sampler during an overlapped update gets the version the others
         serve). Rank 0 returns the sync's endpoint and manifest."""
+        self._resident()
         learner = self.learner
         version = learner.version if request.version is None else request.version
         shapes, local = learner.published_sampling_adapter(version)

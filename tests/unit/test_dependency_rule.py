@@ -8,10 +8,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("rollout", "rewards", "critic_actor", "artist_actor", "learner")
 # Modules of `rollout` that a model or reward package may import: the records, the config types, the start-up
-# waits every actor owner shares, and the weight-sync wire protocol that learner ranks (senders) and replicas
-# (receivers) share. Each is a leaf (tested below).
+# waits every actor owner shares, the memory readings colocated actors report at a change of turn, and the
+# weight-sync wire protocol that learner ranks (senders) and replicas (receivers) share. Each is a leaf (tested
+# below).
 ROLLOUT_LEAVES = {"rollout.records.types", "rollout.records.config_base", "rollout.cluster.startup",
-                  "rollout.sync.weight_transport", "rollout.sync.transfer_group"}
+                  "rollout.cluster.residency", "rollout.sync.weight_transport", "rollout.sync.transfer_group"}
 # Driver-only heavy packages that must never be imported at module level by modules the driver imports.
 HEAVY = {"vllm", "lpips"}
 # Plugins that only vLLM's own workers import (the weight-transfer engine registered with vLLM's factory): they
@@ -47,6 +48,13 @@ def test_startup_is_a_leaf():
         head = module.split(".")[0]
         assert head in {"__future__", "collections", "dataclasses", "logging", "os", "sys", "time", "typing"} or (
             head in {"ray", "torch"} and not top_level), module
+
+
+def test_the_memory_readings_are_a_leaf():
+    for module, top_level in _imports(ROOT / "rollout" / "cluster" / "residency.py"):
+        head = module.split(".")[0]
+        assert head in {"__future__", "ctypes", "dataclasses", "gc", "os", "sys", "time", "typing"} or (
+            head in {"torch", "resource"} and not top_level), module
 
 
 def test_the_weight_transport_is_a_leaf():
