@@ -65,7 +65,8 @@ class ArtistSamplerGroup:
             wait_for_placement(self.placement_group, "artist-sampler", self.startup)
         else:
             shared.check("artist-sampler", config.num_samplers)
-            self.placement_group, bundles, gpus = shared.placement_group, list(shared.bundle_indices), shared.gpus_per_actor
+            self.placement_group, gpus = shared.placement_group, shared.gpus_per_actor
+            bundles = list(shared.bundle_indices)
         remote_actor = ray.remote(ArtistSamplerActor)
         self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
         self.actors = [

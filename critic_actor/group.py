@@ -1,9 +1,10 @@
 """CriticRolloutGroup: the driver-side owner of N CriticRolloutActor replicas.
 
 Owns creating the replicas as Ray actors (named ``critic-rollout-<i>``, resources from config, packed in one
-placement group, or one in each bundle of the critic learner when colocated), splitting requests across them, weight sync through the object store with a timeout and a
-check that every replica received the same weights (a collective sync is driven by ``rollout.sync.weight_sync``, which
-starts each replica's ``receive_weights``), and reporting health. It must not hold model weights or images
+placement group, or one in each bundle of the critic learner when colocated), splitting requests across them,
+weight sync through the object store with a timeout and a check that every replica received the same weights (a
+collective sync is driven by ``rollout.sync.weight_sync``, which starts each replica's ``receive_weights``), and
+reporting health. It must not hold model weights or images
 itself: state and images travel through the object store or the collective.
 """
 
@@ -56,7 +57,8 @@ class CriticRolloutGroup:
             wait_for_placement(self.placement_group, ROLE, self.startup)
         else:
             shared.check(ROLE, config.num_replicas)
-            self.placement_group, bundles, gpus = shared.placement_group, list(shared.bundle_indices), shared.gpus_per_actor
+            self.placement_group, gpus = shared.placement_group, shared.gpus_per_actor
+            bundles = list(shared.bundle_indices)
         remote_cls = ray.remote(CriticRolloutActor)
         self.names = [f"{namespace_prefix}{ROLE}-{i}" for i in range(config.num_replicas)]
         # The engine reads these at start (in-process engine core, KV-cache size, offline hub); forward the
