@@ -136,10 +136,17 @@ class LearnerRank(ABC):
         return "weights and optimizer state to the GPU"
 
     def _move(self, device: Any) -> None:
+        from torch.distributed.fsdp import FSDPModule
+
         from rollout.cluster.residency import move_optimizer_state
 
         modules, optimizer = self._device_state()
         for module in modules:
+            # FSDP2 leaves a unit that does not reshard after forward (the root) holding whole plain tensors, which
+            # ``to`` cannot turn back into shards: reshard every unit first (a no-op where already sharded).
+            for unit in module.modules():
+                if isinstance(unit, FSDPModule):
+                    unit.reshard()
             module.to(device)
         move_optimizer_state(optimizer, device)
 
