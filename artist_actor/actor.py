@@ -9,6 +9,11 @@ whole (object store) or received bucket by bucket from the learner's ranks (``re
 path of :mod:`rollout.sync.weight_transport`); the adapter is float32 whatever the DiT's dtype, as the learner's is,
 so a bf16 sampler serves exactly the learner's v_old.
 
+A sampler colocated with an artist-learner rank (one GPU, taking turns) frees its activations on ``release``
+— and moves the DiT to host memory when the learner's peak would not fit beside it (``offload``) — and takes the
+GPU back on ``wake``; in between it refuses to sample. Both report the process's memory around the change
+(:mod:`rollout.cluster.residency`).
+
 A plain class: ``ArtistSamplerGroup`` applies ``ray.remote``; unit tests construct it directly. It must not
 train, score or talk to other actors.
 """
@@ -137,6 +142,8 @@ class ArtistSamplerActor:
         self.images_as_refs = images_as_refs
         self._version = 0
         self._lora_rank: int | None = None
+        self._released = False
+        self._offloaded = False
 
     def ready(self) -> dict[str, Any]:
         """Identity and what the replica serves; returns once the model is loaded."""
@@ -165,6 +172,8 @@ class ArtistSamplerActor:
         """
         from artist_actor.sampler import EditRequest
 
+        if self._released:
+            raise RuntimeError(f"{self!r} released its GPU for the learner's turn; wake it before it samples")
         k = int(k or self.config.edits_per_critique)
         photos = {task.task_id: task for task in tasks}
         result = ArtistSampleResult()
@@ -267,6 +276,40 @@ class ArtistSamplerActor:
         return {"policy_version": version, "digest": receipt.digest, "bytes_received": receipt.bytes_received,
                 "tensors": receipt.tensors, "links": receipt.links}
 
+    # ------------------------------------------------------------------ turns on a shared GPU
+    def release(self, offload: bool = False) -> dict[str, Any]:
+        """Give the shared GPU to the learner: free the activations and caches, and with ``offload`` move the DiT
+        and codec to host memory (on a CPU there is nothing to move); the memory report around it."""
+        from rollout.cluster.residency import measured
+
+        def change() -> str:
+            self._released = True
+            if offload and self.model.device.type == "cuda":
+                self._device = self.model.device
+                self.model.transformer.to("cpu")
+                _codec_to(self.model.codec, "cpu")
+                self._offloaded = True
+                return "DiT and codec to host"
+            return "activations and caches"
+
+        return measured(f"artist-sampler-{self.index}", "release", change)
+
+    def wake(self, tags: Sequence[str] = ("weights", "kv_cache")) -> dict[str, Any]:
+        """Take the shared GPU back: the DiT returns to it when it was offloaded (``weights`` in ``tags``); a
+        sampler samples again once woken for anything else too (it keeps no cache between calls)."""
+        from rollout.cluster.residency import measured
+
+        def change() -> str:
+            how = "awake"
+            if self._offloaded and "weights" in tags:
+                self.model.transformer.to(self._device)
+                _codec_to(self.model.codec, self._device)
+                self._offloaded, how = False, "DiT and codec to the GPU"
+            self._released = self._offloaded
+            return how
+
+        return measured(f"artist-sampler-{self.index}", "wake", change)
+
     def _adapter_parameters(self, rank: int) -> dict[str, Any]:
         transformer = self.model.transformer
         if self._lora_rank is None:
@@ -295,6 +338,12 @@ class ArtistSamplerActor:
     def __repr__(self) -> str:
         # getattr: Ray formats a constructor's failure with repr, before the version exists.
         return f"ArtistSamplerActor(artist-sampler-{self.index}, policy_version={getattr(self, '_version', None)})"
+
+
+def _codec_to(codec: Any, device: Any) -> None:
+    vae = getattr(codec, "vae", None)  # the pixel-unshuffle codec holds no weights
+    if vae is not None:
+        vae.to(device)
 
 
 def _adapter_free(name: str) -> str:

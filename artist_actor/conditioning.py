@@ -238,3 +238,22 @@ def predict_velocity(
         x0_prediction = cond.image_latents + output
         return (latents.to(dtype) - x0_prediction) / timestep.view(-1, *([1] * (output.ndim - 1)))
     return output
+
+
+def guided_velocity(transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor | float,
+                    cond: ArtistConditioning, scale: float) -> torch.Tensor:
+    """Classifier-free guidance as the Qwen-Image-Edit pipeline applies it: the unconditional branch sees a single
+    all-zero H_c token (same condition image), v = v_u + scale·(v_c − v_u), renormalised per token to the
+    conditional velocity's norm. Two DiT forwards; at ``scale`` ≤ 1 only the conditional one. Gradients flow
+    when enabled (a learner that trains the guided velocity goes through here)."""
+    conditional = predict_velocity(transformer, latents, sigma, cond)
+    if scale <= 1.0:
+        return conditional
+    batch = cond.hidden.shape[0]
+    null = ArtistConditioning(hidden=cond.hidden.new_zeros(batch, 1, cond.hidden.shape[2]),
+                              mask=cond.mask.new_ones(batch, 1), image_latents=cond.image_latents, grid=cond.grid)
+    conditional = conditional.float()
+    unconditional = predict_velocity(transformer, latents, sigma, null).float()
+    combined = unconditional + scale * (conditional - unconditional)
+    norm_ratio = conditional.norm(dim=-1, keepdim=True) / combined.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return combined * norm_ratio

@@ -1,6 +1,7 @@
 """ArtistSamplerGroup: the driver-side owner of M ArtistSamplerActor replicas.
 
-Owns the replicas' placement group (one bundle per replica, SPREAD so replicas land on different GPUs/nodes),
+Owns the replicas' placement group (one bundle per replica, SPREAD so replicas land on different GPUs/nodes; or,
+colocated, one replica in each bundle of the artist learner),
 their Ray names (``artist-sampler-<i>``), fanning work out and back in, and weight sync through the object store
 with a deadline (a collective sync is driven by ``rollout.sync.weight_sync``, which starts each replica's
 ``receive_weights``). Work is balanced by splitting the critiques into M contiguous shares of near-equal size
@@ -22,7 +23,8 @@ from typing import Any
 from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
 from rollout.cluster.recovery import RestartableActors
-from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
+from rollout.cluster.startup import (SharedBundles, StartupLimits, foreground_runtime_env, wait_for_placement,
+                                    wait_until_ready)
 from rollout.records.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
 
 logger = logging.getLogger(__name__)
@@ -42,30 +44,40 @@ class ArtistSamplerGroup:
         namespace: str | None = None,
         max_restarts: int = 2,
         startup: StartupLimits | None = None,
+        shared: SharedBundles | None = None,
     ):
+        """``shared``: the artist learner's bundles, one sampler beside each rank on its GPU (colocated); None
+        places the samplers in a placement group of their own."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.config = config
+        self.shared = shared
         self.sync_timeout_s = sync_timeout_s
         self.sample_timeout_s = sample_timeout_s
         self.startup = startup or StartupLimits()
         self.rejected: list[RejectedRecord] = []
         """Every critique the replicas refused so far (the controller counts and logs them)."""
-        bundle = {"CPU": config.cpus_per_sampler}
-        if config.gpus_per_sampler:
-            bundle["GPU"] = config.gpus_per_sampler
-        self.placement_group = placement_group([dict(bundle) for _ in range(config.num_samplers)], strategy="SPREAD")
-        wait_for_placement(self.placement_group, "artist-sampler", self.startup)
+        gpus, bundles = config.gpus_per_sampler, list(range(config.num_samplers))
+        if shared is None:
+            bundle = {"CPU": config.cpus_per_sampler}
+            if config.gpus_per_sampler:
+                bundle["GPU"] = config.gpus_per_sampler
+            self.placement_group = placement_group([dict(bundle) for _ in bundles], strategy="SPREAD")
+            wait_for_placement(self.placement_group, "artist-sampler", self.startup)
+        else:
+            shared.check("artist-sampler", config.num_samplers)
+            self.placement_group, gpus = shared.placement_group, shared.gpus_per_actor
+            bundles = list(shared.bundle_indices)
         remote_actor = ray.remote(ArtistSamplerActor)
         self.names = [f"artist-sampler-{index}" for index in range(config.num_samplers)]
         self.actors = [
             remote_actor.options(
                 name=self.names[index], namespace=namespace, num_cpus=config.cpus_per_sampler,
-                num_gpus=config.gpus_per_sampler, max_restarts=max_restarts, max_task_retries=0,
+                num_gpus=gpus, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.placement_group, placement_group_bundle_index=index),
+                    placement_group=self.placement_group, placement_group_bundle_index=bundles[index]),
                 runtime_env=foreground_runtime_env(),
             ).remote(index, str(artist_path), config.model_dump(), lora_alpha=lora_alpha,
                      num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True,
@@ -224,7 +236,8 @@ class ArtistSamplerGroup:
 
         for actor in self.actors:
             ray.kill(actor)
-        remove_placement_group(self.placement_group)
+        if self.shared is None:  # shared bundles are removed by the role that holds them
+            remove_placement_group(self.placement_group)
 
     def __repr__(self) -> str:
         return f"ArtistSamplerGroup({len(self.actors)} replicas)"

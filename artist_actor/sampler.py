@@ -15,7 +15,7 @@ Solvers (flow convention x_σ = (1 − σ)·x0 + σ·ε, v = ε − x0, x̂0 = x
   (σ = 0, λ = +∞) returns x̂0, first order, as DPM-Solver++ does. Coefficients are computed in float64.
 Both take one DiT call per step. CFG is off at guidance 1.0; above it, the unconditional branch sees a single
 all-zero H_c token and the guided velocity is renormalised per token to the conditional one's norm, as the
-Qwen-Image-Edit pipeline does.
+Qwen-Image-Edit pipeline does (``artist_actor.conditioning.guided_velocity``, which the learner shares).
 
 It must not know about Ray, records or rewards: ``ArtistSamplerActor`` adapts records to requests.
 """
@@ -37,8 +37,8 @@ from artist_actor.conditioning import (
     ConditioningError,
     build_conditioning,
     flow_match_sigmas,
+    guided_velocity,
     pad_hidden_states,
-    predict_velocity,
     unpack_latents,
 )
 from artist_actor.model import ArtistModel
@@ -217,21 +217,5 @@ class FlowMatchSampler:
         ]
 
     def _velocity_fn(self, cond: ArtistConditioning) -> VelocityFn:
-        transformer = self.model.transformer
-        if self.guidance_scale <= 1.0:
-            return lambda x, sigma: predict_velocity(transformer, x, sigma, cond)
-        batch = cond.hidden.shape[0]
-        null = ArtistConditioning(
-            hidden=cond.hidden.new_zeros(batch, 1, cond.hidden.shape[2]),
-            mask=cond.mask.new_ones(batch, 1),
-            image_latents=cond.image_latents, grid=cond.grid)
-        scale = self.guidance_scale
-
-        def guided(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            conditional = predict_velocity(transformer, x, sigma, cond).float()
-            unconditional = predict_velocity(transformer, x, sigma, null).float()
-            combined = unconditional + scale * (conditional - unconditional)
-            norm_ratio = conditional.norm(dim=-1, keepdim=True) / combined.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return combined * norm_ratio
-
-        return guided
+        transformer, scale = self.model.transformer, self.guidance_scale
+        return lambda x, sigma: guided_velocity(transformer, x, sigma, cond, scale)

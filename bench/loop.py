@@ -1,5 +1,7 @@
 """Benchmark of the coordinated loop on the embedded config: per-stage breakdown, orchestration overhead,
-and synchronous vs overlapped (``trainer.max_staleness: 1``) step time.
+synchronous vs overlapped (``trainer.max_staleness: 1``) step time, and disaggregated vs colocated placement
+(``placement.critic`` / ``placement.artist: colocated``: each learner rank shares its bundle with a replica or
+sampler and they take turns, synchronous loop) with the seconds its changes of turn cost.
 
 Orchestration overhead = the fraction of a step's wall time (train step + logging) during which no Ray task or
 actor method was executing anywhere in the cluster, i.e. time spent only in the controller: scheduling,
@@ -50,12 +52,20 @@ def task_intervals() -> list[tuple[float, float]]:
             if t.start_time_ms and t.end_time_ms and t.type in ("ACTOR_TASK", "NORMAL_TASK")]
 
 
-def run_loop(staleness: int, steps: int, out_dir: Path) -> tuple[list[dict], list[tuple[float, float]]]:
+MODES = {
+    "synchronous": ["trainer.max_staleness=0"],
+    "overlapped": ["trainer.max_staleness=1"],
+    "colocated": ["trainer.max_staleness=0", "placement.critic=colocated", "placement.artist=colocated"],
+}
+"""The loops compared: every role on its own resources (synchronous, overlapped) and both models colocated."""
+
+
+def run_loop(mode: str, steps: int, out_dir: Path) -> tuple[list[dict], list[tuple[float, float]]]:
     from rollout.controller import Controller
 
-    config = load_config(DEFAULT_CONFIG, [f"trainer.steps={steps}", f"trainer.max_staleness={staleness}",
+    config = load_config(DEFAULT_CONFIG, [f"trainer.steps={steps}", *MODES[mode],
                                           "tracking.sample_grid_every=0", f"trainer.output_dir={out_dir}"])
-    name = f"bench-loop-s{staleness}"
+    name = f"bench-loop-{mode}"
     run_dir = out_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
     controller = Controller(config, run_dir=run_dir, run_name=name)
@@ -86,29 +96,37 @@ def main() -> int:
     ray.init(address="local", num_cpus=8, include_dashboard=True, log_to_driver=False)
     out_dir = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     results = {}
-    for staleness in (0, 1):
-        per_step, windows = run_loop(staleness, args.steps, out_dir)
+    for mode in MODES:
+        per_step, windows = run_loop(mode, args.steps, out_dir)
         time.sleep(2.0)  # task events reach the state API asynchronously
         intervals = task_intervals()
         measured = list(zip(per_step, windows))[1:]  # drop warm-up (engine/JIT first use)
         overheads = [1.0 - busy_seconds(intervals, a, b) / (b - a) for _, (a, b) in measured]
-        results[staleness] = {
+        results[mode] = {
             "step_s": statistics.mean(b - a for _, (a, b) in measured),
             "overhead": statistics.mean(overheads),
             "stages": {s: statistics.mean(m.get(f"time/stage/{s}_s", 0.0) for m, _ in measured) for s in STAGES},
+            "switch_s": statistics.mean(sum(v for k, v in m.items() if k.endswith("/switch_s")) for m, _ in measured),
+            "released_mb": {k.removeprefix("colocation/"): statistics.mean(m.get(k, 0.0) for m, _ in measured)
+                            for k in measured[0][0] if k.endswith("_released_mb")},
         }
     ray.shutdown()
 
-    sync, over = results[0], results[1]
     print(f"\nembedded config, {args.steps - 1} measured steps per mode (after 1 warm-up), 2-core CPU\n")
-    print(f"{'stage':<16}{'sync s':>10}{'overlap s':>11}")
+    print(f"{'stage':<16}" + "".join(f"{mode + ' s':>16}" for mode in MODES))
     for stage in STAGES:
-        print(f"{stage:<16}{sync['stages'][stage]:>10.3f}{over['stages'][stage]:>11.3f}")
-    print(f"{'step (wall)':<16}{sync['step_s']:>10.3f}{over['step_s']:>11.3f}")
-    print(f"\norchestration overhead (no task running anywhere): sync {100 * sync['overhead']:.1f} %, "
-          f"overlapped {100 * over['overhead']:.1f} % of step time")
+        print(f"{stage:<16}" + "".join(f"{results[mode]['stages'][stage]:>16.3f}" for mode in MODES))
+    print(f"{'changes of turn':<16}" + "".join(f"{results[mode]['switch_s']:>16.3f}" for mode in MODES))
+    print(f"{'step (wall)':<16}" + "".join(f"{results[mode]['step_s']:>16.3f}" for mode in MODES))
+    print("\norchestration overhead (no task running anywhere): " + ", ".join(
+        f"{mode} {100 * results[mode]['overhead']:.1f} %" for mode in MODES) + " of step time")
+    sync, over, coloc = (results[mode] for mode in MODES)
     print(f"overlapped / synchronous step time: {over['step_s'] / sync['step_s']:.3f} "
           f"({'faster' if over['step_s'] < sync['step_s'] else 'slower'})")
+    print(f"colocated / disaggregated (synchronous) step time: {coloc['step_s'] / sync['step_s']:.3f} "
+          f"({'faster' if coloc['step_s'] < sync['step_s'] else 'slower'})")
+    print("memory given back per release, mean (MiB of resident set): " + ", ".join(
+        f"{key} {value:.1f}" for key, value in sorted(coloc["released_mb"].items())))
     return 0
 
 

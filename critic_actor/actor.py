@@ -6,6 +6,11 @@ the weights it holds, and the translation between records (:class:`~rollout.reco
 are resolved and resized into the configured pixel bounds here, and the resized array is stored on each
 ``Critique`` so the learner's forward sees exactly the engine's input.
 
+A replica colocated with a learner rank (one GPU, taking turns) gives the GPU up on :meth:`CriticRolloutActor.release`
+— vLLM sleeps: weights to host memory, KV cache freed — and takes it back on :meth:`CriticRolloutActor.wake`
+(``weights`` before an in-place sync, ``kv_cache`` before serving); in between it refuses to generate. Both
+report the process's memory around the change (:mod:`rollout.cluster.residency`).
+
 Weights arrive two ways: a whole state dict through the object store (:meth:`CriticRolloutActor.set_weights`),
 or a collective sync the replica joins as one receiver (:meth:`CriticRolloutActor.receive_weights`: buckets
 from every learner rank, a full model, a LoRA adapter or a delta; see :mod:`rollout.sync.weight_transport`). Either
@@ -50,7 +55,9 @@ class CriticRolloutActor:
     """Samples G critiques per photo with the current critic weights; re-scores edits greedily."""
 
     def __init__(self, model_path: str | Path, config: CriticConfig | None = None, index: int = 0,
-                 sync_timeout_s: float = 120.0, *, cpu_fallback: bool = False):
+                 sync_timeout_s: float = 120.0, *, cpu_fallback: bool = False, colocated: bool = False):
+        """``colocated``: this replica shares its GPU with a learner rank and takes turns with it (on CUDA, vLLM
+        starts in sleep mode)."""
         from critic_actor.model import load_critic_processor, resolve_dtype, vision_special_token_ids
 
         self.config = config or CriticConfig()
@@ -62,6 +69,9 @@ class CriticRolloutActor:
         self._version = 0
         self._stale_reason = ""
         self._received_digest = ""
+        self.colocated = colocated
+        self._asleep: set[str] = set()
+        """What is released for the learner's turn: ``weights`` and ``kv_cache`` after :meth:`release`."""
         self._stats = {"generate_calls": 0, "responses": 0, "completion_tokens": 0, "generate_s": 0.0,
                        "rescored": 0, "syncs": 0, "last_sync_s": 0.0}
         processor = load_critic_processor(model_path, self.config.min_pixels, self.config.max_pixels)
@@ -87,7 +97,7 @@ class CriticRolloutActor:
             return VLLMCriticEngine(self.model_path, **common, seed=c.seed + self.index,
                                     tensor_parallel_size=tensor_parallel,
                                     gpu_memory_utilization=c.gpu_memory_utilization, enforce_eager=c.enforce_eager,
-                                    max_model_len=c.max_model_len)
+                                    max_model_len=c.max_model_len, sleep_mode=self.colocated and self.device == "cuda")
         from critic_actor.engines import TransformersCriticEngine
 
         return TransformersCriticEngine(self.model_path, **common, device=self.device)
@@ -202,6 +212,9 @@ class CriticRolloutActor:
         self._check_version(version)
         if manifest.version != version:
             raise ValueError(f"manifest is for version {manifest.version}, not {version}")
+        if "weights" in self._asleep:
+            raise RuntimeError(f"{self!r}: its weights are released for the learner's turn; wake('weights') "
+                               f"before an in-place sync")
         if manifest.kind == "full":
             self._check_state(version, {t.name: t.shape for t in manifest.tensors})
         started = time.perf_counter()
@@ -283,6 +296,35 @@ class CriticRolloutActor:
     def _refuse_if_stale(self) -> None:
         if self._stale_reason:
             raise WeightSyncError(f"{self!r} refuses to serve: {self._stale_reason}")
+        if self._asleep:
+            raise RuntimeError(f"{self!r} released its GPU for the learner's turn ({', '.join(sorted(self._asleep))}); "
+                               f"wake it before it serves")
+
+    # ------------------------------------------------------------------ turns on a shared GPU
+    def release(self, offload: bool = True) -> dict[str, Any]:
+        """Give the shared GPU to the learner: the engine frees what it can (``offload``: vLLM sleeps, its weights
+        to host memory; otherwise its caches only); the memory report around it."""
+        from rollout.cluster.residency import measured
+
+        def change() -> str:
+            how = self.engine.release() if offload else "caches"
+            self._asleep = {"weights", "kv_cache"} if offload else {"kv_cache"}
+            return how
+
+        return measured(f"{ROLE}-{self.index}", "release", change)
+
+    def wake(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> dict[str, Any]:
+        """Take back what ``tags`` names (``weights`` first for an in-place sync, then ``kv_cache`` to serve)."""
+        from rollout.cluster.residency import measured
+
+        wanted = [tag for tag in tags if tag in self._asleep]
+
+        def change() -> str:
+            how = self.engine.wake(wanted) if wanted else "awake"
+            self._asleep -= set(wanted)
+            return how
+
+        return measured(f"{ROLE}-{self.index}", "wake", change)
 
     def shutdown(self) -> None:
         self.engine.shutdown()

@@ -78,6 +78,10 @@ class CriticEngine(Protocol):
 
     def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray: ...
 
+    def release(self) -> str: ...
+
+    def wake(self, tags: Sequence[str]) -> str: ...
+
     def shutdown(self) -> None: ...
 
 
@@ -153,7 +157,10 @@ class VLLMCriticEngine:
 
     def __init__(self, model_path: str | Path, *, dtype: str, min_pixels: int, max_pixels: int,
                  suppressed_token_ids: list[int], seed: int = 0, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, max_model_len: int | None = None):
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, max_model_len: int | None = None,
+                 sleep_mode: bool = False):
+        """``sleep_mode``: the replica shares its GPU with a learner rank (colocated) and sleeps through the
+        learner's turns; vLLM needs it at start, and has it on CUDA only."""
         _quiet_import_notices()
         from vllm import LLM
         from vllm.config import WeightTransferConfig
@@ -169,6 +176,7 @@ class VLLMCriticEngine:
         # its placement-group bundle, and inside a placement group vLLM would otherwise pick its Ray executor,
         # whose worker actors then wait for GPUs that bundle no longer has.
         executor = {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
+        self.sleep_mode = sleep_mode
         self.llm = LLM(
             model=str(model_path),
             dtype=str(torch_dtype).removeprefix("torch."),
@@ -188,6 +196,7 @@ class VLLMCriticEngine:
             # The run decides whether loaders draw progress bars (rollout.env: off unless verbose).
             use_tqdm_on_load=os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "") != "1",
             **executor,
+            **({"enable_sleep_mode": True} if sleep_mode else {}),
         )
         # vLLM's CPU worker replaces torch.set_num_threads with a function that skips the call and logs a
         # warning; libraries in this process call it on every request, which floods the job log with a
@@ -253,6 +262,22 @@ class VLLMCriticEngine:
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
 
+    def release(self) -> str:
+        """The learner's turn on this GPU: sleep level 1 (weights to host memory, KV cache freed) in sleep mode;
+        without it (vLLM's CPU build has none) only the prefix, encoder and multi-modal caches go."""
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+            return "vllm sleep level 1 (weights to host, KV cache freed)"
+        self._drop_caches()
+        return "caches (vLLM has no sleep mode here)"
+
+    def wake(self, tags: Sequence[str]) -> str:
+        """Reallocate what ``tags`` names (``weights`` before an in-place sync, ``kv_cache`` before serving)."""
+        if not self.sleep_mode:
+            return "nothing slept"
+        self.llm.wake_up(tags=list(tags))
+        return f"vllm wake_up {'+'.join(tags)}"
+
     def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:
         """log p(token_ids[i] | token_ids[:i]) for i ≥ 1 under the served weights (raw logits, temperature 1)."""
         from vllm import SamplingParams
@@ -284,6 +309,7 @@ class TransformersCriticEngine:
         self.model, _ = load_critic(model_path, dtype=dtype, device=device)
         self.processor = load_critic_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self._weights = ReplicaWeights(model_names=frozenset(self.model.state_dict()))
+        self._device = self.model.device
         self._suppressed = list(suppressed_token_ids)
         eos = self.model.generation_config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos])
@@ -367,6 +393,19 @@ class TransformersCriticEngine:
                 "tensors_received": receipt.tensors, "tensors_loaded": report.tensors_loaded,
                 "lora_modules_bound": report.lora_modules_bound, "links": receipt.links, "workers": 1,
                 "lora_modules_expected": report.lora_modules_expected}
+
+    def release(self) -> str:
+        """The learner's turn on this GPU: the weights go to host memory (on a CPU there is nothing to move)."""
+        if self._device.type != "cuda":
+            return "caches (weights already in host memory)"
+        self.model.to("cpu")
+        return "weights to host"
+
+    def wake(self, tags: Sequence[str]) -> str:
+        if self._device.type != "cuda" or "weights" not in tags:
+            return "nothing slept"
+        self.model.to(self._device)
+        return "weights to the GPU"
 
     def prompt_log_probs(self, token_ids: Sequence[int]) -> np.ndarray:
         """log p(token_ids[i] | token_ids[:i]) for i ≥ 1 under the loaded weights (raw logits, temperature 1)."""

@@ -1,9 +1,10 @@
 """CriticRolloutGroup: the driver-side owner of N CriticRolloutActor replicas.
 
 Owns creating the replicas as Ray actors (named ``critic-rollout-<i>``, resources from config, packed in one
-placement group), splitting requests across them, weight sync through the object store with a timeout and a
-check that every replica received the same weights (a collective sync is driven by ``rollout.sync.weight_sync``, which
-starts each replica's ``receive_weights``), and reporting health. It must not hold model weights or images
+placement group, or one in each bundle of the critic learner when colocated), splitting requests across them,
+weight sync through the object store with a timeout and a check that every replica received the same weights (a
+collective sync is driven by ``rollout.sync.weight_sync``, which starts each replica's ``receive_weights``), and
+reporting health. It must not hold model weights or images
 itself: state and images travel through the object store or the collective.
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 
 from critic_actor.config import CriticConfig
 from rollout.cluster.recovery import RestartableActors
-from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
+from rollout.cluster.startup import (SharedBundles, StartupLimits, foreground_runtime_env, wait_for_placement,
+                                    wait_until_ready)
 from rollout.records.types import Critique, PhotoTask
 from rollout.sync.weight_transport import tensor_digest
 
@@ -32,7 +34,10 @@ class CriticRolloutGroup:
     """N critic rollout replicas behind one generate / rescore / set_weights interface."""
 
     def __init__(self, model_path: str | Path, config: CriticConfig, *, sync_timeout_s: float = 120.0,
-                 namespace_prefix: str = "", startup: StartupLimits | None = None, max_restarts: int = 3):
+                 namespace_prefix: str = "", startup: StartupLimits | None = None, max_restarts: int = 3,
+                 shared: SharedBundles | None = None):
+        """``shared``: the critic learner's bundles, one replica beside each rank on its GPU (colocated); None
+        places the replicas in a placement group of their own."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -42,12 +47,19 @@ class CriticRolloutGroup:
         self.config = config
         self.sync_timeout_s = sync_timeout_s
         self.startup = startup or StartupLimits()
-        bundle = {"CPU": config.cpus_per_replica}
-        if config.gpus_per_replica > 0:
-            bundle["GPU"] = config.gpus_per_replica
-        # PACK keeps replicas (and a replica's tensor-parallel ranks) close without requiring one node.
-        self.placement_group = placement_group([dict(bundle) for _ in range(config.num_replicas)], strategy="PACK")
-        wait_for_placement(self.placement_group, ROLE, self.startup)
+        self.shared = shared
+        gpus, bundles = config.gpus_per_replica, list(range(config.num_replicas))
+        if shared is None:
+            bundle = {"CPU": config.cpus_per_replica}
+            if config.gpus_per_replica > 0:
+                bundle["GPU"] = config.gpus_per_replica
+            # PACK keeps replicas (and a replica's tensor-parallel ranks) close without requiring one node.
+            self.placement_group = placement_group([dict(bundle) for _ in bundles], strategy="PACK")
+            wait_for_placement(self.placement_group, ROLE, self.startup)
+        else:
+            shared.check(ROLE, config.num_replicas)
+            self.placement_group, gpus = shared.placement_group, shared.gpus_per_actor
+            bundles = list(shared.bundle_indices)
         remote_cls = ray.remote(CriticRolloutActor)
         self.names = [f"{namespace_prefix}{ROLE}-{i}" for i in range(config.num_replicas)]
         # The engine reads these at start (in-process engine core, KV-cache size, offline hub); forward the
@@ -56,11 +68,12 @@ class CriticRolloutGroup:
         self.actors = [
             remote_cls.options(
                 name=self.names[i], num_cpus=config.cpus_per_replica,
-                num_gpus=config.gpus_per_replica, max_restarts=max_restarts, max_task_retries=0,
+                num_gpus=gpus, max_restarts=max_restarts, max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
-                                                                     placement_group_bundle_index=i),
+                                                                     placement_group_bundle_index=bundles[i]),
                 runtime_env=foreground_runtime_env(env_vars),
-            ).remote(str(model_path), config, i, sync_timeout_s, cpu_fallback=self.startup.cpu_fallback)
+            ).remote(str(model_path), config, i, sync_timeout_s, cpu_fallback=self.startup.cpu_fallback,
+                     colocated=shared is not None)
             for i in range(config.num_replicas)
         ]
         self.ready_info = wait_until_ready([a.ready.remote() for a in self.actors], self.names, self.startup)
@@ -218,4 +231,5 @@ class CriticRolloutGroup:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-        remove_placement_group(self.placement_group)
+        if self.shared is None:  # shared bundles are removed by the role that holds them
+            remove_placement_group(self.placement_group)

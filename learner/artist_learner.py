@@ -155,6 +155,11 @@ class ArtistLearner:
                                      weight_decay=self.config.weight_decay)
         self.loss_fn = DiffusionNFTLoss(beta=self.config.beta, adv_clip_max=self.config.adv_clip_max,
                                         kl_coef=self.config.kl_coef)
+        guided = self.artist_config.guidance_scale > 1.0
+        train_cfg = guided if self.config.train_cfg == "auto" else bool(self.config.train_cfg)
+        self.training_guidance = self.artist_config.guidance_scale if train_cfg else 1.0
+        """Guidance scale of the velocities the loss compares (1 = the conditional velocity alone): the samplers'
+        own scale when the guided velocity is trained (``learner.artist.train_cfg``), so v_old is their policy."""
         self.ema = AdapterEMA(adapter_parameters(self.transformer, TRAINED_ADAPTER), cap=self.config.ema_decay)
         self.step = 0
         """Optimizer steps taken (drives the old-policy decay and the EMA decay)."""
@@ -363,8 +368,9 @@ class ArtistLearner:
     def _unit_terms(self, unit: _Unit, items: list[_TrainingSample], timesteps: list[torch.Tensor], cond,
                     sampling_policy):
         """The NFT loss terms of one forward/backward pass: the micro-batch noised to the unit's timestep, v_old
-        from the adapter the edits were sampled with, v_ref from the base (when KL is on), v_θ with gradients."""
-        from artist_actor.conditioning import predict_velocity
+        from the adapter the edits were sampled with, v_ref from the base (when KL is on), v_θ with gradients; each
+        the guided velocity (two forwards) when the samplers' guidance is trained."""
+        from artist_actor.conditioning import guided_velocity
 
         device = self.parallel.device
         x0 = torch.stack([s.x0 for s in items]).to(device)
@@ -377,14 +383,15 @@ class ArtistLearner:
         noise = torch.stack([self._noise(s, unit.column) for s in items]).to(device)
         t_b = t.view(-1, 1, 1)
         xt = (1.0 - t_b) * x0 + t_b * noise
+        scale = self.training_guidance
         with torch.no_grad():
             with sampling_policy(items[0].version):
-                v_old = predict_velocity(self.transformer, xt, t, cond)
+                v_old = guided_velocity(self.transformer, xt, t, cond, scale)
             v_ref = None
-            if self.loss_fn.kl_coef > 0:
+            if self.loss_fn.kl_coef > 0:  # without a KL term the reference forward is skipped altogether
                 with adapters_disabled(self.transformer):
-                    v_ref = predict_velocity(self.transformer, xt, t, cond)
-        v_theta = predict_velocity(self.transformer, xt, t, cond)
+                    v_ref = guided_velocity(self.transformer, xt, t, cond, scale)
+        v_theta = guided_velocity(self.transformer, xt, t, cond, scale)
         return self.loss_fn(x0=x0, xt=xt, t=t, v_theta=v_theta, v_old=v_old, optimality=r, v_ref=v_ref)
 
     # ------------------------------------------------------------------------------- sampling versions

@@ -93,7 +93,14 @@ class ArtistLearnerConfig(ConfigModel):
     beta: float = Field(1.0, gt=0.0, le=10.0)
     """NFT guidance strength β in v± = (1∓β)·v_old ± β·v_θ (ALGORITHMS.md §1.3)."""
     kl_coef: float = Field(1e-4, ge=0.0, le=10.0)
-    """Coefficient of ‖v_θ − v_ref‖²."""
+    """Coefficient of ‖v_θ − v_ref‖². 0 drops the reference forward from every trained timestep (one DiT
+    forward of 4 + 1 with gradient checkpointing; the time plan counts it)."""
+    train_cfg: bool | Literal["auto"] = "auto"
+    """Train the classifier-free-guided velocity (conditional and unconditional forward at every pass, twice the
+    update's cost) or the conditional one alone. ``auto`` = exactly when the samplers guide
+    (``artist.guidance_scale`` > 1), so v_old is the policy that made the edits; without guidance there is
+    nothing to train it on. false with guidance trains the conditional velocity only (DiffusionNFT's CFG-free
+    training, half the cost)."""
     adv_clip_max: float = Field(5.0, gt=0.0, le=100.0)
     """Advantage clip before mapping to an optimality probability."""
     old_decay_type: Literal[0, 1, 2] = 1
@@ -101,7 +108,9 @@ class ArtistLearnerConfig(ConfigModel):
     ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
     """Cap of the EMA decay min((1+step)/(10+step), ema_decay) used for eval and checkpoints."""
     timestep_fraction: float = Field(0.99, gt=0.0, le=1.0)
-    """Fraction of the sampler's schedule points used as training timesteps per sample."""
+    """Fraction of the sampler's ODE steps trained per edit: ⌊num_steps × fraction⌋ timesteps (at least one),
+    each drawn at random from the edit's own schedule. The update's cost is linear in it (the time plan counts
+    it); 0.99 trains 5 of 6 steps as the DiffusionNFT and Flow-GRPO references do, 0.5 halves the update."""
     group_by: Literal["auto", "critique", "photo"] = "auto"
     """Reward normalisation group: per (photo, critique), per photo, or ``auto`` — per (photo, critique) when
     ``artist.edits_per_critique`` ≥ 4, else per photo, since a mean over fewer edits makes the advantage

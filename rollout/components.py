@@ -1,9 +1,11 @@
 """The run's distributed components, built from config, behind the verbs the controller uses.
 
 Owns creation and teardown of every actor of a run (critic rollout group, artist sampler group, reward pool,
-critic and artist learner groups — each group placing its own actors — and the Ray tasks that load photos), the
-weight-sync owner of each model (``rollout.sync.weight_sync.WeightSync``), and the translation between the
-controller's records and each component's requests. It adds no learning logic.
+critic and artist learner groups — each group placing its own actors, a colocated model's replicas inside its
+learner's bundles — and the Ray tasks that load photos), the weight-sync owner of each model
+(``rollout.sync.weight_sync.WeightSync``), each model's turns on its GPUs (``rollout.cluster.colocation``: a stage
+first gives the GPUs to the role that runs it), and the translation between the controller's records and each
+component's requests. It adds no learning logic.
 
 Photos are read and validated by Ray tasks (``_load_task_images``) whose results stay in the object store:
 the controller sees only ObjectRefs and the per-record verdict.
@@ -77,6 +79,7 @@ class Components:
         from artist_actor.group import ArtistSamplerGroup
         from critic_actor.group import CriticRolloutGroup
         from rewards.pool import RewardPool
+        from rollout.cluster.colocation import ColocatedGpus, DedicatedGpus
         from rollout.cluster.learner_groups import ArtistLearnerGroup, CriticLearnerGroup
         from rollout.models import resolve_model_paths
         from rollout.cluster.placement import plan_resources
@@ -85,7 +88,8 @@ class Components:
 
         self.config = config
         # Before any actor exists: the plan against the live nodes (refused here, naming the role and the knob).
-        check_live_cluster(plan_resources(config), config.cluster)
+        resources = plan_resources(config)
+        check_live_cluster(resources, config.cluster)
         startup = StartupLimits.from_config(config.cluster)
         critic_path, artist_path = resolve_model_paths(config)
         self.critic_path, self.artist_path = critic_path, artist_path
@@ -98,36 +102,64 @@ class Components:
         # packed on as few nodes as possible); they do not restart in place: the controller restores them from
         # the last checkpoint.
         lc, la = config.learner.critic, config.learner.artist
+        self.critic_colocated = config.placement.critic == "colocated"
+        self.artist_colocated = config.placement.artist == "colocated"
+        # A colocated model's learner holds one bundle per GPU with room for a replica beside each rank.
         self.critic_learner = CriticLearnerGroup(
-            str(critic_path), lc, num_threads=1, startup=startup, learner_kwargs={
+            str(critic_path), lc, num_threads=1, startup=startup,
+            colocated_cpus=config.critic.cpus_per_replica if self.critic_colocated else None, learner_kwargs={
                 "min_pixels": config.critic.min_pixels, "max_pixels": config.critic.max_pixels,
                 "temperature": config.critic.temperature, "max_new_tokens": config.critic.max_new_tokens,
                 "seed": config.trainer.seed})
         self.artist_learner = ArtistLearnerGroup(
-            str(artist_path), la, config.artist, num_threads=1, startup=startup, learner_kwargs={
+            str(artist_path), la, config.artist, num_threads=1, startup=startup,
+            colocated_cpus=config.artist.cpus_per_sampler if self.artist_colocated else None, learner_kwargs={
                 "seed": config.trainer.seed, "kept_versions": config.trainer.max_staleness + 1})
+        critic_turns, artist_turns = resources.turns.get("critic"), resources.turns.get("artist")
+        # The replicas load beside a learner that has already let go of what it need not hold while they serve.
+        critic_offload = critic_turns.learner_offloads if critic_turns else True
+        artist_offload = artist_turns.learner_offloads if artist_turns else False
+        if self.critic_colocated:
+            self.critic_learner.call("release", critic_offload, what="release before the replicas load")
+        if self.artist_colocated:
+            self.artist_learner.call("release", artist_offload, what="release before the samplers load")
         # Rollout, sampler and reward groups recover an actor that Ray restarts (current weights back, its share
         # of the work redone once, counted), through one mechanism: rollout.cluster.recovery.
-        self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
-                                                 max_restarts=restarts, startup=startup)
-        self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
-                                                  sync_timeout_s=timeout, max_restarts=restarts, startup=startup)
+        self.critic_rollout = CriticRolloutGroup(
+            critic_path, config.critic, sync_timeout_s=timeout, max_restarts=restarts, startup=startup,
+            shared=self.critic_learner.shared_bundles() if self.critic_colocated else None)
+        self.artist_samplers = ArtistSamplerGroup(
+            config.artist, str(artist_path), lora_alpha=la.lora.alpha, sync_timeout_s=timeout,
+            max_restarts=restarts, startup=startup,
+            shared=self.artist_learner.shared_bundles() if self.artist_colocated else None)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts, startup=startup)
+        self.critic_gpus = (ColocatedGpus("critic", self.critic_learner, self.critic_rollout,
+                                          replica_offload=critic_turns.replica_offloads if critic_turns else True,
+                                          learner_offload=critic_offload, timeout_s=timeout)
+                            if self.critic_colocated else DedicatedGpus())
+        self.artist_gpus = (ColocatedGpus("artist", self.artist_learner, self.artist_samplers,
+                                          replica_offload=artist_turns.replica_offloads if artist_turns else False,
+                                          learner_offload=artist_offload, timeout_s=timeout)
+                            if self.artist_colocated else DedicatedGpus())
         self._build_weight_sync(config, timeout)
 
     # ----------------------------------------------------------------------------------- stages
     def generate(self, tasks: list[PhotoTask], n: int, step: int) -> list[Critique]:
+        self.critic_gpus.serve()
         return self.critic_rollout.generate(tasks, n=n, step=step)
 
     def prepare(self, critiques: list[Critique]):
+        self.critic_gpus.train()
         conditionings, metrics = self.critic_learner.prepare(critiques)
         self._actor_seconds["time/actor/prepare_s"] = metrics.pop("time/actor/prepare_s", 0.0)
         return conditionings, metrics
 
     def sample(self, tasks, critiques, conditionings, k: int, step: int) -> list[Edit]:
+        self.artist_gpus.serve()
         return self.artist_samplers.sample(tasks, critiques, conditionings, k=k, step=step)
 
     def rescore(self, edits: list[Edit]) -> list[float | None]:
+        self.critic_gpus.serve()
         return self.critic_rollout.rescore([e.image for e in edits])
 
     def score(self, tasks: list[PhotoTask], critiques: list[Critique], edits: list[Edit],
@@ -159,9 +191,14 @@ class Components:
         """Start both learners' updates concurrently (two optimizers, one loop); returns their ObjectRefs
         (None for a learner that is frozen or has nothing to learn from this step)."""
         critic_call = artist_call = None
-        if train_critic and critic_groups:
+        train_critic, train_artist = train_critic and bool(critic_groups), train_artist and bool(artist_groups)
+        if train_artist:
+            self.artist_gpus.train()
+        if train_critic:
+            self.critic_gpus.train()
+        if train_critic:
             critic_call = (self.critic_learner, self.critic_learner.launch_update(critic_groups))
-        if train_artist and artist_groups:
+        if train_artist:
             artist_call = (self.artist_learner, self.artist_learner.launch_update(artist_groups))
         return critic_call, artist_call
 
@@ -227,21 +264,31 @@ class Components:
         announce(backend, reason, {"critic": self.critic_sync.links, "artist": self.artist_sync.links})
 
     def sync_critic(self, version: int) -> dict[str, float]:
-        """Every rollout replica serves the critic learner's ``version``; the sync's metrics."""
-        return self.critic_sync.sync(version).metrics("critic")
+        """Every rollout replica serves the critic learner's ``version``; the sync's metrics. Colocated, the sync
+        is a copy on each shared GPU, after which the replicas have their turn."""
+        return self.critic_gpus.sync_in_place(lambda: self.critic_sync.sync(version)).metrics("critic")
 
     def sync_artist(self, version: int) -> dict[str, float]:
         """Every sampler serves the artist learner's sampling adapter ``version``; the sync's metrics."""
-        return self.artist_sync.sync(version).metrics("artist")
+        return self.artist_gpus.sync_in_place(lambda: self.artist_sync.sync(version)).metrics("artist")
+
+    def colocation_metrics(self) -> dict[str, float]:
+        """Each colocated model's changes of turn since the last call (``colocation/<model>/…``)."""
+        return {**self.critic_gpus.metrics(), **self.artist_gpus.metrics()}
 
     # --------------------------------------------------------------------------------- checkpoints
     def save_learners(self, directory: Path) -> None:
+        # A learner writes its shards from its device: on shared GPUs it takes its turn first.
+        self.critic_gpus.train()
+        self.artist_gpus.train()
         critic = self.critic_learner.launch("save_checkpoint", str(directory))
         artist = self.artist_learner.launch("save_checkpoint", str(directory))
         self.critic_learner.collect(critic, what="checkpoint save")
         self.artist_learner.collect(artist, what="checkpoint save")
 
     def load_learners(self, directory: Path) -> None:
+        self.critic_gpus.train()
+        self.artist_gpus.train()
         critic = self.critic_learner.launch("load_checkpoint", str(directory))
         artist = self.artist_learner.launch("load_checkpoint", str(directory))
         self.critic_learner.collect(critic, what="checkpoint load")

@@ -1,6 +1,6 @@
 """Root run configuration: composes every package's section and loads it from YAML plus overrides.
 
-Owns the ``trainer``, ``data``, ``cluster``, ``sync`` and ``tracking`` sections, the root :class:`TrainConfig`, YAML
+Owns the ``trainer``, ``data``, ``cluster``, ``placement``, ``sync`` and ``tracking`` sections, the root :class:`TrainConfig`, YAML
 loading, ``--set dotted.path=value`` overrides and the one-line-per-error messages users see. It must not
 evaluate config values as code: YAML is read with ``safe_load`` and overrides are parsed as YAML scalars.
 """
@@ -153,6 +153,10 @@ class CapacityConfig(ConfigModel):
     tcp_gbs: float = Field(2.0, gt=0.0, le=10_000.0)
     """Bandwidth of one gloo (TCP) link and of an object-store transfer between nodes, in GB/s (an assumption
     for one TCP stream between cloud nodes; measure yours)."""
+    host_link_gbs: float = Field(25.0, gt=0.0, le=10_000.0)
+    """Bandwidth between a GPU and host memory in GB/s, each way (PCIe Gen5 x16 is 64 GB/s; 25 assumes what a
+    pinned copy achieves beside other traffic): what moves weights and optimizer state off a shared GPU and back
+    when colocated roles take turns (``placement``)."""
     weight_sync_gbs: float | None = Field(None, gt=0.0, le=10_000.0)
     """A measured end-to-end sync bandwidth in GB/s (bytes per replica over seconds, from ``sync/*`` in MLflow)
     that replaces the per-plane model; None = the model of docs/cluster.md, "Weight sync"."""
@@ -176,6 +180,9 @@ class ClusterConfig(ConfigModel):
     ``address: auto`` (the resource plan checks the roles fit in them)."""
     gpu_memory_gib: float = Field(80.0, gt=0.0, le=4096.0)
     """Memory of one GPU, for the resource plan's fit check."""
+    gpus_per_node: int = Field(8, ge=1, le=1024)
+    """GPUs of one node of the cluster, for the placement planner (``check-config`` lays its proposal onto nodes
+    of this size: learner ranks packed, a replica's tensor-parallel GPUs on one node)."""
     dashboard_host: str = "127.0.0.1"
     """Interface the local dashboard binds to (keep loopback unless behind an authenticated proxy)."""
     metrics_export_port: int | None = Field(None, ge=1024, le=65535)
@@ -200,6 +207,23 @@ class ClusterConfig(ConfigModel):
     log (a simulated cluster advertising GPUs it does not have); false makes such an actor fail at start."""
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
     """Inputs of the modelled time plan (hardware figures and the expected critique length)."""
+
+
+class PlacementConfig(ConfigModel):
+    """Where each model's serving replicas sit relative to its learner (docs/cluster.md, "Colocated or split").
+
+    ``disaggregated``: the replicas (critic rollout / artist samplers) and the learner ranks hold GPUs of their
+    own; both pools are busy at once only with ``trainer.max_staleness`` ≥ 1 and a split balanced to the stages'
+    work. ``colocated``: one replica and one learner rank share each GPU (one placement-group bundle) and take
+    turns — serve, release memory (vLLM sleep, offload to host), train, sync in place, wake — as verl's hybrid
+    engine does; then ``critic.num_replicas`` (or ``artist.num_samplers``) must equal the learner's ranks. The
+    artist's samplers never share GPUs with the critic's replicas. ``photocrafter check-config`` prints which
+    placement and split the planner proposes for the cluster."""
+
+    critic: Literal["disaggregated", "colocated"] = "disaggregated"
+    """The critic's vLLM replicas beside its learner's ranks (``colocated``), or on GPUs of their own."""
+    artist: Literal["disaggregated", "colocated"] = "disaggregated"
+    """The artist's samplers beside its learner's ranks (``colocated``), or on GPUs of their own."""
 
 
 class SyncConfig(ConfigModel):
@@ -268,6 +292,8 @@ class TrainConfig(ConfigModel):
     """Training and evaluation photos."""
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     """The Ray cluster."""
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    """Colocated or disaggregated serving replicas, per model."""
     sync: SyncConfig = Field(default_factory=SyncConfig)
     """Weight sync from the learners to the rollout replicas and samplers."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -283,7 +309,36 @@ class TrainConfig(ConfigModel):
                 f"({self.critic.min_pixels})")
         if not (self.trainer.train_critic or self.trainer.train_artist) and self.trainer.steps > 0:
             raise ValueError("trainer.train_critic and trainer.train_artist are both false: nothing to train")
+        if self.learner.artist.train_cfg is True and self.artist.guidance_scale <= 1.0:
+            raise ValueError("learner.artist.train_cfg is true but artist.guidance_scale is 1.0: the samplers do not "
+                             "guide, so there is no guided velocity to train; set train_cfg: auto (or false), or "
+                             "raise artist.guidance_scale")
+        self._check_colocation()
         return self
+
+    def _check_colocation(self) -> None:
+        """A colocated model puts one replica and one learner rank on each of the learner's GPUs (or its CPU
+        rank): the counts must agree, and a replica must fit on one GPU."""
+        for model, replicas, replica_field, gpus_field, learner in (
+                ("critic", self.critic.num_replicas, "critic.num_replicas", "critic.gpus_per_replica",
+                 self.learner.critic),
+                ("artist", self.artist.num_samplers, "artist.num_samplers", "artist.gpus_per_sampler",
+                 self.learner.artist)):
+            if getattr(self.placement, model) != "colocated":
+                continue
+            per_replica = self.critic.gpus_per_replica if model == "critic" else self.artist.gpus_per_sampler
+            ranks = max(1, learner.gpus)
+            if replicas != ranks:
+                raise ValueError(
+                    f"placement.{model} is colocated: {replica_field} ({replicas}) must equal the learner's ranks "
+                    f"(learner.{model}.gpus = {learner.gpus}, i.e. {ranks} rank(s)), one of each per GPU; set both "
+                    f"to the GPUs the model gets, or set placement.{model}: disaggregated")
+            wanted = 1.0 if learner.gpus else 0.0
+            if per_replica != wanted:
+                raise ValueError(
+                    f"placement.{model} is colocated: {gpus_field} must be {wanted:g} (a replica shares one GPU "
+                    f"with a learner rank{'' if learner.gpus else '; the learner runs on CPU'}), got "
+                    f"{per_replica:g}; a replica that needs several GPUs runs disaggregated")
 
 
 class ConfigError(Exception):

@@ -20,8 +20,10 @@ both learners and weight sync, step after step.
 ```
 
 With ``trainer.max_staleness: 1`` the artist update of step k runs while step k+1 collects its rollouts, edits
-and rewards (the samplers then serve the artist one version behind its learner); each record's policy version is
-checked against the version its actors were told to serve, and the lag against the allowed staleness.
+and rewards (the samplers then serve the artist one version behind its learner) — or, when the samplers share the
+artist learner's GPUs (``placement.artist: colocated``), while step k+1 collects its rollouts and prepares them,
+the samplers taking the new adapter in place before they sample; each record's policy version is checked against
+the version its actors were told to serve, and the lag against the allowed staleness.
 
 Owns: the order of stages, grouping and advantages, stage timing, staleness checks, skipping non-finite
 steps, checkpoints and resume, and what gets logged. It must never hold model weights or images: those move
@@ -257,6 +259,7 @@ class Controller:
         # Every rollout/sampler actor must serve the learners' current weights before the first new step
         # (after a resume their in-memory weights are the base model's).
         self._sync_weights(force=True)
+        self.components.colocation_metrics()  # the start's changes of turn belong to no step
 
     def run(self) -> None:
         from rollout.tracking.report import StepProgress
@@ -332,6 +335,7 @@ class Controller:
             records.critiques = comp.generate(records.tasks, n=cfg.critic.group_size, step=self.step)
         with timer.stage("prepare"):
             records.conditionings, agreement = comp.prepare(records.critiques)
+        settled = self._settle_artist_update(timer)
         with timer.stage("artist_sample"):
             records.edits = comp.sample(records.tasks, records.critiques, records.conditionings,
                                         k=cfg.artist.edits_per_critique, step=self.step)
@@ -350,6 +354,7 @@ class Controller:
             ban_mean_threshold=cfg.learner.artist.ban_mean_threshold)
 
         learner_metrics, sync_metrics = self._update_and_sync(records, timer)
+        learner_metrics = {**settled, **learner_metrics}
         skipped = not all(math.isfinite(v) for v in learner_metrics.values())
         if skipped:
             self.nonfinite_skips += 1
@@ -364,6 +369,7 @@ class Controller:
         metrics.update(self._reward_metrics(records))
         metrics.update(comp.actor_seconds())
         metrics.update(comp.fault_metrics())
+        metrics.update(comp.colocation_metrics())
         metrics.update({
             "groups/critic/zero_variance_frac": critic_zero,
             **artist_group_shares,
@@ -446,6 +452,20 @@ class Controller:
                 sync_metrics.update(self._sync_artist(force=False))
         sync_metrics["policy/staleness"] = float(self._staleness)
         return learner_metrics, sync_metrics
+
+    def _settle_artist_update(self, timer: StageTimer) -> dict[str, float]:
+        """With the samplers on the artist learner's GPUs (``placement.artist: colocated``) an overlapped artist
+        update cannot run beside sampling: it overlaps the critic's stages of the next step and ends here, and the
+        samplers get its adapter in place before they sample (their edits then lag by no version). The update's
+        metrics and the sync's; nothing when the samplers have GPUs of their own."""
+        if not self.components.artist_colocated or self._pending_artist_update is None:
+            return {}
+        with timer.stage("update"):
+            metrics = self.components.finish_update(self._pending_artist_update)
+            self._pending_artist_update = None
+        with timer.stage("sync"):
+            metrics.update(self._sync_artist(force=False))
+        return metrics
 
     def flush(self) -> dict[str, float]:
         """Finish an artist update still running (overlapped mode) and sync the samplers to it."""

@@ -14,7 +14,10 @@ Owns the actor-side glue of one rank, so weights and hidden states stay out of t
 - checkpoints are written by the ranks themselves into the checkpoint directory (shared storage on a cluster):
   each its shards of the learner state, rank 0 the small metadata and this process's RNG states (a resumed CPU
   run reproduces the uninterrupted one);
-- compute time inside each call is reported, so the controller can measure its own orchestration overhead.
+- compute time inside each call is reported, so the controller can measure its own orchestration overhead;
+- taking turns with a colocated replica on the same GPU: ``release`` (with ``offload``: the weights and optimizer
+  state to host memory, as verl's hybrid engine offloads its FSDP actor) and ``wake``, each reporting the process's
+  memory around it; a verb that computes brings an offloaded rank back first.
 
 The learning math stays in ``learner/``; placement and fan-out are the groups' (:mod:`rollout.cluster.learner_groups`).
 Every method that touches the model is called on every rank by the group (collectives inside).
@@ -74,6 +77,7 @@ class LearnerRank(ABC):
         self.device: Any = "cpu"
         self._sender = None
         self._payload: dict[str, Any] | None = None
+        self._offloaded = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.role}-{self.rank}, world={self.world_size}, learner={self.learner!r})"
@@ -103,9 +107,57 @@ class LearnerRank(ABC):
     def _build(self, context: ParallelContext):
         """The learner this rank runs, on ``context``."""
 
+    @abstractmethod
+    def _device_state(self) -> tuple[list[Any], Any]:
+        """(the modules whose weights live on this rank's device, the optimizer) — what an offload moves."""
+
+    # ----------------------------------------------------------------------------- turns on a shared GPU
+    def release(self, offload: bool) -> dict[str, Any]:
+        """Give the GPU to the replica sharing it: free activations and caches and, with ``offload`` on a GPU, move
+        the weights and optimizer state to host memory; the memory report around it."""
+        from rollout.cluster.residency import measured
+
+        def change() -> str:
+            if not offload or self.learner.parallel.device.type != "cuda":
+                return "activations and caches"
+            self._move("cpu")
+            self._offloaded = True
+            return "weights and optimizer state to host"
+
+        return measured(f"{self.role}-{self.rank}", "release", change)
+
+    def wake(self) -> dict[str, Any]:
+        """Take the GPU back: offloaded weights and optimizer state return to it."""
+        from rollout.cluster.residency import measured
+
+        return measured(f"{self.role}-{self.rank}", "wake", self._resident)
+
+    def _resident(self) -> str:
+        if not self._offloaded:
+            return "resident"
+        self._move(self.learner.parallel.device)
+        self._offloaded = False
+        return "weights and optimizer state to the GPU"
+
+    def _move(self, device: Any) -> None:
+        from torch.distributed.fsdp import FSDPModule
+
+        from rollout.cluster.residency import move_optimizer_state
+
+        modules, optimizer = self._device_state()
+        for module in modules:
+            # FSDP2 leaves a unit that does not reshard after forward (the root) holding whole plain tensors, which
+            # ``to`` cannot turn back into shards: reshard every unit first (a no-op where already sharded).
+            for unit in module.modules():
+                if isinstance(unit, FSDPModule):
+                    unit.reshard()
+            module.to(device)
+        move_optimizer_state(optimizer, device)
+
     def save_checkpoint(self, directory: str) -> None:
         from rollout.checkpoint import save_state_tree
 
+        self._resident()  # the shards are written by collectives on the rank's device
         self.learner.save_state(directory)
         if self.rank == 0:
             save_state_tree(_rng_state(), directory, f"{self.role.replace('-', '_')}_rng")
@@ -113,6 +165,7 @@ class LearnerRank(ABC):
     def load_checkpoint(self, directory: str) -> None:
         from rollout.checkpoint import load_state_tree
 
+        self._resident()
         self.learner.load_state(directory)
         # Rank 0's RNG states, on every rank: nothing rank-specific is drawn from them (per-sample noise has
         # its own seeds), and a resumed run may have another number of ranks.
@@ -187,10 +240,15 @@ class CriticLearnerRank(LearnerRank):
     def _build(self, context: ParallelContext) -> CriticLearner:
         return CriticLearner(self._model_path, self._config, parallel=context, **self._learner_kwargs)
 
+    def _device_state(self) -> tuple[list[Any], Any]:
+        modules = [self.learner.policy] + ([self.learner.reference] if self.learner.reference is not None else [])
+        return modules, self.learner.optimizer
+
     def prepare(self, critiques, padding) -> tuple[list, dict[str, float]]:
         """Prepare this rank's critiques, keep them here, return (conditionings with H_c refs, metrics)."""
         import ray
 
+        self._resident()
         start = time.perf_counter()
         prepared = self.learner.prepare(critiques, padding=padding)
         conditionings = [replace(c, hidden=ray.put(c.hidden)) for c in prepared.conditionings]
@@ -203,6 +261,7 @@ class CriticLearnerRank(LearnerRank):
         """GRPO update of every group on the critiques the last ``prepare`` gave this rank."""
         if self._prepared is None:
             raise RuntimeError("update called before prepare")
+        self._resident()
         start = time.perf_counter()
         metrics = self.learner.update(groups, self._prepared)
         self._prepared = None
@@ -222,6 +281,7 @@ class CriticLearnerRank(LearnerRank):
 
         from rollout.sync.weight_transport import tensor_digest
 
+        self._resident()
         dtype = getattr(torch, serving_dtype) if serving_dtype else None
         weights = self.learner.get_weights(dtype, keep=self.rank == 0)
         if self.rank != 0:
@@ -239,6 +299,7 @@ class CriticLearnerRank(LearnerRank):
         from learner.lora import adapter_sync_state
         from rollout.sync.weight_transport import LoraSpec, ProbeSpec, default_probe_tolerance
 
+        self._resident()
         learner = self.learner
         if request.version is not None and request.version != learner.policy_version:
             raise RuntimeError(f"critic learner holds version {learner.policy_version}, cannot re-send "
@@ -288,7 +349,11 @@ class ArtistLearnerRank(LearnerRank):
         return ArtistLearner(self._artist_path, self._config, self._artist_config, parallel=context,
                              **self._learner_kwargs)
 
+    def _device_state(self) -> tuple[list[Any], Any]:
+        return [self.learner.transformer], self.learner.optimizer
+
     def update(self, groups) -> dict[str, float]:
+        self._resident()
         start = time.perf_counter()
         metrics = self.learner.update(groups)
         metrics["time/actor/artist_update_s"] = time.perf_counter() - start
@@ -302,6 +367,7 @@ class ArtistLearnerRank(LearnerRank):
         other ranks (they take part in gathering the adapter)."""
         import ray
 
+        self._resident()
         version, tensors = self.learner.get_sampler_weights()
         if self.rank != 0:
             return None
@@ -312,6 +378,7 @@ class ArtistLearnerRank(LearnerRank):
         """Describe a collective sync of the sampling adapter: the current one, or the published version
         ``request.version`` names (a restarted sampler during an overlapped update gets the version the others
         serve). Rank 0 returns the sync's endpoint and manifest."""
+        self._resident()
         learner = self.learner
         version = learner.version if request.version is None else request.version
         shapes, local = learner.published_sampling_adapter(version)

@@ -3,7 +3,7 @@
 Each learner is N Ray actors, one per GPU (``learner.<role>.gpus``; one CPU rank when 0), joined by a
 ``torch.distributed`` process group and sharded with FSDP2 (:mod:`learner.distributed`). A group owns their
 placement group (one bundle per rank, STRICT_PACK when the ranks fit on one node, else PACK so they spill over
-as few nodes as possible), their names (``critic-learner-<rank>``), the rendezvous (rank 0's address and a free
+as few nodes as possible; a colocated model's replicas join these bundles, :meth:`LearnerGroup.shared_bundles`), their names (``critic-learner-<rank>``), the rendezvous (rank 0's address and a free
 port), and fanning each call out to every rank — every rank takes part in every call, since the model's
 collectives run inside — and back in: the controller sees one handle per learner, like the rollout groups.
 
@@ -31,7 +31,12 @@ from typing import Any
 
 from rollout.cluster.learner_actors import ArtistLearnerRank, CriticLearnerRank, LearnerRank
 from rollout.cluster.placement import learner_strategy
-from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
+from rollout.cluster.startup import (SharedBundles, StartupLimits, foreground_runtime_env, wait_for_placement,
+                                    wait_until_ready)
+
+COLOCATED_GPU_SHARE = 0.5
+"""The share of a bundle's GPU a learner rank asks Ray for when a replica shares it (the replica asks for the
+rest): Ray then gives both actors the same device. The share only schedules; the two take turns with all of it."""
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +137,12 @@ class LearnerGroup:
     def __init__(self, rank_args: tuple, rank_kwargs: dict[str, Any], *, gpus: int, ranks: int | None = None,
                  cpus_per_rank: float = 1.0, namespace: str | None = None, startup: StartupLimits | None = None,
                  call_timeout_s: float = 7200.0, collective_timeout_s: float = 1800.0,
-                 peer_failure_grace_s: float = PEER_FAILURE_GRACE_S):
+                 peer_failure_grace_s: float = PEER_FAILURE_GRACE_S, colocated_cpus: float | None = None):
         """``gpus`` (the config's ``learner.<role>.gpus``) gives one rank per GPU, or one CPU rank when 0;
         ``ranks`` instead asks for that many CPU ranks (gloo), for machines without GPUs. ``startup`` bounds
-        placement and model load (``cluster.*``)."""
+        placement and model load (``cluster.*``). ``colocated_cpus``: each bundle also holds a replica of the
+        model that takes turns with the rank on its GPU (:meth:`shared_bundles`), which needs that many CPUs;
+        the rank then asks for half the bundle's GPU and the replica for the other half."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -147,12 +154,15 @@ class LearnerGroup:
         if ranks is not None and gpus:
             raise ValueError(f"{self.role}: give either gpus or CPU ranks, not both")
         self.num_ranks = int(ranks) if ranks is not None else max(1, int(gpus))
-        gpus_per_rank = 1.0 if gpus > 0 else 0.0
+        bundle_gpus = 1.0 if gpus > 0 else 0.0
+        self.colocated = colocated_cpus is not None
+        gpus_per_rank = bundle_gpus * (COLOCATED_GPU_SHARE if self.colocated else 1.0)
         self.call_timeout_s = call_timeout_s
         self.peer_failure_grace_s = peer_failure_grace_s
-        bundle = {"CPU": float(cpus_per_rank), **({"GPU": gpus_per_rank} if gpus_per_rank else {})}
+        bundle = {"CPU": float(cpus_per_rank) + (colocated_cpus or 0.0),
+                  **({"GPU": bundle_gpus} if bundle_gpus else {})}
         node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
-        strategy = learner_strategy(self.num_ranks, gpus_per_rank, node_gpus)
+        strategy = learner_strategy(self.num_ranks, bundle_gpus, node_gpus)
         self.placement_group = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy=strategy)
         wait_for_placement(self.placement_group, self.role, startup)
         remote = ray.remote(self.rank_class)
@@ -176,6 +186,14 @@ class LearnerGroup:
         except BaseException:
             self.shutdown()
             raise
+
+    def shared_bundles(self) -> SharedBundles:
+        """This group's bundles for the replicas that take turns with its ranks: one per rank, with the rest of
+        the rank's GPU (``colocated_cpus`` must have reserved their CPUs)."""
+        if not self.colocated:
+            raise RuntimeError(f"{self.role} was not placed for colocation (colocated_cpus)")
+        gpus = 1.0 - COLOCATED_GPU_SHARE if self.placement_group.bundle_specs[0].get("GPU") else 0.0
+        return SharedBundles(self.placement_group, tuple(range(self.num_ranks)), gpus, self.role)
 
     # ----------------------------------------------------------------------------------------- fan-out
     def launch(self, method: str, *args: Any) -> list:

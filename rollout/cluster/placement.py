@@ -2,8 +2,10 @@
 
 Owns the mapping from config to roles (critic rollout replicas, artist samplers, reward workers, the two
 learners' ranks), their placement strategies (learner ranks packed on as few nodes as possible, vLLM replicas
-PACK so tensor-parallel ranks sit together, samplers and reward workers SPREAD), per-GPU memory estimates, and
-the fit check that ``photocrafter check-config`` prints and the controller enforces before creating any actor.
+PACK so tensor-parallel ranks sit together, samplers and reward workers SPREAD, a colocated model's replicas
+inside its learner's bundles), per-GPU memory estimates — for a colocated model, per turn: what each role must
+release while the other computes, and the bytes that moves (:class:`ColocatedTurns`) — and the fit check that
+``photocrafter check-config`` prints and the controller enforces before creating any actor.
 The learners' memory comes from :mod:`learner.memory` (the formulas, from the models' own configs); the rollout
 and sampler figures from the same parameter counts. It creates no actor itself and never imports Ray, so the
 plan can be checked on a laptop for a cluster config.
@@ -11,13 +13,14 @@ plan can be checked on a laptop for a cluster config.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from learner.memory import (GIB, NOMINAL_VAE_PARAMS, LearnerMemory, ModelShape, artist_learner_memory,
                             artist_shape, artist_tokens, critic_learner_memory, critic_micro_batch, critic_shape,
-                            use_gradient_checkpointing)
+                            sharded_state, use_gradient_checkpointing)
 from rollout.config import TrainConfig
 
 PHOTO_LOADER_CPUS = 0.25
@@ -41,7 +44,50 @@ class RolePlan:
     memory_gib_per_gpu: float
     """Estimated peak memory on each of the actor's GPUs (0 for CPU-only actors)."""
     note: str = ""
+    colocated_with: str = ""
+    """The learner role whose bundles this role's actors share (``placement.<model>: colocated``): its GPUs and
+    CPUs are counted in that role's bundles, not again here."""
 
+
+VLLM_ASLEEP_GIB = 1.5
+"""What a vLLM engine keeps on its GPU while asleep (level 1: weights in host memory, KV cache freed): its CUDA
+context, and CUDA graphs when captured."""
+OFFLOADED_LEARNER_GIB = 1.0
+"""What a learner rank keeps on its GPU with its weights and optimizer state offloaded to host memory: the CUDA
+context and NCCL buffers."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColocatedTurns:
+    """How one colocated model's replica and learner rank share a GPU, turn by turn.
+
+    While the replica serves, the learner holds its resident state (or offloads it to host memory when both do
+    not fit); while the learner computes, the replica releases: a vLLM engine sleeps (weights to host memory,
+    KV cache freed), a sampler frees its activations and, when the learner's peak would not fit beside its
+    weights, moves the DiT to host memory. Each change of turn moves ``bytes_per_switch`` over the host link
+    (the larger direction; PCIe is full duplex).
+    """
+
+    model: str
+    """``critic`` or ``artist``."""
+    replica_offloads: bool
+    """The replica moves its weights to host memory for the learner's turn (vLLM sleep level 1; a sampler's DiT)."""
+    learner_offloads: bool
+    """The learner rank moves its weights and optimizer state to host memory for the replica's turn."""
+    serve_gib: float
+    """Peak on the GPU while the replica serves (its own plus what the learner keeps)."""
+    train_gib: float
+    """Peak on the GPU while the learner computes (its own plus what the replica keeps)."""
+    bytes_per_switch: float
+    switches_per_step: int
+    """Changes of turn in one step: the critic's replicas serve twice (rollout, re-scoring) and its learner
+    computes twice (prepare, update); the artist's samplers and learner once each."""
+
+    def describe(self) -> str:
+        release = [what for what, yes in (("replica to host", self.replica_offloads),
+                                          ("learner to host", self.learner_offloads)) if yes]
+        return (f"turns: serve {self.serve_gib:.1f} GiB, train {self.train_gib:.1f} GiB; "
+                f"{', '.join(release) or 'caches only'}, {self.bytes_per_switch / GIB:.1f} GiB per switch")
 
 @dataclass(slots=True)
 class ResourcePlan:
@@ -50,13 +96,19 @@ class ResourcePlan:
     gpu_memory_gib: float
     problems: list[str] = field(default_factory=list)
 
+    turns: dict[str, ColocatedTurns] = field(default_factory=dict)
+    """Each colocated model's turns on its shared GPUs (empty for disaggregated models or without GPUs)."""
+
     @property
     def total_gpus(self) -> float:
-        return sum(r.count * r.gpus for r in self.roles)
+        return sum(r.count * r.gpus for r in self.roles if not r.colocated_with)
 
     @property
     def total_cpus(self) -> float:
-        return sum(r.count * r.cpus for r in self.roles)
+        return sum(r.count * r.cpus for r in self.roles if not r.colocated_with)
+
+    def role(self, name: str) -> RolePlan | None:
+        return next((r for r in self.roles if r.role == name), None)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +119,8 @@ class ResourcePlan:
                  f"{'est. GiB/GPU':>12}  note"]
         for r in self.roles:
             mem = f"{r.memory_gib_per_gpu:.1f}" if r.gpus else "-"
-            lines.append(f"{r.role:<16} {r.count:>6} {r.gpus:>9g} {r.cpus:>9g} {r.strategy:<12} {mem:>12}  {r.note}")
+            strategy = f"in {r.colocated_with}" if r.colocated_with else r.strategy
+            lines.append(f"{r.role:<16} {r.count:>6} {r.gpus:>9g} {r.cpus:>9g} {strategy:<12} {mem:>12}  {r.note}")
         lines.append(f"total: {self.total_gpus:g} GPUs of {self.gpus_available} available "
                      f"({self.gpu_memory_gib:g} GiB each), {self.total_cpus:g} CPUs")
         lines += [f"PROBLEM: {p}" for p in self.problems]
@@ -87,11 +140,18 @@ def model_shapes(config: TrainConfig) -> tuple[ModelShape | None, ModelShape | N
     """(critic, artist DiT) shapes from the checkpoints' configs when readable here, the real architectures'
     nominal configs otherwise; None for the embedded tiny models (their memory is negligible)."""
     lc, la = config.learner.critic, config.learner.artist
-    critic = None if config.critic.model == "embedded" else critic_shape(
-        config.critic.model, lc.lora.rank if lc.lora.enabled else 0, list(lc.lora.target_modules))
-    artist = None if config.artist.model == "embedded" else artist_shape(
-        config.artist.model, la.lora.rank, list(la.lora.target_modules))
+    critic = None if config.critic.model == "embedded" else _shape(
+        "critic", config.critic.model, lc.lora.rank if lc.lora.enabled else 0, tuple(lc.lora.target_modules))
+    artist = None if config.artist.model == "embedded" else _shape(
+        "artist", config.artist.model, la.lora.rank, tuple(la.lora.target_modules))
     return critic, artist
+
+
+@functools.lru_cache(maxsize=32)
+def _shape(model: str, path: str, lora_rank: int, targets: tuple[str, ...]) -> ModelShape:
+    """One model's shape, counted once per process (the placement planner asks for it for every split)."""
+    count = critic_shape if model == "critic" else artist_shape
+    return count(path, lora_rank, list(targets))
 
 
 def _bytes_per_param(dtype: str, gpus: float) -> int:
@@ -198,6 +258,7 @@ def plan_resources(config: TrainConfig) -> ResourcePlan:
                 f"({memory.describe()} GiB before fragmentation); {', '.join(remedies[:-1])}, or {remedies[-1]}")
 
     plan = ResourcePlan(roles, config.cluster.num_gpus, gpu_mem, problems)
+    _colocate(config, plan, critic_size, artist_size)
     local_cpus = config.cluster.num_cpus if config.cluster.address == "local" else None
     if local_cpus is not None and plan.total_cpus + PHOTO_LOADER_CPUS > local_cpus:
         # The photo-loading tasks would wait forever for a CPU the actors hold.
@@ -212,3 +273,68 @@ def plan_resources(config: TrainConfig) -> ResourcePlan:
     if nominal:
         plan.roles[0].note += f" ({' and '.join(nominal)} sizes nominal: checkpoint config not readable here)"
     return plan
+
+
+# --------------------------------------------------------------------------------------------- colocation
+COLOCATED_ROLES = {"critic": ("critic-rollout", "critic-learner"), "artist": ("artist-sampler", "artist-learner")}
+"""Per model: (the replicas' role, the learner's role) that ``placement.<model>: colocated`` puts on one GPU."""
+
+
+def _colocate(config: TrainConfig, plan: ResourcePlan, critic_size: ModelShape | None,
+              artist_size: ModelShape | None) -> None:
+    """Fold each colocated model's replicas into its learner's bundles: one replica and one learner rank per
+    bundle (the learner's bundle holds both roles' CPUs), and, on GPUs, check that the turns fit."""
+    for model, (replica_role, learner_role) in COLOCATED_ROLES.items():
+        replicas, learner = plan.role(replica_role), plan.role(learner_role)
+        if getattr(config.placement, model) != "colocated" or replicas is None or learner is None:
+            continue
+        replicas.colocated_with = learner_role
+        learner.cpus += replicas.cpus
+        learner.note += f"; shares each bundle with one {replica_role}"
+        shape = critic_size if model == "critic" else artist_size
+        if not learner.gpus or shape is None:
+            continue
+        turns = colocated_turns(config, model, replicas, learner, shape)
+        plan.turns[model] = turns
+        replicas.note += f"; {turns.describe()}"
+        gpu_mem = config.cluster.gpu_memory_gib
+        for turn, gib in (("serving", turns.serve_gib), ("training", turns.train_gib)):
+            if gib > gpu_mem:
+                knob = ("lower critic.gpu_memory_utilization, " if model == "critic" else "")
+                plan.problems.append(
+                    f"{replica_role} colocated with {learner_role}: ~{gib:.0f} GiB per GPU while {turn}, GPUs have "
+                    f"{gpu_mem:g} GiB; {knob}raise learner.{model}.gpus (shards the learner), or set "
+                    f"placement.{model}: disaggregated")
+
+
+def colocated_turns(config: TrainConfig, model: str, replicas: RolePlan, learner: RolePlan,
+                    shape: ModelShape) -> ColocatedTurns:
+    """What each role of a colocated ``model`` keeps and releases on a shared GPU (see :class:`ColocatedTurns`)."""
+    gpu_mem = config.cluster.gpu_memory_gib
+    ranks = learner.count
+    peak = learner.memory_gib_per_gpu
+    if model == "critic":
+        lc = config.learner.critic
+        weights, trained, reference = sharded_state(shape, ranks=ranks, lora=lc.lora.enabled,
+                                                    frozen_reference=not lc.lora.enabled and lc.kl_coef > 0,
+                                                    cpu_offload=lc.cpu_offload)
+        replica_weights = shape.params * _bytes_per_param(config.critic.dtype, 1.0) / GIB
+        serving, asleep = replicas.memory_gib_per_gpu, VLLM_ASLEEP_GIB
+        switches = 4
+        replica_offloads = True  # vLLM sleeps through every learner turn, as in verl's hybrid engine
+    else:
+        la = config.learner.artist
+        weights, trained, reference = sharded_state(shape, ranks=ranks, lora=True, frozen_reference=False,
+                                                    cpu_offload=la.cpu_offload)
+        replica_weights = (shape.params + NOMINAL_VAE_PARAMS) * _bytes_per_param(config.artist.dtype, 1.0) / GIB
+        serving, switches = replicas.memory_gib_per_gpu, 2
+        # Only the sampler's activations go when the learner's peak fits beside its weights.
+        replica_offloads = replica_weights + peak > gpu_mem
+        asleep = 0.5 if replica_offloads else replica_weights
+    resident = (weights + trained + reference) / GIB
+    learner_offloads = serving + resident > gpu_mem
+    kept = OFFLOADED_LEARNER_GIB if learner_offloads else resident
+    moved = max(replica_weights if replica_offloads else 0.0, resident if learner_offloads else 0.0) * GIB
+    return ColocatedTurns(model=model, replica_offloads=replica_offloads, learner_offloads=learner_offloads,
+                          serve_gib=serving + kept, train_gib=peak + asleep, bytes_per_switch=moved,
+                          switches_per_step=switches)

@@ -243,6 +243,11 @@ def place_plan(plan: ResourcePlan, cluster: LiveCluster, *, gpu_memory_gib: floa
     order = {role: i for i, role in enumerate(CREATION_ORDER)}
     placements, problems = [], []
     for role in sorted(plan.roles, key=lambda r: order.get(r.role, len(order))):
+        if role.colocated_with:  # its actors sit in the bundles of the learner it shares GPUs with
+            host = next((p for p in placements if p.role == role.colocated_with), None)
+            placements.append(RolePlacement(role.role, [], f"in {role.colocated_with}",
+                                            list(host.nodes[:role.count]) if host else []))
+            continue
         bundles, strategy = role_bundles(role, cluster)
         nodes = _lay_out(bundles, strategy, free)
         placements.append(RolePlacement(role.role, bundles, strategy, nodes or []))

@@ -5,9 +5,11 @@ Owns the two waits every actor owner goes through at start — the cluster grant
 loading their models — each bounded by its own timeout from the ``cluster`` config section (waiting for a lost
 actor to come back is ``rollout.cluster.recovery``'s) and reporting what is still pending (which role, which
 resources, which actors) at a fixed interval, so a long start on a real cluster is visible and a start that cannot
-succeed ends with an error that names the role and the knob to change. Weight-sync timeouts are not here: they belong to the sync path.
-Every actor owner starts its actors with :func:`foreground_runtime_env`: Ray starts workers at niceness 15,
-where the run's own work would lose its CPU to anything else on the machine (measured by ``bench/critic.py``).
+succeed ends with an error that names the role and the knob to change. Weight-sync timeouts are not here: they
+belong to the sync path. A colocated role's owner places its actors into bundles another role's owner holds
+(:class:`SharedBundles`: one actor per bundle, a share of its GPU). Every actor owner starts its actors with
+:func:`foreground_runtime_env`: Ray starts workers at niceness 15, where the run's own work would lose its CPU to
+anything else on the machine (measured by ``bench/critic.py``).
 
 A leaf like ``rollout.records.types``: the standard library only, Ray and torch imported inside the functions, so the
 critic, artist and reward packages may use it. It creates no actor and no placement group itself.
@@ -50,6 +52,24 @@ class StartupLimits:
         """From a ``cluster`` config section (duck-typed, so this module imports no config)."""
         return cls(placement_timeout_s=cluster.placement_timeout_s, load_timeout_s=cluster.model_load_timeout_s,
                    progress_every_s=cluster.progress_every_s, cpu_fallback=cluster.cpu_fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedBundles:
+    """Bundles of a placement group another role owns, which a colocated role's actors join: actor i goes into
+    bundle ``bundle_indices[i]`` beside the owner's actor there, and asks for ``gpus_per_actor`` of its GPU (the
+    owner's actor holds the rest), so Ray gives both the same device."""
+
+    placement_group: Any
+    bundle_indices: tuple[int, ...]
+    gpus_per_actor: float
+    owner: str
+    """The role holding the bundles (``critic-learner``): it creates and removes the placement group."""
+
+    def check(self, role: str, actors: int) -> None:
+        if actors != len(self.bundle_indices):
+            raise ValueError(f"{role}: {actors} actors cannot share the {len(self.bundle_indices)} bundles of "
+                             f"{self.owner} (one each)")
 
 
 WORKER_NICENESS = "RAY_worker_niceness"

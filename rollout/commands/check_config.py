@@ -1,5 +1,7 @@
 """``photocrafter check-config``: validate a config, print it resolved, its resource plan and, for a config
-that asks for GPUs, the modelled time of one step (``rollout.cluster.capacity``).
+that asks for GPUs, the modelled time of one step (``rollout.cluster.capacity``) and, beside it, the placement
+and split the planner proposes for the same cluster (``rollout.cluster.planner``; ``photocrafter plan --out``
+writes it as a config).
 
 Exit status 0 when the config is valid and its plan fits the cluster it names; 1 otherwise, with one line per
 problem (the YAML path, the bad value and what is allowed).
@@ -34,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
         if plan.total_gpus > 0:
             from rollout.cluster.capacity import time_plan
 
+            current = time_plan(config, plan)
             print("# time plan of one step")
-            print(time_plan(config, plan).format())
+            print(current.format())
+            print("# placement planner")
+            print(_proposal(config, current))
     if not plan.ok:
         for problem in plan.problems:
             print(f"{args.config or 'configs/embedded.yaml'}: {problem}", file=sys.stderr)
@@ -43,3 +48,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("config ok")
     return 0
+
+
+def _proposal(config, current) -> str:
+    """The planner's table for ``config``'s own cluster, or why it has none."""
+    from rollout.cluster.planner import propose
+
+    if config.cluster.num_gpus < 2:
+        return "no proposal: cluster.num_gpus is below 2"
+    try:
+        proposal = propose(config)
+    except ValueError as exc:
+        return f"no proposal: {exc}"
+    line = "write it as a config: photocrafter plan --config <this config> --out <file>"
+    return f"{proposal.format(current)}\n{line}"

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rollout.train", "run the coordinated RL loop (default config: configs/embedded.yaml)"),
     "resume": ("rollout.commands.resume", "continue a stopped run from its last checkpoint"),
     "check-config": ("rollout.commands.check_config", "validate a config and print it with its resource plan"),
+    "plan": ("rollout.commands.plan", "propose the placement and GPU split with the shortest step; write it as a config"),
     "init-models": ("rollout.commands.init_models", "build the embedded tiny critic and artist (offline)"),
     "make-data": ("rollout.commands.make_data", "synthesise training pairs from a folder of good photos"),
     "score": ("rollout.commands.score", "print the full reward breakdown for one input/edit/target triple"),

@@ -16,6 +16,11 @@ The run, in order (each phase's observations go to ``<out>/report.json``, the co
    second step completes; a checkpoint;
 5. the learner's node is removed: the next step ends with ``LearnerLost`` naming the learner and the newest
    complete checkpoint, and the run shuts down.
+
+With ``--placement colocated`` it runs the other placement instead: two GPU nodes, both models colocated (each
+GPU holds a learner rank and the replica or sampler that takes turns with it); where every actor landed and which
+GPU Ray gave it, two training steps with the changes of turn each model went through and the memory its actors
+gave back, and a checkpoint.
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ OVERRIDES = [
     "cluster.cpu_fallback=true", "cluster.num_gpus=7", f"cluster.progress_every_s={PROGRESS_EVERY_S}",
     "cluster.placement_timeout_s=180", "cluster.model_load_timeout_s=240", "cluster.actor_max_restarts=3",
 ]
+
+
+COLOCATED = [
+    "critic.engine=transformers", "critic.num_replicas=2", "critic.gpus_per_replica=1", "critic.cpus_per_replica=1",
+    "critic.group_size=2", "learner.critic.gpus=2", "placement.critic=colocated",
+    "artist.num_samplers=2", "artist.gpus_per_sampler=1", "artist.cpus_per_sampler=1", "learner.artist.gpus=2",
+    "placement.artist=colocated", "artist.edits_per_critique=2", "artist.resolution=32",
+    "rewards.num_workers=1", "trainer.batch_size=2", "trainer.steps=100", "data.num_train=4", "data.num_eval=2",
+    "tracking.sample_grid_every=0", "cluster.cpu_fallback=true", "cluster.num_gpus=4",
+    f"cluster.progress_every_s={PROGRESS_EVERY_S}", "cluster.placement_timeout_s=180",
+    "cluster.model_load_timeout_s=240",
+]
+"""Both models colocated on 2 GPUs each: 4 GPUs where the disaggregated plan above asks for 7."""
 
 
 def log(message: str) -> None:
@@ -105,9 +123,53 @@ def grow_when_pending(cluster, labels: dict[str, str], starting: threading.Threa
     return False
 
 
+def colocated(cluster, labels: dict, out: Path, mark) -> None:
+    """Both models colocated on two GPU nodes: placement, two steps with their changes of turn, a checkpoint."""
+    from rollout.config import load_config
+    from rollout.controller import Controller
+    from rollout.train import init_ray
+
+    for name in ("gpu-1", "gpu-2"):
+        labels[cluster.add_node(num_cpus=8, num_gpus=GPUS_PER_NODE).node_id] = name
+    mark("cluster_started", nodes=sorted(labels.values()))
+    config = load_config(None, COLOCATED + [f"cluster.address={cluster.address}", f"trainer.output_dir={out}",
+                                            "trainer.run_name=colocated"])
+    init_ray(config, NAMESPACE)
+    run_dir = out / "colocated"
+    run_dir.mkdir(parents=True)
+    controller = Controller(config, run_dir=run_dir, run_name="colocated")
+    controller.start()
+    comp = controller.components
+    mark("placement", actors={name: labels.get(node, node) for name, node in actor_nodes().items()},
+         same_placement_group={"critic": comp.critic_rollout.placement_group == comp.critic_learner.placement_group,
+                               "artist": comp.artist_samplers.placement_group == comp.artist_learner.placement_group},
+         shared_bundles={"critic": list(comp.critic_rollout.shared.bundle_indices),
+                         "artist": list(comp.artist_samplers.shared.bundle_indices)},
+         bundles={"critic": comp.critic_learner.placement_group.bundle_specs,
+                  "artist": comp.artist_learner.placement_group.bundle_specs},
+         turns={"critic": comp.critic_gpus.turn, "artist": comp.artist_gpus.turn})
+    comp.colocation_metrics()  # the start-up sync's changes of turn are not a step's
+    for step in (1, 2):
+        comp.critic_gpus.history.clear()
+        comp.artist_gpus.history.clear()
+        metrics = controller.train_step()
+        controller.step += 1
+        mark(f"step_{step}", edits=metrics["count/edits"], critiques=metrics["count/critiques"],
+             critic_version=metrics["policy/critic_version"], artist_version=metrics["policy/artist_version"],
+             grpo_loss=metrics.get("learner/grpo/loss"), nft_loss=metrics.get("learner/nft/loss"),
+             colocation={k: v for k, v in metrics.items() if k.startswith("colocation/")},
+             critic_turns=list(comp.critic_gpus.history), artist_turns=list(comp.artist_gpus.history))
+    controller.checkpoint()
+    mark("checkpoint", newest=str(controller.run_dir))
+    shutdown_started = time.monotonic()
+    controller.shutdown()
+    mark("shutdown", seconds=round(time.monotonic() - shutdown_started, 1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--placement", choices=("disaggregated", "colocated"), default="disaggregated")
     args = parser.parse_args()
 
     import ray
@@ -129,6 +191,15 @@ def main() -> int:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
     labels = {cluster.head_node.node_id: "head"}
+    if args.placement == "colocated":
+        try:
+            colocated(cluster, labels, args.out, mark)
+        finally:
+            report["total_s"] = round(time.monotonic() - report.pop("t0"), 1)
+            (args.out / "report.json").write_text(json.dumps(report, indent=1))
+            ray.shutdown()
+            cluster.shutdown()
+        return 0
     nodes = {"gpu-1": cluster.add_node(num_cpus=8, num_gpus=GPUS_PER_NODE)}
     labels[nodes["gpu-1"].node_id] = "gpu-1"
     mark("cluster_started", nodes=sorted(labels.values()))

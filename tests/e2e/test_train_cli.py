@@ -6,7 +6,9 @@ reproduce A's metrics after the resume. Both move weights over the collective (`
 both models. B starts as a multi-GPU run would: each learner is 2 data-parallel ranks (on 4 logical GPUs that
 these CPU ranks run without), each sending its own shards at every sync, and it resumes with 1 rank per learner,
 as A runs throughout. The training set has 4 pairs and the batch 2 photos, so the checkpoint at step 2 sits
-exactly on an epoch boundary, where a resume must continue training rather than run zero steps.
+exactly on an epoch boundary, where a resume must continue training rather than run zero steps. A third run (C)
+colocates both models — each learner rank shares its bundle with the replica or sampler that takes turns with it,
+weights synced in place — and must reach A's losses with A's seed.
 """
 
 from __future__ import annotations
@@ -99,6 +101,38 @@ def test_train_logs_every_component_to_mlflow(runs):
     assert len(console_steps) == STEPS and console_steps[-1].startswith(f"step {STEPS}/{STEPS}")
     checkpoints = sorted(p.name for p in (out / "A" / "checkpoints").glob("step_*"))
     assert checkpoints == ["step_00000002", "step_00000004"]
+
+
+COLOCATED = ["--set", "placement.critic=colocated", "--set", "placement.artist=colocated"]
+
+
+@pytest.fixture(scope="module")
+def colocated_run(runs):
+    out = runs[0]
+    c = photocrafter("train", *COMMON, *COLOCATED, "--set", f"trainer.output_dir={out}", "--set", "trainer.run_name=C")
+    assert c.returncode == 0, c.stdout[-3000:] + c.stderr[-3000:]
+    return out, c
+
+
+def test_a_colocated_run_reaches_the_disaggregated_runs_losses(colocated_run):
+    out, _ = colocated_run
+    reference, _ = metric_history(out / "mlflow.db", "A")
+    colocated, run = metric_history(out / "mlflow.db", "C")
+    assert run.info.status == "FINISHED"
+    # Same seed, same work: only where the actors sit and the order of their turns differ. Tolerances as for a
+    # resumed run (artist rewards go through uint8 pixels, whose roundings last-bit float differences can flip).
+    for key, rel in [("learner/grpo/loss", 1e-4), ("reward/critic/total/mean", 1e-4), ("learner/nft/loss", 2e-3),
+                     ("reward/artist/total/mean", 2e-3)]:
+        for step in range(1, STEPS + 1):
+            assert colocated[key][step] == pytest.approx(reference[key][step], rel=rel, abs=1e-6), (key, step)
+    # Every step changed turns four times on the critic's shared CPU bundle (prepare, re-score, update, sync) and
+    # twice on the artist's, and measured each role's memory after it released.
+    assert set(colocated["colocation/critic/switches"].values()) == {4.0}
+    assert set(colocated["colocation/artist/switches"].values()) == {2.0}
+    for role in ("critic/rollout", "critic/learner", "artist/sampler", "artist/learner"):
+        assert min(colocated[f"colocation/{role}_rss_after_release_mb"].values()) > 50
+        assert f"colocation/{role}_released_mb" in colocated
+    assert colocated["policy/artist_version"][STEPS] == colocated["policy/critic_version"][STEPS] == STEPS
 
 
 def test_resume_at_epoch_boundary_reproduces_uninterrupted_run(runs):

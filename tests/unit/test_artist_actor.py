@@ -178,3 +178,16 @@ def test_embedded_artist_is_conditioned_by_the_embedded_critic_states(embedded_m
     swapped = actor.sample(tasks, [Conditioning(task_id="p", critique_index=0, hidden=hidden[1])], k=1).edits[0]
     assert swapped.seed == edits[0].seed
     assert np.abs(swapped.x0 - edits[0].x0).max() > 1e-4
+
+
+def test_a_released_sampler_refuses_to_sample_until_it_wakes(actor):
+    from rollout.cluster.residency import TurnReport
+
+    released = TurnReport.from_dict(actor.release(offload=True))
+    # on a CPU the DiT already lives in host memory: only activations and caches go
+    assert released.name == "artist-sampler-0" and released.how == "activations and caches"
+    assert released.after.rss_bytes > 0
+    with pytest.raises(RuntimeError, match="wake it before it samples"):
+        actor.sample(*records(), k=1)
+    assert TurnReport.from_dict(actor.wake()).action == "wake"
+    assert len(actor.sample(*records(), k=1).edits) == 2

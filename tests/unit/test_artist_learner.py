@@ -226,3 +226,22 @@ def test_every_edit_weighs_the_same_whatever_micro_batch_it_lands_in(artist_dir,
         weights.append(learner.get_state()["trained"])
     worst = max(float((weights[0][n] - weights[1][n]).abs().max()) for n in weights[0])
     assert worst < 1e-6, worst
+
+
+@pytest.mark.parametrize(("kl_coef", "guidance", "train_cfg", "forwards_per_pass"), [
+    (1e-4, 1.0, "auto", 3),  # v_old, v_ref, v_θ
+    (0.0, 1.0, "auto", 2),   # no KL term: no reference forward
+    (1e-4, 3.0, "auto", 6),  # the samplers guide: every velocity is guided (two forwards)
+    (0.0, 3.0, False, 2),    # CFG-free training of guided samplers: the conditional velocity only
+])
+def test_each_update_knob_changes_the_dit_forwards_it_pays(artist_dir, make_groups, kl_coef, guidance, train_cfg,
+                                                           forwards_per_pass):
+    learner = ArtistLearner(artist_dir, _config(kl_coef=kl_coef, train_cfg=train_cfg),
+                            ArtistConfig(resolution=SIZE, guidance_scale=guidance))
+    calls = []
+    learner.transformer.register_forward_hook(lambda *_: calls.append(1))
+    # 2 groups × 3 edits in micro-batches of 2 = 3 micro-batches; ⌊4 steps × 0.99⌋ = 3 timesteps each: 9 passes
+    metrics = learner.update(make_groups())
+    assert metrics["learner/nft/skipped"] == 0.0
+    assert len(calls) == 9 * forwards_per_pass
+    assert learner.training_guidance == (guidance if forwards_per_pass == 6 else 1.0)

@@ -95,25 +95,83 @@ def test_critic_shape_read_from_checkpoint_config(tmp_path):
     assert (shape.kv_width, shape.pixels_per_token) == (4, 784)
 
 
+SPLIT_8 = ["placement.critic=disaggregated", "critic.num_replicas=3", "learner.critic.gpus=1", "artist.num_samplers=3",
+           "learner.artist.gpus=1"]
+"""The 8-GPU example as it was split before colocation: 3 replicas, 3 samplers, one GPU per learner."""
+SPLIT_64 = ["placement.critic=disaggregated", "critic.num_replicas=6", "learner.critic.gpus=6",
+            "learner.artist.gpus=36"]
+"""The 64-GPU example with the critic's replicas on GPUs of their own (the planner's best such split)."""
+
+
 def test_cluster_plan_stage_figures_follow_the_config():
-    config = load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml")
+    config = load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml", SPLIT_8)
     plan = time_plan(config, plan_resources(config))
     # The whole bf16 critic (8.29e9 weights × 2 B) by NCCL within the one node the 8 GPUs fill (NVLink, 350 GB/s),
     # and over the network once the plan spans nodes; the object store serves a copy to every node.
     assert plan.stage("sync_critic").seconds == pytest.approx(8.29e9 * 2 / 350e9)
     assert "NCCL broadcast over NVLink" in plan.stage("sync_critic").detail
-    wide = load_config(PROJECT_ROOT / "configs" / "cluster-64gpu.yaml")
+    wide = load_config(PROJECT_ROOT / "configs" / "cluster-64gpu.yaml", SPLIT_64)
     wide_plan = time_plan(wide, plan_resources(wide))
     assert wide_plan.stage("sync_critic").seconds == pytest.approx(8.29e9 * 2 / 45e9)
-    store = load_config(PROJECT_ROOT / "configs" / "cluster-64gpu.yaml", ["sync.backend=object_store"])
+    store = load_config(PROJECT_ROOT / "configs" / "cluster-64gpu.yaml", SPLIT_64 + ["sync.backend=object_store"])
     assert time_plan(store, plan_resources(store)).stage("sync_critic").seconds == pytest.approx(
         8.29e9 * 2 * 8 / 2e9)
     # Doubling the samplers halves sampling (256 edits split 3 → 6 ways: 86 → 43 per sampler).
-    more = load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml", ["artist.num_samplers=6", "cluster.num_gpus=11"])
+    more = load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml",
+                       SPLIT_8 + ["artist.num_samplers=6", "cluster.num_gpus=11"])
     faster = time_plan(more, plan_resources(more))
     assert faster.stage("artist_sample").seconds == pytest.approx(plan.stage("artist_sample").seconds * 43 / 86)
     assert plan.overlapped_step_s < plan.sync_step_s
     assert 0.0 < plan.overlapped_idle < plan.sync_idle < 1.0
+
+
+def test_training_counts_recompute_reference_forward_timesteps_and_guidance():
+    def update(*overrides: str) -> float:
+        config = load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml", SPLIT_8 + list(overrides))
+        return time_plan(config).stage("artist_update").seconds
+
+    checkpointed = update()  # auto: on for the 20B DiT; v_old, v_ref, v_θ + backward (2), recompute = 5
+    assert update("learner.artist.gradient_checkpointing=false") == pytest.approx(checkpointed * 4 / 5)
+    assert update("learner.artist.kl_coef=0") == pytest.approx(checkpointed * 4 / 5)
+    # ⌊6 × 0.99⌋ = 5 timesteps; ⌊6 × 0.5⌋ = 3
+    assert update("learner.artist.timestep_fraction=0.5") == pytest.approx(checkpointed * 3 / 5)
+    # samplers that guide: training the guided velocity doubles every pass (auto), the CFG-free update does not
+    assert update("artist.guidance_scale=4") == pytest.approx(2 * checkpointed)
+    assert update("artist.guidance_scale=4", "learner.artist.train_cfg=false") == pytest.approx(checkpointed)
+
+    def critic_update(*overrides: str) -> float:
+        config = load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml", SPLIT_8 + list(overrides))
+        return time_plan(config).stage("critic_update").seconds
+
+    lora = critic_update()  # forward, activation backward, recompute: 3
+    assert critic_update("learner.critic.gradient_checkpointing=false") == pytest.approx(lora * 2 / 3)
+    assert critic_update("learner.critic.lora.enabled=false", "learner.critic.gpus=1") == pytest.approx(lora * 4 / 3)
+
+
+def test_colocated_step_time_pays_each_change_of_turn():
+    stages = {**STAGES, "switch_critic": 4.0, "switch_artist": 2.0}  # 1 s per change of turn for each model
+    # synchronous: chain with 2 critic changes 12 + both learners' turns 2 + max(2, 6) + syncs with their changes
+    assert step_seconds(stages, overlapped=False) == pytest.approx(12 + 2 + 6 + 2 + 1.5)
+    # overlapped, samplers on their own GPUs: critic change + max(critic chain 2+2+4+1+1+4+1+1, artist 6) + sync
+    assert step_seconds({**STAGES, "switch_critic": 4.0}, overlapped=True) == pytest.approx(1 + 16 + 0.5)
+    # overlapped, samplers sharing the artist learner's GPUs: the update overlaps the critic's update, sync, rollout
+    # and prepare (2+2+4+1+1 = 10 against 6); sampling and re-scoring follow the in-place sync
+    assert step_seconds(stages, overlapped=True, artist_colocated=True) == pytest.approx(
+        1 + 1 + 10 + 1.5 + 4 + 1 + 1)
+
+
+def test_a_colocated_model_counts_its_gpus_once_and_syncs_in_place():
+    config = load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml")
+    resources = plan_resources(config)
+    assert resources.total_gpus == 8 == time_plan(config, resources).total_gpus
+    rollout = resources.role("critic-rollout")
+    assert rollout.colocated_with == "critic-learner" and resources.role("critic-learner").cpus == 1 + 4
+    turns = resources.turns["critic"]
+    # vLLM's 68 GiB beside the LoRA learner's bf16 base would not fit: both move to host memory in turn
+    assert turns.replica_offloads and turns.learner_offloads and turns.serve_gib < 80 and turns.train_gib < 80
+    plan = time_plan(config, resources)
+    assert plan.stage("sync_critic").seconds < 0.1 < plan.stage("switch_critic").seconds
+    assert "CUDA IPC device copy" in plan.stage("sync_critic").detail
 
 
 def test_check_config_prints_the_time_plan_for_a_gpu_config(capsys):

@@ -87,6 +87,26 @@ def test_cross_section_rules(tmp_path):
     assert "data.train_manifest is required" in line
 
 
+def test_a_colocated_model_needs_one_replica_per_learner_gpu():
+    with pytest.raises(ConfigError) as info:
+        load_config(PROJECT_ROOT / "configs" / "cluster-64gpu.yaml", ["critic.num_replicas=12"])
+    (line,) = info.value.lines
+    assert "placement.critic is colocated: critic.num_replicas (12) must equal the learner's ranks" in line
+    assert "learner.critic.gpus = 8" in line and "placement.critic: disaggregated" in line
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["placement.artist=colocated", "artist.gpus_per_sampler=1"])
+    assert "artist.gpus_per_sampler must be 0" in info.value.lines[0]
+    colocated = load_config(None, ["placement.critic=colocated", "placement.artist=colocated"])
+    assert colocated.placement.critic == colocated.placement.artist == "colocated"
+
+
+def test_training_the_guided_velocity_needs_guiding_samplers():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["learner.artist.train_cfg=true"])
+    assert "artist.guidance_scale is 1.0" in info.value.lines[0]
+    assert load_config(None, ["learner.artist.train_cfg=true", "artist.guidance_scale=3"]).learner.artist.train_cfg
+
+
 def test_every_field_is_documented():
     def walk(model, prefix=""):
         for name, info in model.model_fields.items():

@@ -210,3 +210,26 @@ def test_image_files_that_cannot_be_decoded_are_named_not_raised_as_decoder_erro
         with pytest.raises(ValueError, match=reason) as caught:
             resolve_image(str(tmp_path / name), "task t input")
         assert str(tmp_path / name) in str(caught.value) and str(caught.value).startswith("task t input")
+
+
+def test_a_released_replica_refuses_to_serve_until_it_wakes_and_reports_its_memory(actor, state):
+    from rollout.cluster.residency import TurnReport
+
+    released = TurnReport.from_dict(actor.release())
+    assert released.name == "critic-rollout-2" and released.action == "release"
+    assert released.how.startswith("caches") and released.after.rss_bytes > 0  # on a CPU: nothing to move
+    with pytest.raises(RuntimeError, match="wake it before it serves"):
+        actor.generate(TASKS[:1], n=1, step=0)
+    with pytest.raises(RuntimeError, match="wake it before it serves"):
+        actor.rescore([TASKS[0].input])
+    # an in-place sync needs the weights back first
+    manifest = SyncManifest(version=7, tensors=(TensorSpec("x", (1,)),), wire_dtype="float32", num_senders=1,
+                            bucket_bytes=1 << 20)
+    with pytest.raises(RuntimeError, match="wake\\('weights'\\)"):
+        actor.receive_weights(7, None, 0, manifest)
+    actor.wake(("weights",))
+    with pytest.raises(RuntimeError, match="kv_cache"):  # weights back for a sync, not yet serving
+        actor.generate(TASKS[:1], n=1, step=0)
+    woken = TurnReport.from_dict(actor.wake())
+    assert woken.action == "wake"
+    assert len(actor.generate(TASKS[:1], n=1, step=0)) == 1

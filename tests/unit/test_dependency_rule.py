@@ -8,14 +8,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("rollout", "rewards", "critic_actor", "artist_actor", "learner")
 # Modules of `rollout` that a model or reward package may import: the records, the config types, the start-up
-# waits every actor owner shares, and the weight-sync wire protocol that learner ranks (senders) and replicas
-# (receivers) share. Each is a leaf (tested below).
+# waits every actor owner shares, the memory readings colocated actors report at a change of turn, and the
+# weight-sync wire protocol that learner ranks (senders) and replicas (receivers) share. Each is a leaf (tested
+# below).
 SYNC_PROTOCOL = {"rollout.sync.weight_transport", "rollout.sync.links", "rollout.sync.buffers",
                  "rollout.sync.data_planes", "rollout.sync.transfer_group", "rollout.sync.receiving"}
 """The weight-sync modules both ends import: the wire protocol, the plane rule, the planes and their memory, the
 groups, the receiving loop."""
 ROLLOUT_LEAVES = {"rollout.records.types", "rollout.records.config_base", "rollout.cluster.startup",
-                  "rollout.cluster.recovery", *SYNC_PROTOCOL}
+                  "rollout.cluster.recovery", "rollout.cluster.residency", *SYNC_PROTOCOL}
 # Driver-only heavy packages that must never be imported at module level by modules the driver imports.
 HEAVY = {"vllm", "lpips"}
 # Plugins that only vLLM's own workers import (the weight-transfer engine registered with vLLM's factory): they
@@ -59,6 +60,13 @@ def test_the_shared_recovery_is_a_leaf():
         head = module.split(".")[0]
         assert head in {"__future__", "collections", "logging", "time", "typing"} or module == "rollout.cluster.startup" \
             or (head == "ray" and not top_level), module
+
+
+def test_the_memory_readings_are_a_leaf():
+    for module, top_level in _imports(ROOT / "rollout" / "cluster" / "residency.py"):
+        head = module.split(".")[0]
+        assert head in {"__future__", "ctypes", "dataclasses", "gc", "os", "sys", "time", "typing"} or (
+            head in {"torch", "resource"} and not top_level), module
 
 
 def test_the_weight_transport_is_a_leaf():

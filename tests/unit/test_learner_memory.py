@@ -78,7 +78,9 @@ def test_shipped_cluster_plans_fit_and_a_plan_that_does_not_is_refused_naming_th
         plan = plan_resources(load_config(PROJECT_ROOT / "configs" / name))
         assert plan.ok, plan.problems
         learners = {r.role: r for r in plan.roles if r.role.endswith("learner")}
-        assert all(10 < r.memory_gib_per_gpu < 80 for r in learners.values()), learners
+        # more than the CUDA context and a few GiB of activations, less than a GPU (the 64-GPU artist learner's
+        # 40 ranks hold 1.4 GiB of DiT each)
+        assert all(5 < r.memory_gib_per_gpu < 80 for r in learners.values()), learners
     # Full fine-tune of the 7B critic on one GPU cannot fit: ~16 B per parameter of state alone.
     refused = plan_resources(load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml",
                                          ["learner.critic.lora.enabled=false"]))
@@ -89,7 +91,7 @@ def test_shipped_cluster_plans_fit_and_a_plan_that_does_not_is_refused_naming_th
     assert "gradient_checkpointing" not in critic
     # The 20B DiT on one GPU without gradient checkpointing: its activations alone exceed 80 GiB.
     refused = plan_resources(load_config(PROJECT_ROOT / "configs" / "cluster-8gpu.yaml",
-                                         ["learner.artist.gradient_checkpointing=false"]))
+                                         ["learner.artist.gradient_checkpointing=false", "learner.artist.gpus=1"]))
     assert any(p.startswith("artist-learner: needs") and "gradient_checkpointing" in p for p in refused.problems)
 
 

@@ -16,8 +16,13 @@ def node(name: str, gpus: float, cpus: float = 96, *, head: bool = False, accele
                     free_cpus=cpus, accelerator=accelerator if gpus else "")
 
 
+# Every role on GPUs of its own: 3 replicas, 3 samplers, one GPU per learner.
+DISAGGREGATED = ["placement.critic=disaggregated", "critic.num_replicas=3", "learner.critic.gpus=1",
+                 "artist.num_samplers=3", "learner.artist.gpus=1"]
+
+
 def plan(*overrides: str):
-    return plan_resources(load_config(CLUSTER_CONFIG, list(overrides)))
+    return plan_resources(load_config(CLUSTER_CONFIG, DISAGGREGATED + list(overrides)))
 
 
 def test_shipped_plan_fits_one_8_gpu_node():
@@ -26,6 +31,18 @@ def test_shipped_plan_fits_one_8_gpu_node():
     assert result.ok, result.problems
     assert set(result.placement("critic-rollout").nodes) == {"gpu-a"}
     assert result.placement("critic-learner").nodes == ["gpu-a"]
+
+
+def test_a_colocated_model_lays_one_bundle_per_gpu_holding_both_roles():
+    shipped = plan_resources(load_config(CLUSTER_CONFIG))  # critic colocated on 1 GPU
+    result = place_plan(shipped, LiveCluster([node("head", 0, 32, head=True), node("gpu-a", 8, 192)]),
+                        gpu_memory_gib=80)
+    assert result.ok, result.problems
+    learner, rollout = result.placement("critic-learner"), result.placement("critic-rollout")
+    assert learner.bundles == [{"CPU": 1 + 4, "GPU": 1.0}] and learner.nodes == ["gpu-a"]
+    assert rollout.bundles == [] and rollout.strategy == "in critic-learner" and rollout.nodes == ["gpu-a"]
+    # the eight GPUs: one shared by the critic's two roles, two samplers, five artist-learner ranks
+    assert sum(b.get("GPU", 0) for p in result.placements for b in p.bundles) == 8
 
 
 def test_samplers_spread_over_nodes_and_learner_ranks_packed_on_one():
@@ -76,7 +93,7 @@ def test_gpus_with_less_memory_than_configured_are_refused():
 
 
 def test_check_refuses_before_any_actor_or_waits_for_the_autoscaler():
-    config = load_config(CLUSTER_CONFIG)
+    config = load_config(CLUSTER_CONFIG, DISAGGREGATED)
     small = LiveCluster([node("gpu-a", 4, 192)])
     lines: list[str] = []
     with pytest.raises(PlanRefused) as refused:
@@ -85,7 +102,7 @@ def test_check_refuses_before_any_actor_or_waits_for_the_autoscaler():
     assert "cluster.wait_for_autoscaler: true" in refused.value.lines[-1]
     assert any("GPU 4/4 H100 free" in line for line in lines)  # the live nodes were shown
 
-    waiting = load_config(CLUSTER_CONFIG, ["cluster.wait_for_autoscaler=true"])
+    waiting = load_config(CLUSTER_CONFIG, DISAGGREGATED + ["cluster.wait_for_autoscaler=true"])
     lines.clear()
     result = check_live_cluster(plan_resources(waiting), waiting.cluster, small, report=lines.append)
     assert not result.ok
@@ -94,7 +111,7 @@ def test_check_refuses_before_any_actor_or_waits_for_the_autoscaler():
 
 
 def test_resources_held_by_other_work_are_waited_for_not_refused():
-    config = load_config(CLUSTER_CONFIG)
+    config = load_config(CLUSTER_CONFIG, DISAGGREGATED)
     busy = node("gpu-a", 8, 192)
     busy.free_gpus = 2  # another job holds 6 GPUs for now
     lines: list[str] = []
