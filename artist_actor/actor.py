@@ -6,7 +6,7 @@ critique, edit index), runs :class:`artist_actor.sampler.FlowMatchSampler`, and 
 with the artist and critic versions, plus a ``RejectedRecord`` for every critique it could not use (so one bad
 record never stops a run). ``set_weights`` loads the old-policy adapter tensors the learner sends, handed over
 whole (object store) or received bucket by bucket from the learner's ranks (``receive_weights``, the collective
-path of :mod:`rollout.weight_transport`); the adapter is float32 whatever the DiT's dtype, as the learner's is,
+path of :mod:`rollout.sync.weight_transport`); the adapter is float32 whatever the DiT's dtype, as the learner's is,
 so a bf16 sampler serves exactly the learner's v_old.
 
 A plain class: ``ArtistSamplerGroup`` applies ``ray.remote``; unit tests construct it directly. It must not
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from artist_actor.config import ArtistConfig
-from rollout.startup import actor_device
-from rollout.types import Conditioning, Edit, PhotoTask, RejectedRecord
-from rollout.weight_transport import SyncManifest, TransferEndpoint
+from rollout.cluster.startup import actor_device
+from rollout.records.types import Conditioning, Edit, PhotoTask, RejectedRecord
+from rollout.sync.weight_transport import SyncManifest, TransferEndpoint
 
 SAMPLING_ADAPTER = "old"
 """Name of the LoRA adapter the sampler runs (DiffusionNFT's sampling policy v_old)."""
@@ -238,7 +238,7 @@ class ArtistSamplerActor:
         lets the group check every replica received what the learner sent. A transfer that fails, or an adapter
         that does not match the sampling adapter, raises and leaves the previous weights and version in place.
         """
-        from rollout.weight_transport import Receipt, TransferGroup, receive_tensors
+        from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
         manifest = manifest if isinstance(manifest, SyncManifest) else SyncManifest.from_dict(manifest)
         if manifest.version != version:

@@ -2,7 +2,7 @@
 
 Owns the replicas' placement group (one bundle per replica, SPREAD so replicas land on different GPUs/nodes),
 their Ray names (``artist-sampler-<i>``), fanning work out and back in, and weight sync through the object store
-with a deadline (a collective sync is driven by ``rollout.weight_sync``, which starts each replica's
+with a deadline (a collective sync is driven by ``rollout.sync.weight_sync``, which starts each replica's
 ``receive_weights``). Work is balanced by splitting the critiques into M contiguous shares of near-equal size
 (each critique costs K edits of the same resolution, so counts balance the work); results come back in input
 order. Every wait has a timeout: a stalled replica fails the call loudly instead of hanging the run or serving
@@ -19,9 +19,9 @@ from typing import Any
 
 from artist_actor.actor import ArtistSamplerActor
 from artist_actor.config import ArtistConfig
-from rollout.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
+from rollout.cluster.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
                              wait_until_ready)
-from rollout.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
+from rollout.records.types import Conditioning, Critique, Edit, PhotoTask, RejectedRecord
 
 logger = logging.getLogger(__name__)
 

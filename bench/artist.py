@@ -44,7 +44,7 @@ def _hidden_size(artist: Path) -> int:
 
 def _workload(hidden_size: int, workload: dict[str, Any], put=None):
     """(tasks, critiques, conditionings) records for the workload; ``put`` wraps arrays (e.g. ``ray.put``)."""
-    from rollout.types import Conditioning, Critique, ParsedCritique, PhotoTask
+    from rollout.records.types import Conditioning, Critique, ParsedCritique, PhotoTask
 
     wrap = put or (lambda value: value)
     rng = np.random.default_rng(0)

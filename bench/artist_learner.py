@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from rewards.attributes import compute_attributes
     from rewards.operators import apply_adjustments
     from rollout.models import ensure_embedded_models
-    from rollout.types import ArtistGroup, Conditioning, PhotoTask
+    from rollout.records.types import ArtistGroup, Conditioning, PhotoTask
 
     artist_dir = Path(args.artist) if args.artist else ensure_embedded_models().artist
     artist_config = ArtistConfig(resolution=args.resolution, num_steps=args.steps, edits_per_critique=args.k,

@@ -21,7 +21,7 @@ Diagnosis, printed beside it:
   come one after the other, so a change of load between them shows in that ratio: the CPU share is the robust
   figure);
 - the replica's CPU niceness and the driver's. Ray starts workers at niceness 15; the group runs its replicas
-  at the driver's (``rollout.startup.foreground_env``). ``--replica-niceness 15`` reproduces Ray's
+  at the driver's (``rollout.cluster.startup.foreground_env``). ``--replica-niceness 15`` reproduces Ray's
   default to show what it costs when anything else runs on the machine.
 
 Weight sync: seconds of one full-weight sync learner → replica (object store + in-place reload), as the group
@@ -190,7 +190,7 @@ class RolloutActorUnderTest:
         import ray
 
         from critic_actor.group import CriticRolloutGroup
-        from rollout.types import PhotoTask
+        from rollout.records.types import PhotoTask
 
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self.group = CriticRolloutGroup(path, _config(path, args, cpus=cpus), sync_timeout_s=120.0)

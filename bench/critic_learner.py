@@ -28,7 +28,7 @@ WORKLOAD = {"photos": 2, "group_size": 4, "response_tokens": 48, "min_pixels": 3
 
 def _critiques(learner, workload):
     from critic_actor.inputs import build_critic_inputs
-    from rollout.types import Critique, ParsedCritique
+    from rollout.records.types import Critique, ParsedCritique
 
     rng = np.random.default_rng(0)
     vocab = int(learner.model.config.text_config.vocab_size)
@@ -52,7 +52,7 @@ def bench(repeats: int, lora: bool, workload: dict = WORKLOAD) -> dict:
     from learner.config import CriticLearnerConfig, LoraConfig
     from learner.critic_learner import CriticLearner
     from rollout.models import ensure_embedded_models
-    from rollout.types import CriticGroup, CritiqueReward
+    from rollout.records.types import CriticGroup, CritiqueReward
 
     torch.set_num_threads(1)
     config = CriticLearnerConfig(micro_batch_size=8, kl_coef=0.01,

@@ -30,7 +30,7 @@ def _critiques(model_dir, photos: int, group_size: int, response_tokens: int, mi
     """Critiques with the critic's real prompt and pixel bounds and random completions (timing only)."""
     from critic_actor.inputs import build_critic_inputs
     from critic_actor.model import load_critic_processor, vision_special_token_ids
-    from rollout.types import Critique, CriticGroup, CritiqueReward, ParsedCritique
+    from rollout.records.types import Critique, CriticGroup, CritiqueReward, ParsedCritique
 
     processor = load_critic_processor(model_dir, min_pixels=min_pixels, max_pixels=max_pixels)
     banned = set(vision_special_token_ids(processor.tokenizer))
@@ -58,7 +58,7 @@ def _critiques(model_dir, photos: int, group_size: int, response_tokens: int, mi
 def _artist_groups(hidden: int, edits: int, resolution: int, version: int, seed: int):
     from artist_actor.conditioning import flow_match_sigmas
     from artist_actor.model import QWEN_IMAGE_SCHEDULER_CONFIG
-    from rollout.types import ArtistGroup, Conditioning, Edit
+    from rollout.records.types import ArtistGroup, Conditioning, Edit
 
     rng = np.random.default_rng(seed)
     tokens = (resolution // 4) ** 2
@@ -79,7 +79,7 @@ def _artist_groups(hidden: int, edits: int, resolution: int, version: int, seed:
 
 def bench_critic(ranks: int, repeats: int, args) -> dict:
     from learner.config import CriticLearnerConfig
-    from rollout.learner_groups import CriticLearnerGroup
+    from rollout.cluster.learner_groups import CriticLearnerGroup
     from rollout.models import ensure_embedded_models
 
     model_dir = ensure_embedded_models().critic
@@ -108,7 +108,7 @@ def bench_artist(ranks: int, repeats: int, args) -> dict:
     from artist_actor.config import ArtistConfig
     from artist_actor.model import PROJECT_FILE
     from learner.config import ArtistLearnerConfig, LoraConfig
-    from rollout.learner_groups import ArtistLearnerGroup
+    from rollout.cluster.learner_groups import ArtistLearnerGroup
     from rollout.models import ensure_embedded_models
 
     artist_dir = ensure_embedded_models().artist

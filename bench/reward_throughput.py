@@ -44,7 +44,7 @@ from rewards.attributes import compute_attributes, reference_attributes  # noqa:
 from rewards.config import RewardsConfig  # noqa: E402
 from rewards.operators import apply_edit_ops  # noqa: E402
 from rewards.worker import EditScoringRequest, RewardWorker  # noqa: E402
-from rollout.types import TONE_ATTRIBUTES, EditOp, Suggestion  # noqa: E402
+from rollout.records.types import TONE_ATTRIBUTES, EditOp, Suggestion  # noqa: E402
 
 
 def make_workload(size: int, edits: int, seed: int = 0) -> list[dict]:

@@ -5,7 +5,7 @@ and delta syncs send.
   cluster, a synthetic fp32 model of ~10 MB to ~1 GB in 8 MB tensors. Object store: the sender puts the state
   (with its digest, as ``CriticLearnerRank.weights_ref`` does) and every receiver fetches it, checks the digest
   and copies it into its own weights. Collective: the sender publishes its buckets (``learner.weight_sender``)
-  and every receiver assembles and copies them into its weights (``rollout.weight_transport.receive_tensors``),
+  and every receiver assembles and copies them into its weights (``rollout.sync.transfer_group.receive_tensors``),
   once with the buckets in shared memory (what a single machine gets by default) and once broadcast over the
   group's TCP connections (what replicas on other machines get). Every path ends with the weights in each
   receiver's memory; an engine's own load (vLLM's reload) comes on top of any of them and is left out. Time =
@@ -74,7 +74,7 @@ class BenchSender:
     def put(self) -> tuple[Any, str, int]:
         import ray
 
-        from rollout.weight_transport import tensor_digest
+        from rollout.sync.weight_transport import tensor_digest
 
         state = {name: tensor.clone() for name, tensor in self.state.items()}  # the learner's get_weights copy
         return [ray.put(state)], tensor_digest(state), sum(t.numel() * 4 for t in state.values())
@@ -82,7 +82,7 @@ class BenchSender:
     def begin(self, num_receivers: int, bucket_bytes: int, shared_memory: bool):
         import ray
 
-        from rollout.weight_transport import SyncManifest, TensorSpec
+        from rollout.sync.weight_transport import SyncManifest, TensorSpec
 
         manifest = SyncManifest(version=1, tensors=tuple(TensorSpec(n, tuple(t.shape)) for n, t in self.state.items()),
                                 wire_dtype="float32", num_senders=1, bucket_bytes=bucket_bytes)
@@ -107,7 +107,7 @@ class BenchReceiver:
     def fetch(self, boxed_ref, digest: str) -> float:
         import ray
 
-        from rollout.weight_transport import tensor_digest
+        from rollout.sync.weight_transport import tensor_digest
 
         started = time.perf_counter()
         state = ray.get(boxed_ref[0])
@@ -118,7 +118,7 @@ class BenchReceiver:
         return time.perf_counter() - started
 
     def receive(self, endpoint, index: int, manifest) -> float:
-        from rollout.weight_transport import Receipt, TransferGroup, receive_tensors
+        from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
         started = time.perf_counter()
         with TransferGroup(endpoint, endpoint.receiver_rank(index)) as group:
@@ -230,7 +230,8 @@ def bench_delta_fraction(steps: int, lrs: list[float]) -> list[dict[str, Any]]:
     from learner.optim import build_adamw
     from learner.weight_sender import WeightSender
     from rollout.models import ensure_embedded_models
-    from rollout.weight_transport import Receipt, SyncManifest, TensorSpec, TransferGroup, receive_tensors
+    from rollout.sync.weight_transport import SyncManifest, TensorSpec
+    from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
     results = []
     for lr in lrs:

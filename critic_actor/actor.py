@@ -1,14 +1,14 @@
 """CriticRolloutActor: one replica of the Image Critic that samples critiques, re-scores edits and takes weights.
 
 Owns one generation engine (vLLM by default, transformers ``generate`` when configured), the policy version of
-the weights it holds, and the translation between records (:class:`~rollout.types.PhotoTask` in,
-:class:`~rollout.types.Critique` out) and engine calls. Images arrive as handles (ObjectRef, path or array),
+the weights it holds, and the translation between records (:class:`~rollout.records.types.PhotoTask` in,
+:class:`~rollout.records.types.Critique` out) and engine calls. Images arrive as handles (ObjectRef, path or array),
 are resolved and resized into the configured pixel bounds here, and the resized array is stored on each
 ``Critique`` so the learner's forward sees exactly the engine's input.
 
 Weights arrive two ways: a whole state dict through the object store (:meth:`CriticRolloutActor.set_weights`),
 or a collective sync the replica joins as one receiver (:meth:`CriticRolloutActor.receive_weights`: buckets
-from every learner rank, a full model, a LoRA adapter or a delta; see :mod:`rollout.weight_transport`). Either
+from every learner rank, a full model, a LoRA adapter or a delta; see :mod:`rollout.sync.weight_transport`). Either
 way a cheap digest of what arrived is reported (the group checks every replica got the same), and a collective
 sync ends with the served-output probe: the engine's log-probs of the learner's probe sequence must match the
 learner's own, or the sync fails.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +32,12 @@ from critic_actor.config import CriticConfig
 from critic_actor.engines import EnginePrompt, SamplingSpec
 from critic_actor.grammar import CRITIC_INSTRUCTION, RESCORE_INSTRUCTION, parse_critique
 from critic_actor.inputs import critic_prompt_text, fit_to_pixel_bounds, resolve_image
-from rollout.startup import actor_device
-from rollout.types import Critique, PhotoTask
-from rollout.weight_transport import SyncManifest, TransferEndpoint, tensor_digest
+from critic_actor.model import expected_state_shapes
+from rollout.cluster.startup import actor_device
+from rollout.records.types import Critique, PhotoTask
+from rollout.sync.weight_transport import SyncManifest, TransferEndpoint, tensor_digest
 
 ROLE = "critic-rollout"
-
-
-@lru_cache(maxsize=4)
-def expected_state_shapes(model_path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of the transformers model (as the learner's ``state_dict()`` names them),
-    from the checkpoint's config on the meta device: nothing is allocated. Cached: the replica and its engine
-    both ask (read-only)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(model_path)
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 class WeightSyncError(RuntimeError):
@@ -181,7 +167,7 @@ class CriticRolloutActor:
         """Load ``state`` (HF parameter names, as in the learner's ``model.state_dict()``) in place.
 
         Returns ``{"policy_version", "digest", "seconds"}``. ``expected_digest`` (from
-        :func:`rollout.weight_transport.tensor_digest` on the sender) is verified before loading. A load that
+        :func:`rollout.sync.weight_transport.tensor_digest` on the sender) is verified before loading. A load that
         fails or takes longer than ``sync_timeout_s`` raises :class:`WeightSyncError` and leaves the replica
         refusing work until a later sync succeeds.
         """

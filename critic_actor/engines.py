@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rollout.weight_transport import SyncManifest, TransferEndpoint
+from rollout.sync.weight_transport import SyncManifest, TransferEndpoint
 
 SUPPRESSED_LOGIT_BIAS = -100.0
 """vLLM clamps logit_bias to ±100; at -100 a suppressed token's probability is ~e^-100 (never sampled)."""
@@ -264,7 +264,7 @@ class TransformersCriticEngine:
                         manifest: SyncManifest) -> dict[str, Any]:
         """Join a collective sync and load what it carries into the transformers model."""
         from critic_actor.weight_receiver import LoadReport
-        from rollout.weight_transport import Receipt, TransferGroup, receive_tensors
+        from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
         receipt, report = Receipt(), LoadReport()
         with TransferGroup(endpoint, endpoint.receiver_rank(receiver_index)) as group:

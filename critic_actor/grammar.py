@@ -5,7 +5,7 @@ Owns the instruction the critic is asked (:data:`CRITIC_INSTRUCTION`), the chat 
 
     <think>reasoning</think><edit_start>suggestions</edit_end><answer>N</answer>
 
-into a :class:`~rollout.types.ParsedCritique` (:func:`parse_critique`), and the renderer that writes the same
+into a :class:`~rollout.records.types.ParsedCritique` (:func:`parse_critique`), and the renderer that writes the same
 format from structured suggestions (:func:`render_critique`, used for warm-start targets).
 
 The released SmartPhotoCrafter prompt asks for ``<edit_start>…</edit_end>`` (mismatched tag names), so both
@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rollout.types import Degradation, EditOp, ParsedCritique, Suggestion, ToneAttribute
+from rollout.records.types import Degradation, EditOp, ParsedCritique, Suggestion, ToneAttribute
 
 SYSTEM_PROMPT = "You are a helpful assistant that follows user instructions."
 """System turn of every critic prompt (the released SmartPhotoCrafter critic's system prompt)."""

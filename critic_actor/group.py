@@ -2,7 +2,7 @@
 
 Owns creating the replicas as Ray actors (named ``critic-rollout-<i>``, resources from config, packed in one
 placement group), splitting requests across them, weight sync through the object store with a timeout and a
-check that every replica received the same weights (a collective sync is driven by ``rollout.weight_sync``, which
+check that every replica received the same weights (a collective sync is driven by ``rollout.sync.weight_sync``, which
 starts each replica's ``receive_weights``), and reporting health. It must not hold model weights or images
 itself: state and images travel through the object store or the collective.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from critic_actor.config import CriticConfig
-from rollout.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
+from rollout.cluster.startup import (StartupLimits, foreground_runtime_env, wait_for_placement, wait_for_restart,
                              wait_until_ready)
-from rollout.types import Critique, PhotoTask
-from rollout.weight_transport import tensor_digest
+from rollout.records.types import Critique, PhotoTask
+from rollout.sync.weight_transport import tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class CriticRolloutGroup:
         disagreement.
 
         ``state`` is a state dict, or an ObjectRef to one together with its ``digest``
-        (:func:`~rollout.weight_transport.tensor_digest`, computed where the state was made): then the weights go
+        (:func:`~rollout.sync.weight_transport.tensor_digest`, computed where the state was made): then the weights go
         from the object store to the replicas without passing through this process. Returns the seconds the
         whole sync took, the digest of the state and each replica's report.
         """

@@ -8,6 +8,8 @@ Owns three things every critic user goes through:
   (:data:`TINY_CRITIC_RECIPE`) is hashed by ``rollout.models`` to decide when to rebuild.
 * :func:`load_critic` / :func:`load_critic_processor` — the one loading path for tiny and real checkpoints
   (``AutoModelForImageTextToText`` + ``AutoProcessor``), so the embedded default exercises the real code.
+* :func:`expected_state_shapes` — parameter names and shapes from a checkpoint's config, allocating nothing
+  (what a replica checks incoming weights against).
 * :func:`vision_special_token_ids` — ids that generation must never sample (ENVIRONMENT.md: a sampled
   ``<|image_pad|>`` breaks the learner's forward).
 
@@ -17,6 +19,7 @@ It must not import vLLM, and torch/transformers are imported inside functions so
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +93,7 @@ def _tokenizer_corpus(seed: int) -> list[str]:
     """Text the tiny tokenizer is trained on: the critic grammar, its vocabulary, digits and the chat frame."""
     import random
 
-    from rollout.types import DEGRADATIONS, TONE_ATTRIBUTES, EditOp, Suggestion
+    from rollout.records.types import DEGRADATIONS, TONE_ATTRIBUTES, EditOp, Suggestion
 
     from critic_actor.grammar import CRITIC_INSTRUCTION, SYSTEM_PROMPT, render_critique
 
@@ -282,3 +285,17 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=4)
+def expected_state_shapes(model_path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of the transformers model (as the learner's ``state_dict()`` names them),
+    from the checkpoint's config on the meta device: nothing is allocated. Cached: the replica and its engine
+    both ask (read-only)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}

@@ -4,7 +4,7 @@ vLLM 0.32 receives trainer weights through ``vllm.distributed.weight_transfer``:
 ``WeightTransferEngineFactory`` lives in each worker, and ``LLM.init_weight_transfer_engine`` /
 ``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` drive it. The engines vLLM ships are CUDA
 only (NCCL, CUDA IPC) and take one trainer sender; :class:`GlooWeightTransferEngine` is ours, registered as
-:data:`ENGINE_NAME`, so the same four calls run on CPU, with the protocol of :mod:`rollout.weight_transport`:
+:data:`ENGINE_NAME`, so the same four calls run on CPU, with the protocol of :mod:`rollout.sync.weight_transport`:
 
 - ``init_transfer_engine`` joins the sync's gloo groups (one per learner rank; blocks until all joined, or raises
   after the endpoint's timeout);
@@ -32,7 +32,8 @@ from vllm.distributed.weight_transfer.base import (
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
 from critic_actor.weight_receiver import LoadReport, ReplicaWeights
-from rollout.weight_transport import Receipt, SyncManifest, TransferEndpoint, TransferGroup, receive_tensors
+from rollout.sync.weight_transport import SyncManifest, TransferEndpoint
+from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
 ENGINE_NAME = "photocrafter-gloo"
 """Name of :class:`GlooWeightTransferEngine` in ``WeightTransferEngineFactory`` (``WeightTransferConfig.backend``)."""
@@ -49,7 +50,7 @@ class GlooInitInfo(WeightTransferInitInfo):
 
 @dataclass
 class GlooUpdateInfo(WeightTransferUpdateInfo):
-    """The sync's manifest (as a dict, see :meth:`rollout.weight_transport.SyncManifest.to_dict`)."""
+    """The sync's manifest (as a dict, see :meth:`rollout.sync.weight_transport.SyncManifest.to_dict`)."""
 
     manifest: dict
 
@@ -72,7 +73,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
 
     def __init__(self, config, vllm_config, device: torch.device, model: torch.nn.Module) -> None:
         super().__init__(config, vllm_config, device, model)
-        from critic_actor.actor import expected_state_shapes
+        from critic_actor.model import expected_state_shapes
 
         self.group: TransferGroup | None = None
         # The learner's names for the served model's parameters (a meta-device build: nothing is allocated).

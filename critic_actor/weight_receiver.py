@@ -1,7 +1,7 @@
 """What a critic replica does with the tensors of a collective weight sync, whichever engine it runs.
 
 Owns :class:`ReplicaWeights`, the replica-side state that outlives one sync, and the rule that turns a sync's
-tensor stream (:func:`rollout.weight_transport.receive_tensors`) into the tensors the engine loads:
+tensor stream (:func:`rollout.sync.transfer_group.receive_tensors`) into the tensors the engine loads:
 
 - a ``full`` payload passes through (kept as the copy a later delta sync patches, when delta sync is on);
 - a ``lora`` payload carries the adapter — A and B of every adapted module — and, the first time a replica
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.weight_transport import SyncManifest
+from rollout.sync.weight_transport import SyncManifest
 
 LORA_FACTORS = (".lora_A.weight", ".lora_B.weight")
 

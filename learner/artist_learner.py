@@ -50,7 +50,7 @@ from learner.memory import use_gradient_checkpointing
 from learner.nft import (DiffusionNFTLoss, low_variance_groups, normalisation_key, num_training_timesteps,
                          old_policy_decay, optimality_probabilities, select_training_timesteps)
 from learner.optim import build_adamw, clip_and_step
-from rollout.types import ArtistGroup, ImageHandle
+from rollout.records.types import ArtistGroup, ImageHandle
 
 logger = logging.getLogger(__name__)
 

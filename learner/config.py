@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rollout.config_base import ConfigModel
+from rollout.records.config_base import ConfigModel
 
 
 class LoraConfig(ConfigModel):

@@ -7,8 +7,8 @@ optimizer, and the critic's policy version. Three verbs:
 * :meth:`CriticLearner.prepare` — one forward over prompt + response per critique (no gradient) that yields
   the old log-probs, the reference log-probs, the rollout/learner agreement metric, and H_c: the last-layer,
   post-norm hidden states over the prompt and the first N−1 generated tokens (ALGORITHMS.md §4.4), as
-  :class:`~rollout.types.Conditioning` records for the artist.
-* :meth:`CriticLearner.update` — the GRPO step on a list of :class:`~rollout.types.CriticGroup`.
+  :class:`~rollout.records.types.Conditioning` records for the artist.
+* :meth:`CriticLearner.update` — the GRPO step on a list of :class:`~rollout.records.types.CriticGroup`.
 * :meth:`CriticLearner.get_weights` — tensors by Hugging Face parameter name, for
   ``CriticRolloutActor.set_weights``.
 
@@ -26,12 +26,7 @@ in bf16; decoder layers recompute their activations in the backward pass when gr
 It is a plain class: the critic learner group (rollout) runs one per rank as a Ray actor; tests construct it
 directly. It must not generate text, compute rewards or talk to other actors; the loss math lives in
 :mod:`learner.grpo`.
-
-Token layout of one sequence (``L_p`` prompt tokens, ``N`` response tokens): position ``p`` predicts token
-``p + 1``, so the response log-probs come from positions ``L_p − 1 … L_p + N − 2`` and H_c is positions
-``0 … L_p + N − 2``. Batches are right-padded. Image placeholder tokens get ``mm_token_type_ids = 1`` and every
-other token, generated ones included, 0 — without it transformers falls back to 1-D positions and the
-log-probs silently drift from the engine's (the M-RoPE trap in ENVIRONMENT.md).
+The token layout of a teacher-forced batch is :mod:`learner.critic_batches`'s.
 """
 
 from __future__ import annotations
@@ -48,6 +43,8 @@ import torch
 from torch import nn
 
 from learner.config import CriticLearnerConfig
+from learner.critic_batches import (CritiqueBatch, CritiqueKey, build_critique_batch, pad_rows,
+                                    token_budget_micro_batches)
 from learner.distributed import (ParallelContext, full_tensor, load_sharded, read_learner_checkpoint_meta,
                                  save_learner_checkpoint, shard_model)
 from learner.grpo import (GRPOLoss, grpo_advantages, logprob_agreement, overlong_penalty, token_entropy,
@@ -55,10 +52,7 @@ from learner.grpo import (GRPOLoss, grpo_advantages, logprob_agreement, overlong
 from learner.memory import use_gradient_checkpointing
 from learner.optim import build_adamw, clip_and_step, trainable_parameters
 from learner.state import detach_state, flatten_optimizer_state, load_module_state, unflatten_optimizer_state
-from rollout.types import Conditioning, Critique, CriticGroup
-
-CritiqueKey = tuple[str, int]
-"""(task_id, critique index): how a critique is found across prepare and update."""
+from rollout.records.types import Conditioning, Critique, CriticGroup
 
 LANGUAGE_MODEL_LINEAR_LAYERS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 """Default LoRA targets of the critic: every linear layer of the language model (verl's ``all-linear`` for the
@@ -93,19 +87,6 @@ class PreparedBatch:
     """A critique to run zero-weight passes on when this rank has none of its own to train on."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Agreement and timing metrics over every rank's critiques, named ``<section>/<name>`` for MLflow."""
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Model inputs for a right-padded batch of prompt + response sequences."""
-
-    keys: list[CritiqueKey]
-    model_inputs: dict[str, torch.Tensor]
-    prompt_lengths: list[int]
-    response_tokens: torch.Tensor
-    """long ``[B, T]`` response tokens, right-padded with 0."""
-    response_mask: torch.Tensor
-    """float ``[B, T]``: 1 on real response tokens."""
 
 
 class ResponseForward(nn.Module):
@@ -251,8 +232,8 @@ class CriticLearner:
                 # The engine reports log-probs at temperature 1; compare like with like.
                 learner_t1 = log_probs if self.temperature == 1.0 else \
                     token_log_probs(logits * self.temperature, batch.response_tokens)
-                rollout = _pad([np.asarray(c.rollout_logprobs, dtype=np.float32) for c in chunk],
-                               batch.response_tokens.shape[1], learner_t1.device)
+                rollout = pad_rows([np.asarray(c.rollout_logprobs, dtype=np.float32) for c in chunk],
+                                   batch.response_tokens.shape[1], learner_t1.device)
                 mismatch = logprob_agreement(rollout, learner_t1, batch.response_mask)
                 tokens = mismatch.num_tokens
                 agreement += [mismatch.mean_abs_diff * tokens, mismatch.kl * tokens, tokens]
@@ -337,8 +318,8 @@ class CriticLearner:
             batch = self._build_batch(chunk)
             width = batch.response_mask.shape[1]
             if real:
-                old = _pad([prepared.old_log_probs[k] for k in batch.keys], width, self.device)
-                ref = (_pad([prepared.ref_log_probs[k] for k in batch.keys], width, self.device)
+                old = pad_rows([prepared.old_log_probs[k] for k in batch.keys], width, self.device)
+                ref = (pad_rows([prepared.ref_log_probs[k] for k in batch.keys], width, self.device)
                        if self.config.kl_coef > 0 else None)
                 adv = torch.tensor([advantage_of[k] for k in batch.keys], dtype=torch.float32, device=self.device)
             else:
@@ -504,12 +485,12 @@ class CriticLearner:
         else:
             yield self.reference
 
-    def _reference_log_probs(self, batch: _Batch) -> torch.Tensor:
+    def _reference_log_probs(self, batch: CritiqueBatch) -> torch.Tensor:
         with torch.no_grad(), self._reference_model() as reference, self._autocast():
             _, logits = self._forward(reference, batch)
             return token_log_probs(logits, batch.response_tokens)
 
-    def _forward(self, policy: nn.Module, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, policy: nn.Module, batch: CritiqueBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(post-norm last-layer states ``[B, L, D]``, logits ``[B, T, V]`` at the positions that predict each
         response token, temperature applied)."""
         response_lengths = [int(n) for n in batch.response_mask.sum(dim=1).tolist()]
@@ -532,82 +513,10 @@ class CriticLearner:
         return [[critiques[i] for i in members] for members in token_budget_micro_batches(
             lengths, max_tokens=self.config.max_tokens_per_micro_batch, max_sequences=self.config.micro_batch_size)]
 
-    def _build_batch(self, critiques: Sequence[Critique]) -> _Batch:
-        sequences, prompt_lengths, response_lengths, images = [], [], [], []
-        for critique in critiques:
-            prompt = list(critique.prompt_token_ids)
-            completion = list(critique.completion_token_ids)
-            where = f"critique ({critique.task_id!r}, {critique.index})"
-            if not completion:
-                raise ValueError(f"{where} has an empty completion; nothing to train on")
-            if len(critique.rollout_logprobs) != len(completion):
-                raise ValueError(f"{where}: {len(critique.rollout_logprobs)} rollout log-probs for "
-                                 f"{len(completion)} completion tokens")
-            if self.image_token_id in completion:
-                raise ValueError(f"{where}: the response contains the image placeholder token; rollouts must "
-                                 f"suppress vision special tokens (critic_actor.model.vision_special_token_ids)")
-            sequences.append(prompt + completion)
-            prompt_lengths.append(len(prompt))
-            response_lengths.append(len(completion))
-            images.append(_resolve_image(critique.image, where))
-        vision = self.processor.image_processor(images=images, return_tensors="pt")
-        grids = vision["image_grid_thw"]
-        for critique, prompt_length, grid in zip(critiques, prompt_lengths, grids):
-            expected = int(grid.prod()) // self.spatial_merge_size ** 2
-            found = sum(1 for t in critique.prompt_token_ids if t == self.image_token_id)
-            if expected != found:
-                raise ValueError(
-                    f"critique ({critique.task_id!r}, {critique.index}): its prompt has {found} image tokens but "
-                    f"its image gives {expected} at the learner's pixel bounds; give the learner the rollout "
-                    f"actors' critic.min_pixels/max_pixels and keep Critique.image as the engine saw it")
-        width = max(len(s) for s in sequences)
-        pad_id = 0
-        input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            input_ids[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-            attention[row, :len(sequence)] = 1
-        # 1 on image placeholders of the prompt, 0 on text and on every generated token (M-RoPE positions).
-        mm_token_type_ids = ((input_ids == self.image_token_id) & (attention == 1)).to(torch.int)
-        response_width = max(response_lengths)
-        response_tokens = torch.zeros((len(sequences), response_width), dtype=torch.long)
-        response_mask = torch.zeros((len(sequences), response_width), dtype=torch.float32)
-        for row, (critique, n) in enumerate(zip(critiques, response_lengths)):
-            response_tokens[row, :n] = torch.tensor(list(critique.completion_token_ids), dtype=torch.long)
-            response_mask[row, :n] = 1.0
-        model_inputs = {
-            "input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": mm_token_type_ids,
-            "pixel_values": vision["pixel_values"], "image_grid_thw": grids,
-        }
-        return _Batch(
-            keys=[(c.task_id, c.index) for c in critiques],
-            model_inputs={k: v.to(self.device) for k, v in model_inputs.items()},
-            prompt_lengths=prompt_lengths,
-            response_tokens=response_tokens.to(self.device),
-            response_mask=response_mask.to(self.device),
-        )
+    def _build_batch(self, critiques: Sequence[Critique]) -> CritiqueBatch:
+        return build_critique_batch(critiques, self.processor, image_token_id=self.image_token_id,
+                                    spatial_merge_size=self.spatial_merge_size, device=self.device)
 
-
-def token_budget_micro_batches(lengths: Sequence[int], *, max_tokens: int, max_sequences: int) -> list[list[int]]:
-    """Indices of sequences packed into micro-batches, longest first, so that no micro-batch exceeds
-    ``max_sequences`` sequences nor ``max_tokens`` padded tokens (longest × count; 0 = no token budget).
-
-    A sequence longer than the budget on its own gets a micro-batch of its own (it cannot be split).
-    """
-    if max_sequences < 1:
-        raise ValueError(f"max_sequences must be ≥ 1, got {max_sequences}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for index in order:
-        if batches:
-            current = batches[-1]
-            # Sorted longest first: the micro-batch's first sequence is its longest.
-            padded = lengths[current[0]] * (len(current) + 1)
-            if len(current) < max_sequences and (max_tokens <= 0 or padded <= max_tokens):
-                current.append(index)
-                continue
-        batches.append([index])
-    return batches
 
 
 def critic_advantages(
@@ -650,36 +559,4 @@ def _transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [*layers, *blocks]
 
 
-def _pad(arrays: Sequence[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
-    out = torch.zeros((len(arrays), width), dtype=torch.float32)
-    for row, values in enumerate(arrays):
-        out[row, :len(values)] = torch.as_tensor(np.asarray(values, dtype=np.float32))
-    return out.to(device)
-
-
-def _resolve_image(handle: Any, where: str) -> np.ndarray:
-    """The uint8 ``[H, W, 3]`` image behind a handle: an array, a path, or a Ray object reference."""
-    if handle is None:
-        raise ValueError(f"{where} carries no image; the rollout actor must set Critique.image to the image it "
-                         f"fed the engine")
-    if isinstance(handle, np.ndarray):
-        image = handle
-    elif isinstance(handle, (str, Path)):
-        from PIL import Image
-
-        with Image.open(handle) as opened:
-            image = np.asarray(opened.convert("RGB"))
-    else:
-        import ray
-
-        if not isinstance(handle, ray.ObjectRef):
-            raise TypeError(f"{where}: image handle of type {type(handle).__name__} is not an array, path or "
-                            f"ray.ObjectRef")
-        image = np.asarray(ray.get(handle))
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"{where}: image must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    return image
-
-
-__all__ = ["CriticLearner", "PreparedBatch", "ResponseForward", "critic_advantages", "token_budget_micro_batches",
-           "LANGUAGE_MODEL_LINEAR_LAYERS"]
+__all__ = ["CriticLearner", "PreparedBatch", "ResponseForward", "critic_advantages", "LANGUAGE_MODEL_LINEAR_LAYERS"]

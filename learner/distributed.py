@@ -208,7 +208,7 @@ def local_rows(tensor: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     """This rank's dim-0 chunk of a tensor, cut like FSDP2 shards parameters (``torch.chunk`` rows): its own shard
     when the tensor is sharded, the same rows of a tensor every rank holds whole (a buffer, a gathered state),
     the tensor itself when it has no dim 0. What weight sync sends from each rank (``learner.weight_sender``)."""
-    from rollout.weight_transport import shard_rows
+    from rollout.sync.weight_transport import shard_rows
 
     tensor = tensor.detach()
     if is_sharded(tensor):

@@ -53,13 +53,14 @@ def write_artist_dir(transformer: torch.nn.Module, source: str | Path, out_dir: 
     return out
 
 
-def export_checkpoint(checkpoint_dir: str | Path, config, out_dir: str | Path,
+def export_checkpoint(checkpoint_dir: str | Path, config, base_models: tuple[Path, Path], out_dir: str | Path,
                       artist_weights: ArtistWeights = "ema") -> dict:
     """Write ``out_dir/critic``, ``out_dir/artist`` and ``out_dir/export.json`` from an RL checkpoint.
 
-    ``config`` is the run's own config (``runs/<run>/config.yaml``): it names the base models the run started
-    from (``trainer.init_from`` or ``critic.model`` / ``artist.model``) and the LoRA settings the checkpoint was
-    written with. Returns what ``export.json`` records. Raises ``FileNotFoundError`` naming a missing file.
+    ``config`` is the run's own config (``runs/<run>/config.yaml``): the learner and LoRA settings the checkpoint
+    was written with. ``base_models`` are the (critic, artist) directories the run started from, as
+    ``rollout.models.resolve_model_paths`` resolves that config. Returns what ``export.json`` records. Raises
+    ``FileNotFoundError`` naming a missing file.
     """
     from artist_actor.model import load_artist
     from critic_actor.model import load_critic
@@ -68,7 +69,6 @@ def export_checkpoint(checkpoint_dir: str | Path, config, out_dir: str | Path,
     from learner.critic_learner import CHECKPOINT_NAME as CRITIC_CHECKPOINT
     from learner.critic_learner import CriticLearner
     from learner.lora import SAMPLING_ADAPTER, TRAINED_ADAPTER, load_adapter_state, merged_state_dict
-    from rollout.models import resolve_model_paths
 
     if artist_weights not in ("ema", "trained", "sampling"):
         raise ValueError(f"artist weights must be ema, trained or sampling; got {artist_weights!r}")
@@ -78,7 +78,7 @@ def export_checkpoint(checkpoint_dir: str | Path, config, out_dir: str | Path,
             raise FileNotFoundError(f"{checkpoint} has no {name}; give a step directory written by train "
                                     f"(runs/<run>/checkpoints/step_N)")
     manifest = json.loads((checkpoint / "manifest.json").read_text())
-    critic_base, artist_base = resolve_model_paths(config)
+    critic_base, artist_base = base_models
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

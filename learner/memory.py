@@ -77,7 +77,7 @@ FRAGMENTATION = 1.10
 CRITIC_PROMPT_TEXT_TOKENS = 260
 """Text tokens of the critic prompt besides the image (system turn, instruction, chat frame): the instruction's 820
 characters at ~4 characters per Qwen token, plus the template, rounded up. The memory plan and the time plan
-(:mod:`rollout.capacity`) both count prompts with it."""
+(:mod:`rollout.cluster.capacity`) both count prompts with it."""
 
 _CRITIC_LORA_DEFAULT = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 _DIT_LORA_DEFAULT = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",

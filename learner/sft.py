@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from learner.export import write_artist_dir, write_critic_dir
-from rollout.types import EditOp, PhotoTask, Suggestion
+from rollout.records.types import EditOp, PhotoTask, Suggestion
 
 ArtistStage = Literal["artist", "adapt"]
 
@@ -110,7 +110,7 @@ def _load_image(handle, what: str) -> np.ndarray:
 
     if isinstance(handle, (str, Path)):
         # Files go through the project's one reader, with the conversions training data gets (docs/data.md).
-        from rollout.images import read_image
+        from rollout.records.images import read_image
 
         handle = read_image(handle)
     return resolve_image(handle, what)

@@ -1,6 +1,6 @@
 """The sending side of weight sync, as one learner rank runs it.
 
-Owns, for one rank: joining a sync's transfer group, walking the bucket plan of :mod:`rollout.weight_transport`,
+Owns, for one rank: joining a sync's transfer group, walking the bucket plan of :mod:`rollout.sync.weight_transport`,
 casting each of this rank's pieces to the wire (serving) dtype into a bucket-sized staging buffer (the shared
 bucket file when every receiver is on this machine), the per-bucket checksum trailer, publishing the bucket,
 and — when delta sync is on — the snapshot of what this rank last sent, against which the next sync encodes only
@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from rollout.weight_transport import (
-    ALIGN, SyncManifest, TransferEndpoint, TransferGroup, WeightTransferError, bucket_checksum,
-    layout_from_header, open_store, padded_bytes, plan_buckets, row_layout, shard_rows,
+from rollout.sync.weight_transport import (
+    ALIGN, SyncManifest, TransferEndpoint, WeightTransferError, bucket_checksum, layout_from_header, padded_bytes,
+    plan_buckets, row_layout, shard_rows,
 )
+from rollout.sync.transfer_group import TransferGroup, open_store
 
 
 @dataclass(slots=True)

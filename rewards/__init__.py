@@ -11,6 +11,6 @@ Modules, one role each:
 - ``worker``      — ``RewardWorker``: batched scoring with per-record error isolation (plain class).
 - ``pool``        — ``RewardPool``: N Ray workers, results streamed in completion order.
 
-Dependency rule: this package imports only ``rollout.types``, ``rollout.config_base`` and itself; heavy
+Dependency rule: this package imports only ``rollout.records.types``, ``rollout.records.config_base`` and itself; heavy
 libraries (torch, lpips, colour, OpenCV, Ray) are imported inside functions so the driver stays light.
 """

@@ -15,7 +15,7 @@ import numpy as np
 
 from rewards.attributes import NEGLIGIBLE_CHANGE, PhotometricAttributes
 from rewards.perceptual import perceptual_reward
-from rollout.types import TONE_ATTRIBUTES, EditOp, EditReward, Suggestion
+from rollout.records.types import TONE_ATTRIBUTES, EditOp, EditReward, Suggestion
 
 PROGRESS_EPSILON = 1e-6
 """Guards the progress ratio |d_e| / |d_in| against a zero denominator."""

@@ -28,7 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from rewards.images import as_rgb_uint8, resize_long_side
-from rollout.types import TONE_ATTRIBUTES, ToneAttribute
+from rollout.records.types import TONE_ATTRIBUTES, ToneAttribute
 
 NEGLIGIBLE_CHANGE: Mapping[ToneAttribute, float] = MappingProxyType({
     "exposure": 2.0,    # L*

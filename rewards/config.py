@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from rollout.config_base import ConfigModel
+from rollout.records.config_base import ConfigModel
 
 
 class RewardsConfig(ConfigModel):

@@ -4,7 +4,7 @@ Owns the math of ALGORITHMS.md §5.4 as pure functions over the critic's parsed 
 grammar's verdict), score ranking (the critic's re-scores of its own edits against its score of the input),
 and the suggestion reward (retouch: the rule-based pseudo-edit moves the photo toward its target in
 attribute space; restoration: every degradation label has its corrective suggestion). It must not parse
-text — the critic's grammar turns responses into :class:`rollout.types.ParsedCritique` — and must not run
+text — the critic's grammar turns responses into :class:`rollout.records.types.ParsedCritique` — and must not run
 models: re-scores arrive as numbers from the critic rollout actors.
 """
 
@@ -21,7 +21,7 @@ from rewards.attributes import (
     downsample_for_attributes,
 )
 from rewards.operators import apply_edit_ops
-from rollout.types import CritiqueReward, Degradation, ParsedCritique, Suggestion, TaskKind
+from rollout.records.types import CritiqueReward, Degradation, ParsedCritique, Suggestion, TaskKind
 
 
 def format_reward(parsed: ParsedCritique) -> float:

@@ -4,7 +4,7 @@ Owns the numeric size of every magnitude level (ALGORITHMS.md §5.2) and the one
 operator. The same code synthesises training pairs (a good photo degraded by ops, with the inverse ops
 recorded as the known fix) and builds the suggestion reward's pseudo-edit, so "moderately warmer" means
 exactly the same thing to the data, the critic's reward and the tests. It must not parse text: the word →
-level mapping belongs to the critic's grammar, which hands over :class:`rollout.types.EditOp` records.
+level mapping belongs to the critic's grammar, which hands over :class:`rollout.records.types.EditOp` records.
 
 Operators (direction d = ±1, magnitude m = the level's value for the attribute):
 
@@ -26,7 +26,7 @@ from typing import Mapping
 import numpy as np
 
 from rewards.images import as_rgb_uint8
-from rollout.types import EditOp, ToneAttribute
+from rollout.records.types import EditOp, ToneAttribute
 
 OPERATION_ORDER: tuple[ToneAttribute, ...] = ("warmth", "exposure", "contrast", "saturation")
 """Order in which ops are applied: white balance first (on scene-linear light), tone curve last."""

@@ -20,8 +20,8 @@ from rewards.artist import failed_edit_reward
 from rewards.config import RewardsConfig
 from rewards.critic import failed_critique_reward
 from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
-from rollout.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
-from rollout.types import CritiqueReward, EditReward
+from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
+from rollout.records.types import CritiqueReward, EditReward
 
 logger = logging.getLogger(__name__)
 

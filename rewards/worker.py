@@ -24,8 +24,8 @@ from rewards.attributes import PhotometricAttributes, compute_attributes
 from rewards.config import RewardsConfig
 from rewards.critic import critic_reward, failed_critique_reward, format_reward, rank_reward, suggestion_reward
 from rewards.images import InvalidImageError, as_rgb_uint8
-from rollout.startup import actor_device
-from rollout.types import (
+from rollout.cluster.startup import actor_device
+from rollout.records.types import (
     CritiqueReward,
     Degradation,
     EditReward,

@@ -2,7 +2,7 @@
 
 Owns creation and teardown of every actor of a run (critic rollout group, artist sampler group, reward pool,
 critic and artist learner groups — each group placing its own actors — and the Ray tasks that load photos), the
-weight-sync owner of each model (``rollout.weight_sync.WeightSync``), and the translation between the
+weight-sync owner of each model (``rollout.sync.weight_sync.WeightSync``), and the translation between the
 controller's records and each component's requests. It adds no learning logic.
 
 Photos are read and validated by Ray tasks (``_load_task_images``) whose results stay in the object store:
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from rollout.config import TrainConfig
-from rollout.placement import PHOTO_LOADER_CPUS
-from rollout.types import Critique, CritiqueReward, Edit, EditReward, PhotoTask
+from rollout.cluster.placement import PHOTO_LOADER_CPUS
+from rollout.records.types import Critique, CritiqueReward, Edit, EditReward, PhotoTask
 
 
 def _load_task_images(task: PhotoTask, limits) -> tuple[str, Any, Any]:
     """Ray task: read + validate a task's images; returns (verdict, input, target)."""
     from rollout.data.stream import load_task_images
-    from rollout.images import ImageRejected
+    from rollout.records.images import ImageRejected
 
     try:
         loaded = load_task_images(task, limits)
@@ -77,11 +77,11 @@ class Components:
         from artist_actor.group import ArtistSamplerGroup
         from critic_actor.group import CriticRolloutGroup
         from rewards.pool import RewardPool
-        from rollout.learner_groups import ArtistLearnerGroup, CriticLearnerGroup
+        from rollout.cluster.learner_groups import ArtistLearnerGroup, CriticLearnerGroup
         from rollout.models import resolve_model_paths
-        from rollout.placement import plan_resources
-        from rollout.preflight import check_live_cluster
-        from rollout.startup import StartupLimits
+        from rollout.cluster.placement import plan_resources
+        from rollout.cluster.preflight import check_live_cluster
+        from rollout.cluster.startup import StartupLimits
 
         self.config = config
         # Before any actor exists: the plan against the live nodes (refused here, naming the role and the knob).
@@ -196,7 +196,7 @@ class Components:
 
     def _build_weight_sync(self, config: TrainConfig, timeout_s: float) -> None:
         """One sync owner per model, on the path ``sync.backend`` resolves to (announced once)."""
-        from rollout.weight_sync import WeightSync, announce, resolve_backend
+        from rollout.sync.weight_sync import WeightSync, announce, resolve_backend
 
         backend, reason = resolve_backend(config.sync)
         announce(backend, reason)

@@ -19,7 +19,7 @@ from artist_actor.config import ArtistConfig
 from critic_actor.config import CriticConfig
 from learner.config import LearnerConfig
 from rewards.config import RewardsConfig
-from rollout.config_base import ConfigModel
+from rollout.records.config_base import ConfigModel
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "embedded.yaml"

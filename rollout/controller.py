@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from rollout.config import TrainConfig
-from rollout.types import ArtistGroup, Conditioning, Critique, CriticGroup, CritiqueReward, Edit, EditReward, PhotoTask
+from rollout.records.types import (ArtistGroup, Conditioning, Critique, CriticGroup, CritiqueReward, Edit, EditReward,
+                                   PhotoTask)
 
 
 EDIT_R1_STD_THRESHOLD = 0.05
@@ -173,7 +174,7 @@ def sample_rows(records: StepRecords, max_photos: int = 4) -> list:
     """
     import ray
 
-    from rollout.figures import SampleRow
+    from rollout.tracking.figures import SampleRow
 
     def fetch(handle):
         return ray.get(handle) if type(handle).__name__ == "ObjectRef" else handle
@@ -230,7 +231,7 @@ class Controller:
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self, resume: bool = False) -> None:
         from rollout.components import build_components
-        from rollout.tracking import RunTracker
+        from rollout.tracking.run_tracker import RunTracker
 
         random.seed(self.config.trainer.seed)
         self.components = build_components(self.config, self.run_name)
@@ -248,7 +249,7 @@ class Controller:
                               "LPIPS runs on a RANDOM AlexNet backbone (no alexnet-owt-7be5be79.pth found): r_perc is "
                               "not a perceptual metric in this run; set rewards.lpips_weights to the real weights")
         try:
-            from rollout.ray_metrics import RayMetrics
+            from rollout.tracking.ray_metrics import RayMetrics
 
             self.ray_metrics = RayMetrics(self.run_name)
         except Exception as exc:  # metrics are observability, never a reason to stop training
@@ -258,7 +259,7 @@ class Controller:
         self._sync_weights(force=True)
 
     def run(self) -> None:
-        from rollout.report import StepProgress
+        from rollout.tracking.report import StepProgress
 
         total = self.config.trainer.steps
         self.progress = StepProgress(total, initial=self.step, stream=sys.stdout)
@@ -290,7 +291,7 @@ class Controller:
     def _learner_loss_ends_the_run(self, during: str):
         """Turn the death of a learner actor during ``during`` into :class:`LearnerLost`, naming the learner and
         the checkpoint to resume from (replica deaths are recovered inside the groups and never reach here)."""
-        from rollout.learner_groups import LearnerRankLost
+        from rollout.cluster.learner_groups import LearnerRankLost
 
         try:
             yield
@@ -498,7 +499,7 @@ class Controller:
 
     # -------------------------------------------------------------------------------------- reporting
     def _report(self, metrics: dict[str, float]) -> None:
-        from rollout.report import format_step_line
+        from rollout.tracking.report import format_step_line
 
         step = self.step  # number of completed steps
         if step % self.config.tracking.log_every == 0 or step == self.config.trainer.steps:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rollout.types import ParsedCritique
+from rollout.records.types import ParsedCritique
 
 
 @dataclass(slots=True)

@@ -101,8 +101,8 @@ class StopRequest:
 def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", resume_dir: Path | None = None) -> int:
     """Run (or resume) a training run to completion or until stopped. Returns the process exit code."""
     from rollout.controller import Controller, LearnerLost
-    from rollout.placement import plan_resources
-    from rollout.preflight import PlanRefused
+    from rollout.cluster.placement import plan_resources
+    from rollout.cluster.preflight import PlanRefused
 
     apply_runtime_defaults()
     plan = plan_resources(config)
@@ -119,7 +119,7 @@ def train(config: TrainConfig, config_source: str = "configs/embedded.yaml", res
         run_dir = resume_dir
         name = json.loads((run_dir / "run.json").read_text())["name"]
     namespace = config.cluster.namespace or name
-    from rollout.tracking import resolve_tracking_uri
+    from rollout.tracking.run_tracker import resolve_tracking_uri
 
     print(f"[photocrafter] run {name}: {run_dir}", flush=True)
     print(f"[photocrafter] MLflow tracking: {resolve_tracking_uri(config.tracking.mlflow_uri, run_dir)}", flush=True)

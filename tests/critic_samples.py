@@ -10,7 +10,7 @@ import torch
 
 from critic_actor.grammar import build_critic_messages, parse_critique
 from critic_actor.model import vision_special_token_ids
-from rollout.types import Critique
+from rollout.records.types import Critique
 
 
 def photo(seed: int, height: int = 56, width: int = 84) -> np.ndarray:

@@ -1,5 +1,5 @@
 """``photocrafter check-config``: validate a config, print it resolved, its resource plan and, for a config
-that asks for GPUs, the modelled time of one step (``rollout.capacity``).
+that asks for GPUs, the modelled time of one step (``rollout.cluster.capacity``).
 
 Exit status 0 when the config is valid and its plan fits the cluster it names; 1 otherwise, with one line per
 problem (the YAML path, the bad value and what is allowed).
@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from rollout.config import dump_config, load_config_or_report
-from rollout.placement import plan_resources
+from rollout.cluster.placement import plan_resources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print("# resource plan")
         print(plan.format())
         if plan.total_gpus > 0:
-            from rollout.capacity import time_plan
+            from rollout.cluster.capacity import time_plan
 
             print("# time plan of one step")
             print(time_plan(config, plan).format())

@@ -3,7 +3,7 @@
 Owns the command-line surface only: models come from ``--checkpoint DIR`` (a warm-start or exported
 directory holding both ``critic/`` and ``artist/``; one that lacks either is refused, never replaced by the
 config's models) or from the run config; inference is ``rollout.pipeline``. The photo is read with
-``rollout.images`` (the rules of docs/data.md). Prints the reasoning, the suggestions and the score, and writes
+``rollout.records.images`` (the rules of docs/data.md). Prints the reasoning, the suggestions and the score, and writes
 the edited photo.
 Exit status: 0 enhanced, 1 the photo cannot be read (one line names the file and what is wrong), 2 unusable
 arguments (config, ``--checkpoint``).
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rollout.config import ConfigError, load_config
     from rollout.data.sources import image_limits
-    from rollout.images import ImageRejected, read_image, write_png
+    from rollout.records.images import ImageRejected, read_image, write_png
     from rollout.models import checkpoint_model_dirs, resolve_model_paths
     from rollout.pipeline import PhotoPipeline
 

@@ -19,7 +19,7 @@ Metrics and tables come from ``rollout.evaluation``. Writes ``results.json`` (ev
 ``table.md``, ``metrics.png`` and ``samples.png`` under ``--out`` and logs them to MLflow. ``--compare
 PREFIX=LABEL`` treats the rows whose label starts with PREFIX (e.g. one per RL seed) as repeats of one recipe
 and adds ``comparison.md``: their mean ± std and the paired difference of their per-pair mean against row LABEL.
-Photos are read with ``rollout.images`` (the rules of docs/data.md); a held-out record whose photo cannot be
+Photos are read with ``rollout.records.images`` (the rules of docs/data.md); a held-out record whose photo cannot be
 read is skipped with one line naming the file and what is wrong, and listed in ``results.json``.
 Exit status: 0 evaluated, 1 no held-out photo could be read, 2 unusable arguments.
 """
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _log_to_mlflow(config, out: Path, results) -> None:
-    from rollout.tracking import RunTracker
+    from rollout.tracking.run_tracker import RunTracker
 
     with RunTracker(config, out, run_name=f"evaluate-{out.name}") as tracker:
         metrics = {}

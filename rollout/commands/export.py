@@ -44,6 +44,7 @@ def resolve_checkpoint(value: str) -> tuple[Path, Path]:
 def run(args: argparse.Namespace) -> int:
     from learner.export import export_checkpoint
     from rollout.config import ConfigError, load_config
+    from rollout.models import resolve_model_paths
 
     try:
         step_dir, run_config = resolve_checkpoint(args.checkpoint)
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         if not Path(config_path).is_file():
             raise FileNotFoundError(f"{config_path}: no such config; pass the run's config with --config")
         config = load_config(config_path, args.set)
-        record = export_checkpoint(step_dir, config, args.out, artist_weights=args.artist_weights)
+        record = export_checkpoint(step_dir, config, resolve_model_paths(config), args.out,
+                                   artist_weights=args.artist_weights)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"photocrafter export: {error}", file=sys.stderr)
         return 2

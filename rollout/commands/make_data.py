@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _argument_errors(args: argparse.Namespace) -> list[str]:
-    from rollout.types import DEGRADATIONS
+    from rollout.records.types import DEGRADATIONS
 
     errors = []
     if args.per_photo < 1:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"photocrafter make-data: {line}", file=sys.stderr)
         return 2
     from rollout.data import manifest as manifest_io
-    from rollout.images import ImageLimits
+    from rollout.records.images import ImageLimits
 
     limits = ImageLimits(min_side=args.min_image_side, max_pixels=args.max_image_pixels)
     out = Path(args.out)

@@ -5,7 +5,7 @@ per-attribute photometric score, each compliance check against the critique's to
 distance (and whether its backbone is real), the weighted total, and — with ``--critique`` — the critic's
 format, rank and suggestion rewards. It owns only the command-line surface: numbers come from the same
 :class:`rewards.worker.RewardWorker` the training pool runs, the critique text from the critic's grammar; the
-photos are read with ``rollout.images``, as training data is (the rules of docs/data.md).
+photos are read with ``rollout.records.images``, as training data is (the rules of docs/data.md).
 Exit status: 0 scored, 1 the triple could not be scored (one line names the photo and the reason: unreadable,
 truncated, sizes that differ), 2 unusable arguments.
 """
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from rewards.attributes import NEGLIGIBLE_CHANGE, compute_attributes
     from rewards.perceptual import LPIPSWeightsError
     from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
-    from rollout.images import ImageRejected, read_image
-    from rollout.types import DEGRADATIONS, TONE_ATTRIBUTES
+    from rollout.records.images import ImageRejected, read_image
+    from rollout.records.types import DEGRADATIONS, TONE_ATTRIBUTES
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     bad_labels = [label for label in args.degradation if label not in DEGRADATIONS]

@@ -5,7 +5,7 @@ Owns the command-line surface of the warm start. Models and data come from the r
 held-out photos). ``--out DIR`` receives ``DIR/critic`` (transformers layout) and/or ``DIR/artist`` (diffusers
 layout) plus ``DIR/warmstart.json``; point ``critic.model``/``artist.model`` at them (or ``--init-from DIR``
 for a later stage) to start training, evaluation or enhancement from the warm start. The trainers live in
-``learner.sft``. Every training photo is read once up front with ``rollout.images`` (the rules of
+``learner.sft``. Every training photo is read once up front with ``rollout.records.images`` (the rules of
 docs/data.md); a record whose photo cannot be read is skipped with one line naming the file and what is wrong.
 Exit status: 0 trained, 1 training failed or no training photo could be read, 2 unusable arguments.
 """
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from rollout.data.manifest import read_manifest
     from rollout.data.sources import image_limits, manifest_paths
     from rollout.data.stream import load_task_images
-    from rollout.images import ImageRejected
+    from rollout.records.images import ImageRejected
 
     try:
         config = load_config(args.config, args.set)

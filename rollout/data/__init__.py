@@ -7,7 +7,7 @@ Modules, one role each:
 - :mod:`rollout.data.synthesis` — synthetic retouch/restoration pairs, the embedded dataset, ``make-data``;
 - :mod:`rollout.data.stream` — :class:`PhotoTaskStream`, the seeded, resumable batch source;
 - :mod:`rollout.data.sources` — the ``data`` config section → manifests and streams for train/evaluate.
-Images are read and validated only through :mod:`rollout.images`. See docs/data.md.
+Images are read and validated only through :mod:`rollout.records.images`. See docs/data.md.
 
 This package only re-exports; importing it does not import the synthesis code (and through it the reward
 operators) until one of those names is used.

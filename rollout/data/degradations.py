@@ -23,7 +23,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from rollout.types import Degradation
+from rollout.records.types import Degradation
 
 RESTORATION_DEGRADATIONS: tuple[Degradation, ...] = ("haze", "blur", "lowlight", "noise")
 """The degradations synthesis can produce, in the order they are applied when combined."""

@@ -1,14 +1,14 @@
-"""The JSONL photo-pair manifest: one :class:`~rollout.types.PhotoTask` per line, written and read here.
+"""The JSONL photo-pair manifest: one :class:`~rollout.records.types.PhotoTask` per line, written and read here.
 
 Format (docs/data.md): each line is a JSON object with ``id`` (unique string), ``input`` and ``target`` (paths
 relative to the manifest's folder, or absolute), ``kind`` (``retouch`` | ``restoration``), ``degradations``
-(list of labels from :data:`rollout.types.DEGRADATIONS`) and ``known_ops`` (list of
+(list of labels from :data:`rollout.records.types.DEGRADATIONS`) and ``known_ops`` (list of
 ``{"attribute", "direction", "level"}``), plus an optional ``source`` string. Blank lines and lines starting
 with ``#`` are ignored.
 
 This module owns parsing and validation of that text only. It never opens the images (that is
-:mod:`rollout.images`' job, done when a task is loaded), and a malformed line never raises: it becomes a
-:class:`~rollout.types.RejectedRecord` that names the line number and what was wrong.
+:mod:`rollout.records.images`' job, done when a task is loaded), and a malformed line never raises: it becomes a
+:class:`~rollout.records.types.RejectedRecord` that names the line number and what was wrong.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, get_args
 
-from rollout.types import DEGRADATIONS, TONE_ATTRIBUTES, EditOp, PhotoTask, RejectedRecord, TaskKind
+from rollout.records.types import DEGRADATIONS, TONE_ATTRIBUTES, EditOp, PhotoTask, RejectedRecord, TaskKind
 
 MANIFEST_KEYS = ("id", "input", "target", "kind", "degradations", "known_ops", "source")
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)

@@ -1,8 +1,8 @@
 """Loader for a folder of existing input/target pairs (``DIR/input/NAME.*`` + ``DIR/target/NAME.*``).
 
 Owns matching files by name and validating each pair; the result is a list of path-based
-:class:`~rollout.types.PhotoTask` records (ready for :func:`rollout.data.manifest.write_manifest`) and one
-:class:`~rollout.types.RejectedRecord` per file or pair that cannot be used. It must not modify or copy the
+:class:`~rollout.records.types.PhotoTask` records (ready for :func:`rollout.data.manifest.write_manifest`) and one
+:class:`~rollout.records.types.RejectedRecord` per file or pair that cannot be used. It must not modify or copy the
 images, and a bad file never stops the scan.
 """
 
@@ -12,8 +12,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from rollout.images import ImageLimits, ImageRejected, is_image_file, read_pair
-from rollout.types import Degradation, PhotoTask, RejectedRecord, TaskKind
+from rollout.records.images import ImageLimits, ImageRejected, is_image_file, read_pair
+from rollout.records.types import Degradation, PhotoTask, RejectedRecord, TaskKind
 
 PAIR_FOLDERS = ("input", "target")
 
@@ -36,7 +36,7 @@ def tasks_from_pair_folder(folder: str | Path, *, limits: ImageLimits = ImageLim
                            validate: bool = True) -> tuple[list[PhotoTask], list[RejectedRecord]]:
     """Match ``folder/input/NAME.*`` with ``folder/target/NAME.*`` and return (tasks, rejections).
 
-    With ``validate`` every pair is decoded once through :func:`rollout.images.read_pair`, so unreadable,
+    With ``validate`` every pair is decoded once through :func:`rollout.records.images.read_pair`, so unreadable,
     truncated, tiny, huge and mismatched-size pairs are refused here rather than during training.
     Every task gets the same ``kind`` and ``degradations`` (a folder holds one kind of pair).
     """

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rollout.data.stream import PhotoTaskStream
-from rollout.images import ImageLimits
+from rollout.records.images import ImageLimits
 
 if TYPE_CHECKING:
     from rollout.config import DataConfig

@@ -2,8 +2,8 @@
 
 Owns the data cursor. :class:`PhotoTaskStream` walks the tasks of one manifest in a permutation drawn from
 ``(seed, epoch)``, crosses epoch boundaries inside a batch when it has to (a batch is never short and the loop
-never sees an empty epoch), loads each task's images as uint8 arrays through :mod:`rollout.images`, and
-skips records whose images are refused — each is counted once as a :class:`~rollout.types.RejectedRecord`
+never sees an empty epoch), loads each task's images as uint8 arrays through :mod:`rollout.records.images`, and
+skips records whose images are refused — each is counted once as a :class:`~rollout.records.types.RejectedRecord`
 and never retried. ``next_records`` / ``refuse`` serve loops that read images elsewhere (in Ray tasks) so
 pixels never pass through the driver. ``state_dict()`` / ``load_state_dict()`` carry ``(epoch, position)`` so
 a checkpoint resumes the exact same sequence. It must not synthesise data or know about models.
@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from rollout.data.manifest import read_manifest
-from rollout.images import ImageLimits, ImageRejected, check_array, check_same_size, read_image
-from rollout.types import PhotoTask, RejectedRecord
+from rollout.records.images import ImageLimits, ImageRejected, check_array, check_same_size, read_image
+from rollout.records.types import PhotoTask, RejectedRecord
 
 
 class NoUsableRecordsError(RuntimeError):
@@ -30,8 +30,8 @@ class NoUsableRecordsError(RuntimeError):
 def load_task_images(task: PhotoTask, limits: ImageLimits) -> PhotoTask:
     """A copy of ``task`` whose ``input`` and ``target`` are uint8 ``[H, W, 3]`` arrays.
 
-    Path strings are read with :func:`rollout.images.read_image`; arrays are checked and converted with the
-    same rules. Raises :class:`~rollout.images.ImageRejected` naming the side (input/target) that failed.
+    Path strings are read with :func:`rollout.records.images.read_image`; arrays are checked and converted with the
+    same rules. Raises :class:`~rollout.records.images.ImageRejected` naming the side (input/target) that failed.
     """
     images = {}
     for side in ("input", "target"):

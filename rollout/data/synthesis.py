@@ -1,7 +1,7 @@
 """Synthetic training pairs from good photos: tone perturbations with known inverse ops, and restorations.
 
 Owns turning clean photos into (input, target) pairs and writing them as PNG files plus a manifest:
-- retouch: 1–3 random :class:`~rollout.types.EditOp` (distinct attributes, random directions and levels)
+- retouch: 1–3 random :class:`~rollout.records.types.EditOp` (distinct attributes, random directions and levels)
   are applied to the good photo with ``rewards.operators.apply_edit_ops`` — the same rule-based operators the
   suggestion reward uses — to make the input; the target is the good photo and ``known_ops`` are the inverse
   ops (what fixes the input). Each pair is *verified*: every known op must move the measured attribute
@@ -31,8 +31,8 @@ from rewards.operators import apply_edit_ops, invert_op
 from rollout.data.degradations import degrade, random_degradation_labels
 from rollout.data.manifest import write_manifest
 from rollout.data.pairs import task_id_for
-from rollout.images import ImageLimits, ImageRejected, is_image_file, read_image, write_png
-from rollout.types import TONE_ATTRIBUTES, EditOp, PhotoTask, RejectedRecord
+from rollout.records.images import ImageLimits, ImageRejected, is_image_file, read_image, write_png
+from rollout.records.types import TONE_ATTRIBUTES, EditOp, PhotoTask, RejectedRecord
 
 DATA_RECIPE_VERSION = 3
 """Bump when synthesis changes what a given seed produces: cached embedded datasets are then rebuilt."""

@@ -44,7 +44,7 @@ def metric_bars(results: HeldOutResults, path: str | Path) -> Path:
 def sample_grid(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray], outputs: dict[str, Sequence[np.ndarray]],
                 path: str | Path, count: int = 4) -> Path:
     """Rows: the first ``count`` held-out photos; columns: input, each method's output, target."""
-    from rollout.images import write_png
+    from rollout.records.images import write_png
 
     rows = []
     for i in range(min(count, len(inputs))):

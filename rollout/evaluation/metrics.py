@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from artist_actor.codec import psnr  # the codec report and evaluation measure PSNR alike
-from rollout.types import TONE_ATTRIBUTES, ParsedCritique, PhotoTask, Suggestion
+from rollout.records.types import TONE_ATTRIBUTES, ParsedCritique, PhotoTask, Suggestion
 
 PSNR_CAP_DB = 100.0
 """PSNR of an output identical to its target is infinite; means use this value instead."""

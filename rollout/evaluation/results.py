@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rollout.evaluation.metrics import PAIR_METRICS, PairResult, metric_values, spearman
-from rollout.types import TONE_ATTRIBUTES
+from rollout.records.types import TONE_ATTRIBUTES
 
 RESULTS_FORMAT = 2
 BASELINES = ("identity", "auto-retouch", "oracle")

@@ -18,7 +18,7 @@ from rollout.evaluation.metrics import PAIR_METRICS, spearman
 from rollout.evaluation.results import BASELINES, HeldOutResults
 from rollout.evaluation.statistics import (GroupComparison, Interval, clustered_mean, clustered_statistic,
                                            compare_group, gap_closed, paired_difference)
-from rollout.types import TONE_ATTRIBUTES
+from rollout.records.types import TONE_ATTRIBUTES
 
 KINDS = ("retouch", "restoration", "all")
 DEFAULT_COMPARED = ("r_photo", "mean_attribute_error", "ssim", "critic_suggestion", "critic_format",

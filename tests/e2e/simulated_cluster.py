@@ -117,7 +117,7 @@ def main() -> int:
     from rollout.config import load_config
     from rollout.controller import Controller, LearnerLost
     from rollout.env import apply_runtime_defaults
-    from rollout.preflight import PlanRefused
+    from rollout.cluster.preflight import PlanRefused
     from rollout.train import init_ray
 
     apply_runtime_defaults()

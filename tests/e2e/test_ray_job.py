@@ -159,7 +159,8 @@ def test_job_stop_writes_a_final_checkpoint_and_resume_continues_the_run(head):
 
     # `photocrafter resume --run runs/<run-name>` from the project directory, as the quickstart says.
     resumed = subprocess.run(
-        [sys.executable, "-m", "rollout.cli", "resume", "--run", f"runs/{name}", "--set", f"trainer.steps={step + 1}"],
+        [sys.executable, "-m", "rollout.commands.cli", "resume", "--run", f"runs/{name}", "--set",
+         f"trainer.steps={step + 1}"],
         cwd=PROJECT_ROOT, env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert f"resumed from {checkpoints[-1].parent} at step {step}" in resumed.stdout

@@ -35,7 +35,7 @@ TWO_RANKS_PER_LEARNER = ["--set", "learner.critic.gpus=2", "--set", "learner.art
 
 def photocrafter(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.run([sys.executable, "-m", "rollout.cli", *args], cwd=PROJECT_ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "rollout.commands.cli", *args], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 
-from rollout.cli import main
+from rollout.commands.cli import main
 
 
 def test_sft_then_enhance_then_evaluate(tmp_path, capsys, embedded_models):
-    from rollout.images import write_png
+    from rollout.records.images import write_png
 
     warm = tmp_path / "warm"
     fast = ["--set", "critic.max_new_tokens=24", "--set", "data.num_train=4", "--set", "data.num_eval=2"]

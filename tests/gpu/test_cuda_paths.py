@@ -21,7 +21,7 @@ from artist_actor.config import ArtistConfig
 from artist_actor.model import PROJECT_FILE, QWEN_IMAGE_SCHEDULER_CONFIG
 from critic_samples import generate_critiques, photo
 from learner.config import ArtistLearnerConfig, CriticLearnerConfig, LoraConfig
-from rollout.types import ArtistGroup, Conditioning, CriticGroup, CritiqueReward, Edit
+from rollout.records.types import ArtistGroup, Conditioning, CriticGroup, CritiqueReward, Edit
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from artist_actor.config import ArtistConfig
-from rollout.types import Conditioning, Critique, ParsedCritique, PhotoTask
+from rollout.records.types import Conditioning, Critique, ParsedCritique, PhotoTask
 
 
 @pytest.fixture(scope="module")

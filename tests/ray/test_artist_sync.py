@@ -11,7 +11,7 @@ import torch
 
 from artist_actor.config import ArtistConfig
 from learner.config import ArtistLearnerConfig, CriticLearnerConfig, LoraConfig
-from rollout.types import ArtistGroup, Critique, PhotoTask
+from rollout.records.types import ArtistGroup, Critique, PhotoTask
 
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
 K = 3
@@ -50,8 +50,8 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
     from artist_actor.group import ArtistSamplerGroup
     from rewards.attributes import compute_attributes
     from rollout.config import SyncConfig
-    from rollout.learner_groups import ArtistLearnerGroup
-    from rollout.weight_sync import WeightSync
+    from rollout.cluster.learner_groups import ArtistLearnerGroup
+    from rollout.sync.weight_sync import WeightSync
 
     ray = ray_local
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from critic_actor.config import CriticConfig
 from critic_actor.inputs import build_critic_inputs
 from critic_actor.model import load_critic, vision_special_token_ids
 from learner.grpo import logprob_agreement
-from rollout.types import Critique, ParsedCritique, PhotoTask
+from rollout.records.types import Critique, ParsedCritique, PhotoTask
 
 MIN_PIXELS, MAX_PIXELS, MAX_NEW_TOKENS = 3136, 12544, 24
 

@@ -25,7 +25,7 @@ from critic_actor.model import vision_special_token_ids
 from learner.config import CriticLearnerConfig, LoraConfig
 from learner.critic_learner import CriticLearner
 from rollout.config import SyncConfig
-from rollout.types import CriticGroup, CritiqueReward, PhotoTask
+from rollout.records.types import CriticGroup, CritiqueReward, PhotoTask
 
 # _rank_greedy runs inside learner ranks (through __ray_call__); Ray workers cannot import test modules.
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -118,7 +118,7 @@ def test_learner_update_then_sync_serves_the_new_version(group, embedded_models)
 # ------------------------------------------------------------------------------------------- collective sync
 def _learner_group(embedded_models, lora: bool, ranks: int = 1):
     """The critic learner as a group of CPU ranks (gloo), as a run builds it."""
-    from rollout.learner_groups import CriticLearnerGroup
+    from rollout.cluster.learner_groups import CriticLearnerGroup
 
     config = CriticLearnerConfig(lr=1e-2, kl_coef=0.01, micro_batch_size=6,
                                  lora=LoraConfig(enabled=lora, rank=8, alpha=16.0))
@@ -135,7 +135,7 @@ def _update_once(group, learner) -> int:
 
 
 def _weight_sync(group, learner, *, lora: bool, timeout_s: float = 60.0):
-    from rollout.weight_sync import WeightSync
+    from rollout.sync.weight_sync import WeightSync
 
     return WeightSync("critic", learner, group, config=SyncConfig(backend="collective", bucket_mb=1),
                       timeout_s=timeout_s, backend="collective", wire_dtype=group.serving_dtype, probe_tokens=32,
@@ -212,8 +212,8 @@ def test_a_lora_payload_that_binds_to_no_module_fails_loudly(group, ray_local, e
     from critic_actor.actor import WeightSyncError
     from learner.lora import adapter_sync_state
     from learner.weight_sender import WeightSender
-    from rollout.weight_transport import LoraSpec, SyncManifest, TensorSpec
-    from rollout.weight_sync import start_receivers
+    from rollout.sync.weight_transport import LoraSpec, SyncManifest, TensorSpec
+    from rollout.sync.weight_sync import start_receivers
 
     ray = ray_local
     learner = CriticLearner(embedded_models.critic, CriticLearnerConfig(lora=LoraConfig(rank=8, alpha=16.0)),

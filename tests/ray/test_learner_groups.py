@@ -20,7 +20,7 @@ from artist_actor.model import PROJECT_FILE, QWEN_IMAGE_SCHEDULER_CONFIG
 from critic_actor.model import load_critic
 from critic_samples import generate_critiques, photo
 from learner.config import ArtistLearnerConfig, CriticLearnerConfig, LoraConfig
-from rollout.types import ArtistGroup, Conditioning, CriticGroup, CritiqueReward, Edit
+from rollout.records.types import ArtistGroup, Conditioning, CriticGroup, CritiqueReward, Edit
 
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
 SIZE, STEPS = 32, 4
@@ -52,7 +52,7 @@ def critique_batches(embedded_models):
 
 
 def critic_group(embedded_models, config: CriticLearnerConfig, ranks: int):
-    from rollout.learner_groups import CriticLearnerGroup
+    from rollout.cluster.learner_groups import CriticLearnerGroup
 
     return CriticLearnerGroup(str(embedded_models.critic), config, ranks=ranks, num_threads=1,
                               learner_kwargs=CRITIC_KWARGS, namespace=f"test-learner-groups-{next(GROUP_IDS)}")
@@ -146,7 +146,7 @@ def artist_groups(hidden: int, seed: int, version: int) -> list[ArtistGroup]:
 def test_nft_on_two_ranks_matches_one_and_resumes_on_one(ray_local, embedded_models, tmp_path):
     import ray
 
-    from rollout.learner_groups import ArtistLearnerGroup
+    from rollout.cluster.learner_groups import ArtistLearnerGroup
 
     hidden = json.loads((embedded_models.artist / PROJECT_FILE).read_text())["critic_hidden_size"]
     config = ArtistLearnerConfig(lr=1e-2, micro_batch_size=2, lora=LoraConfig(rank=4, alpha=8.0))

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rollout.learner_groups import LearnerRankLost, wait_for_ranks
+from rollout.cluster.learner_groups import LearnerRankLost, wait_for_ranks
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_a_rank_that_dies_during_a_weight_sync_is_reported_as_the_lost_rank(rank
     import ray
 
     from rollout.config import SyncConfig
-    from rollout.weight_sync import WeightSync
+    from rollout.sync.weight_sync import WeightSync
 
     learner = SimpleNamespace(role="critic-learner", names=NAMES, ranks=ranks)
     sync = WeightSync("critic", learner, SimpleNamespace(actors=[None], names=["critic-rollout-0"]),

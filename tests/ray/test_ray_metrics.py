@@ -9,7 +9,7 @@ import uuid
 
 
 from rollout.config import PROJECT_ROOT
-from rollout.ray_metrics import PREFIX, STAGE_SECONDS_BOUNDARIES, MetricUpdate, RayMetrics, plan_updates
+from rollout.tracking.ray_metrics import PREFIX, STAGE_SECONDS_BOUNDARIES, MetricUpdate, RayMetrics, plan_updates
 
 _PROM_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
@@ -64,7 +64,7 @@ def test_metrics_need_a_ray_driver():
     import subprocess
     import sys
 
-    code = ("from rollout.ray_metrics import RayMetrics\n"
+    code = ("from rollout.tracking.ray_metrics import RayMetrics\n"
             "try:\n    RayMetrics('x')\nexcept RuntimeError as exc:\n    print('refused:', exc)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=PROJECT_ROOT)

@@ -11,7 +11,7 @@ from rewards.config import RewardsConfig
 from rewards.operators import apply_edit_ops
 from rewards.pool import RewardPool
 from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
-from rollout.types import EditOp, ParsedCritique, Suggestion
+from rollout.records.types import EditOp, ParsedCritique, Suggestion
 
 NAMESPACE = "reward-pool-test"
 BRIGHTER = EditOp(attribute="exposure", direction=1, level=2)

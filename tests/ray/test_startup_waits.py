@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rollout.startup import StartupLimits, wait_for_placement, wait_until_ready
+from rollout.cluster.startup import StartupLimits, wait_for_placement, wait_until_ready
 
 FAST = StartupLimits(placement_timeout_s=2.5, load_timeout_s=6.0, progress_every_s=0.5)
 

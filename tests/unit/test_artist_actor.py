@@ -8,7 +8,7 @@ import torch
 
 from artist_actor.actor import ArtistSamplerActor, edit_seed
 from artist_actor.model import build_tiny_artist
-from rollout.types import Conditioning, PhotoTask
+from rollout.records.types import Conditioning, PhotoTask
 
 HIDDEN = 64
 INNER = 128  # the tiny DiT's attention width (4 heads × 32)

@@ -14,7 +14,7 @@ from artist_actor.config import ArtistConfig
 from learner.artist_learner import ArtistLearner
 from learner.config import ArtistLearnerConfig, LoraConfig
 from learner.nft import optimality_probabilities
-from rollout.types import ArtistGroup, Conditioning, Edit
+from rollout.records.types import ArtistGroup, Conditioning, Edit
 
 SIZE = 32  # pixels: an 8 × 8 packed latent grid of 48 features per token
 STEPS = 4

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rollout.capacity import (
+from rollout.cluster.capacity import (
     CriticShape,
     DitShape,
     critic_prefill_flops,
@@ -21,7 +21,7 @@ from rollout.capacity import (
     time_plan,
 )
 from rollout.config import PROJECT_ROOT, CapacityConfig, load_config
-from rollout.placement import plan_resources
+from rollout.cluster.placement import plan_resources
 
 SMALL_CRITIC = CriticShape(params=2e9, lm_matmul_params=1e9, layers=2, hidden=8, kv_width=4, vision_params=1e6,
                            pixels_per_token=784, source="test")

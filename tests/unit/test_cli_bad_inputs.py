@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from rollout.cli import main
+from rollout.commands.cli import main
 
 
 @pytest.fixture(scope="module")

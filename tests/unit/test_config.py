@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rollout.config import PROJECT_ROOT, ConfigError, TrainConfig, load_config
-from rollout.placement import plan_resources
+from rollout.cluster.placement import plan_resources
 
 CONFIGS = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
 
@@ -105,16 +105,17 @@ def test_plan_fails_clearly_when_gpus_are_missing():
 
 
 def test_check_config_cli_exit_codes(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "rollout.cli", "check-config", "--quiet"],
+    ok = subprocess.run([sys.executable, "-m", "rollout.commands.cli", "check-config", "--quiet"],
                         capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "rollout.cli", "check-config", "--set", "critic.tempreature=1"],
+    bad = subprocess.run([sys.executable, "-m", "rollout.commands.cli", "check-config", "--set",
+                          "critic.tempreature=1"],
                          capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "critic.tempreature: unknown key" in bad.stderr
 
 
 def test_config_reference_is_current():
-    from rollout.config_reference import OUTPUT, render
+    from rollout.commands.config_reference import OUTPUT, render
 
-    assert OUTPUT.read_text() == render(), "docs/config.md is stale: run python -m rollout.config_reference"
+    assert OUTPUT.read_text() == render(), "docs/config.md is stale: run python -m rollout.commands.config_reference"

@@ -8,7 +8,7 @@ import pytest
 
 from learner.config import CriticLearnerConfig
 from rollout.controller import artist_groups, critic_groups, summarise
-from rollout.types import Conditioning, Critique, CritiqueReward, Edit, EditReward, ParsedCritique, PhotoTask
+from rollout.records.types import Conditioning, Critique, CritiqueReward, Edit, EditReward, ParsedCritique, PhotoTask
 
 
 def _critique(task: str, index: int, length: int = 2) -> Critique:

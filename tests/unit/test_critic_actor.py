@@ -13,8 +13,8 @@ from skimage import data
 
 from critic_actor.actor import CriticRolloutActor, WeightSyncError
 from critic_actor.config import CriticConfig
-from rollout.types import PhotoTask
-from rollout.weight_transport import LoraSpec, ProbeSpec, SyncManifest, TensorSpec, tensor_digest
+from rollout.records.types import PhotoTask
+from rollout.sync.weight_transport import LoraSpec, ProbeSpec, SyncManifest, TensorSpec, tensor_digest
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from learner.config import CriticLearnerConfig, LoraConfig
 from learner.critic_learner import LANGUAGE_MODEL_LINEAR_LAYERS, CriticLearner, critic_advantages
 from learner.grpo import token_log_probs
 from critic_samples import generate_critiques, photo
-from rollout.types import Critique, CriticGroup, CritiqueReward
+from rollout.records.types import Critique, CriticGroup, CritiqueReward
 
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
 

@@ -15,7 +15,7 @@ from critic_actor.grammar import build_critic_messages, parse_critique
 from critic_actor.model import vision_special_token_ids
 from learner.config import CriticLearnerConfig
 from learner.critic_learner import CriticLearner
-from rollout.types import Critique, CriticGroup, CritiqueReward
+from rollout.records.types import Critique, CriticGroup, CritiqueReward
 
 STEPS = 24
 GROUP_SIZE = 8

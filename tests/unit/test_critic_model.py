@@ -11,7 +11,7 @@ from skimage import data
 from critic_actor.grammar import render_critique
 from critic_actor.inputs import build_critic_inputs, fit_to_pixel_bounds, pixel_bounded_size, resolve_image
 from critic_actor.model import TINY_CRITIC_RECIPE, load_critic, load_critic_processor, vision_special_token_ids
-from rollout.types import EditOp
+from rollout.records.types import EditOp
 
 
 @pytest.fixture(scope="module")

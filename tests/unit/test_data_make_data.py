@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rollout.cli import main
+from rollout.commands.cli import main
 from rollout.data.manifest import read_manifest
 from rollout.data.pairs import tasks_from_pair_folder
 from rollout.data.synthesis import embedded_photos
-from rollout.images import read_image
+from rollout.records.images import read_image
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rollout.data.manifest import read_manifest, write_manifest
-from rollout.types import EditOp, PhotoTask
+from rollout.records.types import EditOp, PhotoTask
 
 
 def test_round_trip_keeps_every_field_and_resolves_relative_paths(tmp_path):

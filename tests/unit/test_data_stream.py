@@ -8,8 +8,8 @@ from PIL import Image
 
 from rollout.data.manifest import write_manifest
 from rollout.data.stream import NoUsableRecordsError, PhotoTaskStream
-from rollout.images import ImageLimits, write_png
-from rollout.types import PhotoTask
+from rollout.records.images import ImageLimits, write_png
+from rollout.records.types import PhotoTask
 
 LIMITS = ImageLimits(min_side=16, max_pixels=1_000_000)
 

@@ -15,7 +15,7 @@ from rollout.data.degradations import (add_blur, add_haze, add_lowlight, add_noi
 from rollout.data.manifest import read_manifest
 from rollout.data.synthesis import (EMBEDDED_EVAL_PHOTOS, EMBEDDED_TRAIN_PHOTOS, build_embedded_dataset,
                                     embedded_photos, make_retouch_pair, random_square_crop)
-from rollout.images import read_image
+from rollout.records.images import read_image
 
 
 @pytest.fixture(scope="module")

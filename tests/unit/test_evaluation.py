@@ -11,7 +11,7 @@ from rewards.attributes import compute_attributes
 from rewards.operators import apply_edit_ops
 from rollout.evaluation import (CritiqueMeasurement, EditMeasurement, PairResult, auto_retouch, mean_edit,
                                 measure_critique, measure_edit, oracle_output, psnr, spearman, ssim, summarise)
-from rollout.types import EditOp, Suggestion
+from rollout.records.types import EditOp, Suggestion
 
 
 def test_psnr_hand_values():
@@ -137,7 +137,7 @@ def test_draws_of_a_pair_are_averaged_into_one_pair():
 
 
 def test_critique_measurement_scores_the_suggestions_against_the_pair():
-    from rollout.types import ParsedCritique, PhotoTask
+    from rollout.records.types import ParsedCritique, PhotoTask
 
     rng = np.random.default_rng(6)
     target = rng.integers(40, 220, (32, 32, 3), dtype=np.uint8)

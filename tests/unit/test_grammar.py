@@ -9,7 +9,7 @@ import pytest
 
 from critic_actor.grammar import (CRITIC_INSTRUCTION, build_critic_messages, parse_critique, parse_suggestions,
                                   render_critique)
-from rollout.types import DEGRADATIONS, TONE_ATTRIBUTES, EditOp, Suggestion
+from rollout.records.types import DEGRADATIONS, TONE_ATTRIBUTES, EditOp, Suggestion
 
 RELEASED_STYLE = (
     "<think>The sky is washed out and the whole frame has a cold blue cast; shadows are muddy.</think>\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rollout.images import ImageLimits, ImageRejected, read_image, read_pair, to_rgb8, write_png
+from rollout.records.images import ImageLimits, ImageRejected, read_image, read_pair, to_rgb8, write_png
 
 LIMITS = ImageLimits(min_side=16, max_pixels=4096 * 4096)
 

@@ -9,7 +9,7 @@ from learner.memory import (CUDA_CONTEXT_BYTES, FRAGMENTATION, GIB, LOGITS_BYTES
                             artist_shape, block_activations, critic_learner_memory, critic_micro_batch, critic_shape,
                             gather_buffers, sharded_state)
 from rollout.config import PROJECT_ROOT, load_config
-from rollout.placement import plan_resources
+from rollout.cluster.placement import plan_resources
 
 SHAPE = ModelShape(params=1_000_000_000, lora_params=10_000_000, root_params=100_000_000,
                    largest_block_params=30_000_000, blocks=10, width=1000, vision_blocks=2, vision_width=500,

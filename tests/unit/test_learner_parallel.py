@@ -3,10 +3,10 @@ and where a learner group's ranks are placed."""
 
 from __future__ import annotations
 
-from learner.critic_learner import token_budget_micro_batches
+from learner.critic_batches import token_budget_micro_batches
 from learner.distributed import even_share
-from rollout.learner_groups import token_balanced_shares
-from rollout.placement import learner_strategy
+from rollout.cluster.learner_groups import token_balanced_shares
+from rollout.cluster.placement import learner_strategy
 
 
 def test_micro_batches_respect_the_token_budget_and_the_sequence_cap():

@@ -8,7 +8,7 @@ from skimage import data
 
 from rewards.attributes import NEGLIGIBLE_CHANGE, compute_attributes
 from rewards.operators import LEVEL_MAGNITUDES, apply_edit_ops, invert_op, magnitude
-from rollout.types import TONE_ATTRIBUTES, EditOp
+from rollout.records.types import TONE_ATTRIBUTES, EditOp
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rollout.config import PROJECT_ROOT, load_config
-from rollout.placement import plan_resources
-from rollout.preflight import LiveCluster, LiveNode, PlanRefused, check_live_cluster, place_plan
+from rollout.cluster.placement import plan_resources
+from rollout.cluster.preflight import LiveCluster, LiveNode, PlanRefused, check_live_cluster, place_plan
 
 CLUSTER_CONFIG = PROJECT_ROOT / "configs" / "cluster-8gpu.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from rollout.report import StepProgress, format_step_line
+from rollout.tracking.report import StepProgress, format_step_line
 
 FULL = {
     "reward/artist/total/mean": 0.4123, "reward/critic/total/mean": 0.25, "learner/grpo/kl": 0.00123,
@@ -68,7 +68,8 @@ def test_importing_the_observability_modules_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, rollout.tracking, rollout.report, rollout.figures, rollout.ray_metrics; "
+    code = ("import sys, rollout.tracking.run_tracker, rollout.tracking.report, rollout.tracking.figures, "
+            "rollout.tracking.ray_metrics; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'ray', 'matplotlib', 'tqdm', 'PIL'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", "MLflow, Ray, matplotlib, tqdm and Pillow are imported only when used"

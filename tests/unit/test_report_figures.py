@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rollout.figures import REWARD_PANELS, SampleRow, render_reward_curves, render_sample_grid
+from rollout.tracking.figures import REWARD_PANELS, SampleRow, render_reward_curves, render_sample_grid
 
 
 def _image(value, h=40, w=60):

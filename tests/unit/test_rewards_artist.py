@@ -14,7 +14,7 @@ from rewards.artist import artist_reward, compliance_reward, photometric_reward,
 from rewards.attributes import PhotometricAttributes, compute_attributes
 from rewards.operators import apply_adjustments
 from rewards.perceptual import LPIPSScorer, perceptual_reward
-from rollout.types import EditOp, Suggestion
+from rollout.records.types import EditOp, Suggestion
 
 PHOTOS = {"astronaut": data.astronaut, "chelsea": data.chelsea, "coffee": data.coffee, "rocket": data.rocket}
 TARGET_CHANGE = {"exposure": 0.5, "warmth": 0.08}

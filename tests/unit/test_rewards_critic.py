@@ -9,7 +9,7 @@ from skimage import data
 from rewards.attributes import compute_attributes
 from rewards.critic import critic_reward, format_reward, rank_reward, restoration_coverage, suggestion_reward
 from rewards.operators import apply_edit_ops
-from rollout.types import EditOp, ParsedCritique, Suggestion
+from rollout.records.types import EditOp, ParsedCritique, Suggestion
 
 
 def _tone(attribute, direction, level=2):

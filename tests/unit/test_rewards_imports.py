@@ -10,8 +10,8 @@ from pathlib import Path
 import rewards
 
 PACKAGE = Path(rewards.__file__).parent
-# rollout.startup is a leaf too (bounded start-up waits, Ray imported inside its functions).
-ALLOWED_PROJECT_IMPORTS = ("rewards", "rollout.types", "rollout.config_base", "rollout.startup")
+# rollout.cluster.startup is a leaf too (bounded start-up waits, Ray imported inside its functions).
+ALLOWED_PROJECT_IMPORTS = ("rewards", "rollout.records.types", "rollout.records.config_base", "rollout.cluster.startup")
 HEAVY = ("torch", "torchvision", "lpips", "colour", "cv2", "ray", "vllm", "diffusers", "transformers")
 
 

@@ -9,7 +9,7 @@ import pytest
 from skimage import data
 
 from rewards.operators import apply_adjustments
-from rollout.cli import main
+from rollout.commands.cli import main
 
 CRITIQUE = ("<think>The photo is dark.</think><edit_start>Increase the exposure moderately.</edit_end>"
             "<answer>42</answer>")

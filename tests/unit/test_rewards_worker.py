@@ -12,7 +12,7 @@ from skimage import data
 from rewards.config import RewardsConfig
 from rewards.operators import apply_edit_ops
 from rewards.worker import CritiqueScoringRequest, EditScoringRequest, RewardWorker
-from rollout.types import EditOp, ParsedCritique, Suggestion
+from rollout.records.types import EditOp, ParsedCritique, Suggestion
 
 BRIGHTER = EditOp(attribute="exposure", direction=1, level=2)
 

@@ -9,7 +9,7 @@ import torch
 from critic_actor.grammar import parse_critique
 from learner.sft import (ArtistSFT, CriticSFT, annotate_task, annotation_score, degradation_severity, ops_of,
                          run_sft_loop)
-from rollout.types import EditOp, PhotoTask
+from rollout.records.types import EditOp, PhotoTask
 
 PIXELS = dict(min_pixels=3136, max_pixels=12544)
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from rollout.startup import actor_device
+from rollout.cluster.startup import actor_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
@@ -26,6 +26,6 @@ def test_a_granted_gpu_without_cuda_fails_at_start_naming_the_actor_and_the_swit
 
 @no_cuda
 def test_cpu_fallback_runs_on_cpu_and_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger="rollout.startup"):
+    with caplog.at_level(logging.WARNING, logger="rollout.cluster.startup"):
         assert actor_device("critic-learner", 2.0, cpu_fallback=True) == "cpu"
     assert "critic-learner was granted 2 GPU(s)" in caplog.text and "running on CPU" in caplog.text

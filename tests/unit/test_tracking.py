@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from rollout.config import load_config
-from rollout.figures import SampleRow
-from rollout.tracking import (DROPPED_NONFINITE_KEY, TAG_RESUMES, RunTracker, flatten_config,
+from rollout.tracking.figures import SampleRow
+from rollout.tracking.run_tracker import (DROPPED_NONFINITE_KEY, TAG_RESUMES, RunTracker, flatten_config,
                               resolve_tracking_uri)
 
 
@@ -65,7 +65,7 @@ def test_new_run_logs_params_metrics_artifacts(config, tmp_path, tracking_root, 
     tracker.log_params(config)
     tracker.log_metrics({"reward/artist/total/mean": 0.25, "learner/grpo/kl": float("nan"),
                          "learner/nft/loss": float("inf"), "perf/edits_per_s": np.float32(5.5)}, step=1)
-    with caplog.at_level(logging.WARNING, logger="rollout.tracking"):
+    with caplog.at_level(logging.WARNING, logger="rollout.tracking.run_tracker"):
         tracker.log_metrics({"reward/artist/total/mean": 0.5, "bad key!": 1.0, "learner/nft/loss": None}, 2)
     assert any("bad key!" in r.getMessage() for r in caplog.records)
     grid = tracker.log_sample_grid(2, _rows(np.random.default_rng(0)))
@@ -145,7 +145,7 @@ def test_context_manager_marks_failed_runs(config, tmp_path):
 
 def test_bad_sample_rows_do_not_stop_the_run(config, tmp_path, caplog):
     tracker = RunTracker(config, tmp_path / "runs" / "g", "g")
-    with caplog.at_level(logging.WARNING, logger="rollout.tracking"):
+    with caplog.at_level(logging.WARNING, logger="rollout.tracking.run_tracker"):
         assert tracker.log_sample_grid(1, []) is None
     tracker.warn("lpips.backbone", "LPIPS runs on a RANDOM AlexNet backbone: perceptual reward is not perceptual")
     tracker.close()
@@ -163,7 +163,7 @@ def test_unusable_tracking_uri_is_named_in_the_error(tmp_path):
 
 def test_bad_tags_do_not_stop_the_run(config, tmp_path, caplog):
     tracker = RunTracker(config, tmp_path / "runs" / "t", "t")
-    with caplog.at_level(logging.ERROR, logger="rollout.tracking"):
+    with caplog.at_level(logging.ERROR, logger="rollout.tracking.run_tracker"):
         tracker.set_tags({"bad tag key!": "x"})
     assert any("bad tag key!" in r.getMessage() for r in caplog.records)
     tracker.set_tags({"ok.tag": 3})

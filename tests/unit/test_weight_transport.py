@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rollout.weight_transport import SyncManifest, TensorSpec, plan_buckets, shard_rows
+from rollout.sync.weight_transport import SyncManifest, TensorSpec, plan_buckets, shard_rows
 
 SENDERS, RECEIVERS = 2, 2
 # version → (dense or delta against the previous version, buckets through shared memory)
@@ -88,7 +88,7 @@ def _sender(rank: int, fsdp_port: int, endpoints: "mp.Queue", results: "mp.Queue
 
 
 def _receiver(index: int, endpoints: "mp.Queue", results: "mp.Queue") -> None:
-    from rollout.weight_transport import Receipt, TransferGroup, receive_tensors
+    from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
     torch.set_num_threads(1)
     mirror: dict = {}
@@ -171,7 +171,7 @@ def test_two_fsdp2_ranks_send_their_own_shards_and_receivers_reassemble_then_get
         sent_checksums = {**senders[(0, version)][3], **senders[(1, version)][3]}
         # Both ranks sent part of every bucket that holds rows of both: nobody gathered the model.
         assert {rank for (_, rank) in sent_checksums} == {0, 1}
-        from rollout.weight_transport import combine_checksums
+        from rollout.sync.weight_transport import combine_checksums
 
         for index in range(RECEIVERS):
             _, _, _, digest, _, got = receivers[(index, version)]
@@ -189,7 +189,7 @@ def test_two_fsdp2_ranks_send_their_own_shards_and_receivers_reassemble_then_get
 
 def _lone_sender(endpoints: "mp.Queue", results: "mp.Queue") -> None:
     from learner.weight_sender import WeightSender
-    from rollout.weight_transport import WeightTransferError
+    from rollout.sync.weight_transport import WeightTransferError
 
     sender = WeightSender(0, 1)
     endpoint = sender.open_endpoint("127.0.0.1", num_receivers=2, timeout_s=3.0)
@@ -205,7 +205,8 @@ def _lone_sender(endpoints: "mp.Queue", results: "mp.Queue") -> None:
 
 
 def _joining_receiver(endpoints: "mp.Queue", results: "mp.Queue") -> None:
-    from rollout.weight_transport import Receipt, TransferGroup, WeightTransferError, receive_tensors
+    from rollout.sync.weight_transport import WeightTransferError
+    from rollout.sync.transfer_group import Receipt, TransferGroup, receive_tensors
 
     endpoint = endpoints.get(timeout=60)
     manifest = SyncManifest(version=1, tensors=(TensorSpec("w", (4, 4)),), wire_dtype="float32", num_senders=1,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from learner.memory import CRITIC_PROMPT_TEXT_TOKENS
 from rollout.config import TrainConfig
-from rollout.placement import ResourcePlan
+from rollout.cluster.placement import ResourcePlan
 
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
 """Bytes per weight in each serving dtype (``auto`` is bfloat16 on a GPU)."""

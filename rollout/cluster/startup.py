@@ -9,7 +9,7 @@ names the role and the knob to change. Weight-sync timeouts are not here: they b
 Every actor owner starts its actors with :func:`foreground_runtime_env`: Ray starts workers at niceness 15,
 where the run's own work would lose its CPU to anything else on the machine (measured by ``bench/critic.py``).
 
-A leaf like ``rollout.types``: the standard library only, Ray and torch imported inside the functions, so the
+A leaf like ``rollout.records.types``: the standard library only, Ray and torch imported inside the functions, so the
 critic, artist and reward packages may use it. It creates no actor and no placement group itself.
 """
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.placement import GIB, ResourcePlan, RolePlan, learner_strategy
-from rollout.startup import ROLE_KNOBS, describe_bundles, print_progress
+from rollout.cluster.placement import GIB, ResourcePlan, RolePlan, learner_strategy
+from rollout.cluster.startup import ROLE_KNOBS, describe_bundles, print_progress
 
 # Roles in the order the run creates their placement groups (earlier roles take resources first).
 CREATION_ORDER = ("critic-learner", "artist-learner", "critic-rollout", "artist-sampler", "reward")
@@ -145,7 +145,7 @@ def role_bundles(role: RolePlan, cluster: LiveCluster) -> tuple[list[dict[str, f
     """The bundles and strategy the role's placement group asks for.
 
     A learner is one bundle per rank actor (one GPU each, or CPU ranks), STRICT_PACK when some node has a GPU for
-    every rank and PACK (as few nodes as possible) otherwise (``rollout.placement.learner_strategy``, as the
+    every rank and PACK (as few nodes as possible) otherwise (``rollout.cluster.placement.learner_strategy``, as the
     learner groups ask). Every other role asks for one bundle per actor; a replica's GPUs (its tensor-parallel
     ranks) always share one bundle, hence one node.
     """

@@ -2,7 +2,7 @@
 
 Owns the drawing only: turning :class:`SampleRow` records into a grid image (one row per photo:
 input | edits… | target, with the critique text and rewards written under it) and a metric history into
-reward-curve panels. It must not log, write files or talk to MLflow (``rollout.tracking`` does that), and it
+reward-curve panels. It must not log, write files or talk to MLflow (``rollout.tracking.run_tracker`` does that), and it
 must not fetch fonts: text uses Pillow's built-in font, so rendering works offline.
 
 Both renderers return ``np.ndarray`` uint8 ``[H, W, 3]`` so callers can save, compare or log them alike.

@@ -4,7 +4,7 @@ Owns the ``photocrafter_*`` counters, gauges and the stage-latency histogram, an
 controller's per-step metric dict (keys of docs/metrics.md) to them. Ray exports them on each node's metrics
 export port with a ``ray_`` prefix, e.g. ``ray_photocrafter_edits_total{stage=...}``, about 20 s after start.
 
-It must not compute metrics (the controller does) nor talk to MLflow (``rollout.tracking``). Metrics are
+It must not compute metrics (the controller does) nor talk to MLflow (``rollout.tracking.run_tracker``). Metrics are
 created on the driver after ``ray.init``; ``ray.util.metrics`` is imported lazily so importing this module
 costs nothing.
 """

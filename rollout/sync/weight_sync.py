@@ -19,7 +19,7 @@ received exactly the bytes the ranks sent, which replicas still need the LoRA ba
 may be sent, re-syncing a replica that Ray restarted (the groups call :meth:`WeightSync.resync`), and the
 figures each sync reports. It moves no tensor itself and never imports torch.
 
-The learner is its group (:class:`rollout.learner_groups.LearnerGroup`), whose ranks serve two calls here, every
+The learner is its group (:class:`rollout.cluster.learner_groups.LearnerGroup`), whose ranks serve two calls here, every
 rank both: ``begin_weight_sync(SyncRequest) -> (TransferEndpoint, SyncManifest, full_model_bytes)`` from rank 0
 (None from the others, which describe the same payload and keep their rows of it) and ``send_weights(endpoint,
 manifest) -> SendReport``. A rank that dies during a sync raises the group's ``LearnerRankLost``, which ends the run
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rollout.config import SyncConfig
-from rollout.weight_transport import SyncManifest, TransferEndpoint, combine_checksums
+from rollout.sync.weight_transport import SyncManifest, TransferEndpoint, combine_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class WeightSync:
         """
         import ray
 
-        from rollout.learner_groups import LearnerRankLost  # imports the learners (torch): only when syncing
+        from rollout.cluster.learner_groups import LearnerRankLost  # imports the learners (torch): only when syncing
 
         deadline = time.monotonic() + self.timeout_s + GRACE_S
         pending = dict(calls)

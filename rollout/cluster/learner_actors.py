@@ -16,7 +16,7 @@ Owns the actor-side glue of one rank, so weights and hidden states stay out of t
   run reproduces the uninterrupted one);
 - compute time inside each call is reported, so the controller can measure its own orchestration overhead.
 
-The learning math stays in ``learner/``; placement and fan-out are the groups' (:mod:`rollout.learner_groups`).
+The learning math stays in ``learner/``; placement and fan-out are the groups' (:mod:`rollout.cluster.learner_groups`).
 Every method that touches the model is called on every rank by the group (collectives inside).
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 from learner.artist_learner import ArtistLearner
 from learner.critic_learner import CriticLearner
 from learner.distributed import ParallelContext, Rendezvous, free_port
-from rollout.startup import actor_device
+from rollout.cluster.startup import actor_device
 
 
 def _rng_state() -> dict:
@@ -132,7 +132,7 @@ class LearnerRank(ABC):
         import ray
 
         from learner.weight_sender import WeightSender
-        from rollout.weight_transport import ITEMSIZE, SyncManifest, TensorSpec
+        from rollout.sync.weight_transport import ITEMSIZE, SyncManifest, TensorSpec
 
         if self._sender is None or self._sender.keep_snapshot != request.delta_keep:
             self._sender = WeightSender(self.rank, self.world_size, keep_snapshot=request.delta_keep)
@@ -207,7 +207,7 @@ class CriticLearnerRank(LearnerRank):
         None from the other ranks (they take part in gathering the weights)."""
         import ray
 
-        from rollout.weight_transport import tensor_digest
+        from rollout.sync.weight_transport import tensor_digest
 
         weights = self.learner.get_weights()
         if self.rank != 0:
@@ -221,7 +221,7 @@ class CriticLearnerRank(LearnerRank):
         Every rank takes part (the probe is a forward pass); rank 0 returns the sync's endpoint and manifest."""
         from learner.distributed import local_rows
         from learner.lora import adapter_sync_state
-        from rollout.weight_transport import LoraSpec, ProbeSpec
+        from rollout.sync.weight_transport import LoraSpec, ProbeSpec
 
         learner = self.learner
         if request.version is not None and request.version != learner.policy_version:

@@ -1,6 +1,6 @@
 """Generates docs/config.md, the config reference, from the pydantic models' field docstrings and bounds.
 
-Owns only rendering; the models are the single source of truth. ``python -m rollout.config_reference``
+Owns only rendering; the models are the single source of truth. ``python -m rollout.commands.config_reference``
 rewrites the file; a unit test fails when the committed file is stale.
 """
 
@@ -45,7 +45,8 @@ def _default(info: FieldInfo, value) -> str:
 
 def render(model: type[BaseModel] = TrainConfig) -> str:
     lines = ["# Config reference", "",
-             "Generated from the pydantic models by `python -m rollout.config_reference`; do not edit by hand.",
+             "Generated from the pydantic models by `python -m rollout.commands.config_reference`; "
+             "do not edit by hand.",
              "Every section rejects unknown keys. Override any field on the command line with",
              "`--set section.field=value` (values are parsed as YAML scalars).", ""]
     defaults = model()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from rollout.figures import SampleRow, curve_keys, render_reward_curves, render_sample_grid
+from rollout.tracking.figures import SampleRow, curve_keys, render_reward_curves, render_sample_grid
 
 if TYPE_CHECKING:
     from rollout.config import TrainConfig

@@ -2,8 +2,9 @@
 
 Owns formatting only: :func:`format_step_line` turns the controller's metric dict (keys as catalogued in
 docs/metrics.md) into one human line, and :class:`StepProgress` is the bar over steps. It must not log to
-MLflow or Ray (``rollout.tracking`` and ``rollout.ray_metrics`` do) and must never fail on a missing or
-non-finite metric: a step line is read by a person, and a key the controller did not emit is simply left out.
+MLflow or Ray (``rollout.tracking.run_tracker`` and ``rollout.tracking.ray_metrics`` do) and must never fail on a
+missing or non-finite metric: a step line is read by a person, and a key the controller did not emit is simply left
+out.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from rollout.learner_actors import ArtistLearnerRank, CriticLearnerRank, LearnerRank
-from rollout.placement import learner_strategy
-from rollout.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
+from rollout.cluster.learner_actors import ArtistLearnerRank, CriticLearnerRank, LearnerRank
+from rollout.cluster.placement import learner_strategy
+from rollout.cluster.startup import StartupLimits, foreground_runtime_env, wait_for_placement, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
