@@ -119,8 +119,9 @@ class Bench:
             stored = json.loads(record.read_text())
             changed = {k: (stored.get(k), v) for k, v in current.items() if k != "seeds" and stored.get(k) != v}
             if changed:
-                raise StageFailed(f"{self.out} holds a measurement with other sizes ({', '.join(f'{k}: {a} → {b}' for k, (a, b) in changed.items())}); "
-                                  f"use another --out or the same sizes")
+                listed = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in changed.items())
+                raise StageFailed(f"{self.out} holds a measurement with other sizes ({listed}); use another --out "
+                                  f"or the same sizes")
             current["seeds"] = max(current["seeds"], stored.get("seeds", 0))
         _write_json(record, current)
         _write_json(self.out / "stages" / "command.json", {"command": Sizes(**current).command_line()})
@@ -159,7 +160,8 @@ class Bench:
         """``photocrafter ARGS`` as a subprocess with this tree on the path; its output goes to the console and to
         ``OUT/logs/<stage>.log``; a non-zero exit raises :class:`StageFailed`."""
         argv = [sys.executable, "-m", CLI_MODULE, *args]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path,
                "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "PYTHONUNBUFFERED": "1"}
         tail: deque[str] = deque(maxlen=40)
         log_path = self.out / "logs" / f"{stage}.log"
@@ -232,9 +234,9 @@ class Bench:
 
     def rl_overrides(self, seed: int) -> list[str]:
         s = self.sizes
-        sets = [f"trainer.init_from={self.warm_start}", f"trainer.steps={s.rl_steps}", f"trainer.batch_size={s.rl_batch}",
-                f"trainer.seed={seed}", f"trainer.checkpoint_every={s.checkpoint_every}",
-                f"trainer.run_name=rl-seed{seed}", f"trainer.output_dir={self.out / 'runs'}",
+        sets = [f"trainer.init_from={self.warm_start}", f"trainer.steps={s.rl_steps}",
+                f"trainer.batch_size={s.rl_batch}", f"trainer.seed={seed}",
+                f"trainer.checkpoint_every={s.checkpoint_every}", f"trainer.run_name=rl-seed{seed}", f"trainer.output_dir={self.out / 'runs'}",
                 "tracking.sample_grid_every=0", *s.rl_set]
         return [arg for value in sets for arg in ("--set", value)]
 
@@ -287,7 +289,8 @@ class Bench:
             # on the continued critic (sft writes no model into the folder it loads it from, hence `pair`).
             common = [*self.config_args(), *self.common_overrides(), "--out", str(partial), "--seed", "1"]
             self.command("sft-control", "sft", "--stage", "critic", "--init-from", str(self.warm_start),
-                         "--steps", str(steps), "--batch-size", str(critic_batch), "--lr", str(s.critic_sft_lr), *common)
+                         "--steps", str(steps), "--batch-size", str(critic_batch), "--lr", str(s.critic_sft_lr),
+                         *common)
             pair = partial.with_name(partial.name + "-pair")
             shutil.rmtree(pair, ignore_errors=True)
             shutil.copytree(partial / "critic", pair / "critic")

@@ -187,8 +187,10 @@ def plot_curves(curves: dict, training: dict, folder: Path) -> None:
     for axis, (key, title) in zip(axes, CURVE_METRICS):
         for seed, series in curves["curves"][key].items():
             steps = [p["step"] for p in series]
-            axis.errorbar(steps, [p["estimate"] for p in series], capsize=2, marker="o", label=seed,
-                          yerr=[[p["estimate"] - p["low"] for p in series], [p["high"] - p["estimate"] for p in series]])
+            below = [p["estimate"] - p["low"] for p in series]
+            above = [p["high"] - p["estimate"] for p in series]
+            axis.errorbar(steps, [p["estimate"] for p in series], yerr=[below, above], capsize=2, marker="o",
+                          label=seed)
         if key in ("r_photo", "annotated_r_photo"):
             axis.axhline(curves["identity_r_photo"], color="grey", linestyle="--", label="identity")
         axis.set_title(title, fontsize=9)
@@ -199,7 +201,8 @@ def plot_curves(curves: dict, training: dict, folder: Path) -> None:
     plt.close(figure)
 
     panels = (("reward/artist/total/mean", "training r_artist"), ("reward/critic/total/mean", "training r_critic"),
-              ("learner/grpo/kl", "critic KL to its start"), ("groups/artist/low_std_frac", "artist groups std ≤ 0.05"))
+              ("learner/grpo/kl", "critic KL to its start"),
+              ("groups/artist/low_std_frac", "artist groups std ≤ 0.05"))
     figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6))
     for axis, (key, title) in zip(axes, panels):
         for seed, metrics in training.items():
@@ -214,14 +217,14 @@ def plot_curves(curves: dict, training: dict, folder: Path) -> None:
 
 
 def _training_table(training: dict) -> str:
-    keys = (("reward/artist/total/mean", "r_artist (r_PA)", 3), ("reward/artist/photometric/mean", "r_photo of the edits", 3),
-            ("reward/critic/total/mean", "r_critic", 3), ("reward/critic/format/mean", "critic format rate (sampling)", 3),
-            ("reward/critic/suggestion/mean", "critic r_sugg (sampling)", 3))
+    keys = (("reward/artist/total/mean", "r_artist (r_PA)"), ("reward/artist/photometric/mean", "r_photo of the edits"),
+            ("reward/critic/total/mean", "r_critic"), ("reward/critic/format/mean", "critic format rate (sampling)"),
+            ("reward/critic/suggestion/mean", "critic r_sugg (sampling)"))
     seeds = list(training)
     lines = ["| mean of the first 5 → last 5 steps | " + " | ".join(seeds) + " |", "|---|" + "---|" * len(seeds)]
-    for key, label, digits in keys:
-        cells = [f"{training[s][key]['first']:.{digits}f} → {training[s][key]['last']:.{digits}f}" if key in training[s]
-                 else "—" for s in seeds]
+    for key, label in keys:
+        cells = [f"{training[s][key]['first']:.3f} → {training[s][key]['last']:.3f}" if key in training[s] else "—"
+                 for s in seeds]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for key, label in (("learner/grpo/kl", "critic KL to its start (min–max)"),
                        ("groups/artist/low_std_frac", "artist groups with std ≤ 0.05 (mean, min–max)"),
@@ -269,6 +272,7 @@ def write_report(out: Path, docs: Path | None = None) -> Path:
     warm, control = load_stage(out, "warmstart")["warmstart"], load_stage(out, "sft-control")
     info = results.info
     figures = "results" if docs is not None else "."
+    rows = [m for m in results.methods if m not in ("identity", "oracle")] + ["SFT+RL"]
     parts = [INTRO, "## The measurement\n",
              "```\n" + json.loads((out / "stages" / "command.json").read_text())["command"] + "\n```\n",
              f"Held-out set: {len(results.task_ids)} pairs of {len(set(results.scenes))} scenes "
@@ -285,10 +289,9 @@ def write_report(out: Path, docs: Path | None = None) -> Path:
              "## Held-out results of the final models\n", method_table(results),
              f"![held-out metrics]({figures}/heldout-metrics.png)\n",
              "### Gain over the identity and share of the identity → oracle gap closed: r_photo\n",
-             gap_table(results, "r_photo", [m for m in results.methods if m not in ("identity", "oracle")] + ["SFT+RL"]),
+             gap_table(results, "r_photo", rows),
              "### The same for mean |Δattr| (a negative gain is better)\n",
-             gap_table(results, "mean_attribute_error",
-                       [m for m in results.methods if m not in ("identity", "oracle")] + ["SFT+RL"]),
+             gap_table(results, "mean_attribute_error", rows),
              "### The critic alone (greedy critiques; no artist involved)\n",
              critic_table(results, ["SFT-only", "SFT-control", *results.groups["SFT+RL"], "SFT+RL"]),
              "### The artist alone (conditioned on each pair's annotated critique)\n",

@@ -73,7 +73,8 @@ def summarise(method: str, pairs: Sequence[PairResult]) -> MethodSummary:
         compliance_rate=float(np.mean(compliance)) if compliance else None,
         draw_spread=float(np.mean(spreads)) if spreads else None)
     if critiques:
-        scored = [(p.critique.score, p.severity) for p in pairs if p.critique is not None and p.critique.score is not None]
+        scored = [(p.critique.score, p.severity) for p in pairs
+                  if p.critique is not None and p.critique.score is not None]
         row.format_rate = float(np.mean([c.format_ok for c in critiques]))
         row.suggestion_rate = float(np.mean([c.suggestion for c in critiques]))
         row.mean_score = float(np.mean([s for s, _ in scored])) if scored else None

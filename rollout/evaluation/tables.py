@@ -51,8 +51,8 @@ def model_methods(results: HeldOutResults) -> list[str]:
 
 def method_table(results: HeldOutResults) -> str:
     """End to end, one row per method: image metrics, attribute errors, r_photo, compliance."""
-    header = ["method", "pairs (scenes)", "draws", "PSNR↑", "SSIM↑", "LPIPS↓", *(f"|Δ{k}|↓" for k in TONE_ATTRIBUTES),
-              "mean |Δattr|↓", "r_photo↑", "compliance↑"]
+    header = ["method", "pairs (scenes)", "draws", "PSNR↑", "SSIM↑", "LPIPS↓",
+              *(f"|Δ{k}|↓" for k in TONE_ATTRIBUTES), "mean |Δattr|↓", "r_photo↑", "compliance↑"]
     rows = []
     for method in results.methods:
         s = results.summary(method)
