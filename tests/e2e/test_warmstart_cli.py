@@ -62,15 +62,26 @@ def test_sft_then_enhance_then_evaluate(tmp_path, capsys, embedded_models):
     assert (out / "metrics.png").is_file() and (out / "samples.png").is_file()
 
 
-def test_a_critique_given_as_text_conditions_the_artist_as_the_generated_one_does(embedded_models, tmp_path):
+def test_a_critique_given_as_text_conditions_the_artist_as_the_generated_one_does(embedded_models):
     """Teacher-forcing the critic's own greedy critique reproduces its H_c exactly (the annotated-critique rows
-    of evaluate rest on this)."""
-    from rollout.pipeline import PhotoPipeline
+    of evaluate rest on this). The critic first learns one photo's annotation, so that its greedy response is a
+    whole critique ending in end-of-turn, as a warm-started critic's are."""
+    from learner.sft import CriticSFT, annotate_task
+    from rollout.pipeline import CriticRunner, PhotoPipeline
+    from rollout.records.types import EditOp, PhotoTask
 
-    pipeline = PhotoPipeline(embedded_models.critic, embedded_models.artist, min_pixels=3136, max_pixels=12544,
-                             max_new_tokens=24)
     photo = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    task = PhotoTask(task_id="t", input=photo, target=photo,
+                     known_ops=(EditOp(attribute="exposure", direction=1, level=2),))
+    pixels = dict(min_pixels=3136, max_pixels=12544)
+    sft = CriticSFT(embedded_models.critic, lr=3e-3, **pixels)
+    for _ in range(40):
+        sft.step([task])
+    pipeline = PhotoPipeline(embedded_models.critic, embedded_models.artist, max_new_tokens=48, **pixels)
+    pipeline.critic = CriticRunner(embedded_models.critic, max_new_tokens=48, model=sft.model,
+                                   processor=sft.processor, **pixels)
     greedy = pipeline.critic.critique(photo)
+    assert greedy.text == annotate_task(task)
     forced = pipeline.critic.teacher_forced(photo, greedy.text)
     assert forced.hidden.shape == greedy.hidden.shape and np.array_equal(forced.hidden, greedy.hidden)
     given = pipeline.edit_with_critique(photo, forced, [5])[0].edited
