@@ -89,6 +89,29 @@ class CriticRunner:
             self.model.train(was_training)
         return CritiqueResult(text=text, parsed=parse_critique(text), hidden=hidden, image=seen)
 
+    def teacher_forced(self, image: np.ndarray, text: str) -> CritiqueResult:
+        """``text`` as this critic's critique of ``image``, without generating: H_c over the prompt and the
+        text's tokens, the span :meth:`critique` gives for a generated response that ends in end-of-turn.
+
+        Conditions the artist on a given critique (e.g. the annotated, correct one) through this critic's
+        states, so the artist can be measured apart from what the critic would have written."""
+        import torch
+
+        from critic_actor.grammar import parse_critique
+        from critic_actor.inputs import build_critic_inputs, fit_to_pixel_bounds
+
+        seen = fit_to_pixel_bounds(image, self.min_pixels, self.max_pixels)
+        inputs = {k: v.to(self.device) for k, v in build_critic_inputs(self.processor, seen).items()}
+        ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        context = torch.cat([inputs["input_ids"], ids.to(self.device)], dim=1)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            hidden = self.hidden_states(context, inputs)
+        finally:
+            self.model.train(was_training)
+        return CritiqueResult(text=text, parsed=parse_critique(text), hidden=hidden, image=seen)
+
     def hidden_states(self, input_ids, vision_inputs: dict) -> np.ndarray:
         """float32 ``[T, D]`` post-norm last-layer states of ``input_ids`` ``[1, T]`` with the photo's vision
         inputs (``pixel_values``, ``image_grid_thw``)."""
@@ -140,9 +163,20 @@ class PhotoPipeline:
 
     def enhance_with_seeds(self, image: np.ndarray, seeds: list[int]) -> list[EnhanceResult]:
         """One greedy critique of ``image``, then one edit per artist noise seed, all conditioned on it."""
+        return self.edit_with_critique(image, self.critic.critique(image), seeds)
+
+    def edit_with_critique(self, image: np.ndarray, critique: CritiqueResult, seeds: list[int]) -> list[EnhanceResult]:
+        """One edit of ``image`` per artist noise seed, conditioned on ``critique``'s H_c (the critic's greedy
+        critique, or a given one from :meth:`CriticRunner.teacher_forced`)."""
+        return self.edit_many([(image, critique, seeds)])[0]
+
+    def edit_many(self, jobs: list[tuple[np.ndarray, CritiqueResult, list[int]]]) -> list[list[EnhanceResult]]:
+        """:meth:`edit_with_critique` for several photos in one sampler call (the sampler batches by size; the
+        edits do not depend on the batching)."""
         from artist_actor.sampler import EditRequest
 
-        critique = self.critic.critique(image)
-        edits = self.sampler.sample([EditRequest(condition_image=image, hidden=critique.hidden, seed=seed)
-                                     for seed in seeds])
-        return [EnhanceResult(critique=critique, edited=edit.image) for edit in edits]
+        requests = [EditRequest(condition_image=image, hidden=critique.hidden, seed=seed)
+                    for image, critique, seeds in jobs for seed in seeds]
+        edits = iter(self.sampler.sample(requests))
+        return [[EnhanceResult(critique=critique, edited=next(edits).image) for _ in seeds]
+                for _, critique, seeds in jobs]

@@ -34,7 +34,7 @@ from rollout.data.pairs import task_id_for
 from rollout.records.images import ImageLimits, ImageRejected, is_image_file, read_image, write_png
 from rollout.records.types import TONE_ATTRIBUTES, EditOp, PhotoTask, RejectedRecord
 
-DATA_RECIPE_VERSION = 2
+DATA_RECIPE_VERSION = 3
 """Bump when synthesis changes what a given seed produces: cached embedded datasets are then rebuilt."""
 
 EMBEDDED_PHOTO_SOURCES: dict[str, str] = {
@@ -197,14 +197,35 @@ def _pair_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream_key, index])
 
 
+def pair_plan(num_pairs: int, num_photos: int, restoration_fraction: float) -> list[tuple[int, bool]]:
+    """(photo index, is restoration) of each pair of a split.
+
+    Restoration slots are spread evenly (:func:`is_restoration_slot`). Retouch and restoration pairs then each
+    cycle over the photos on their own count, retouch from the first photo forwards and restoration from the
+    last backwards, so every photo (a scene of the held-out split) gets both kinds in the split's proportion
+    and the first ``num_photos`` pairs still use every photo once. One count for both would tie the kind to the
+    photo whenever the restoration period divides the number of photos: at 1/4 and eight photos every
+    restoration pair came from the same two photos, which then had no retouch pair.
+    """
+    made = {False: 0, True: 0}
+    plan = []
+    for index in range(num_pairs):
+        restoration = is_restoration_slot(index, restoration_fraction)
+        position = made[restoration] % num_photos
+        made[restoration] += 1
+        plan.append((num_photos - 1 - position if restoration else position, restoration))
+    return plan
+
+
 def synthesise_split(photos: Sequence[tuple[str, np.ndarray]], out_dir: Path, *, num_pairs: int, image_size: int,
                      restoration_fraction: float, seed: int, split: str) -> SynthesisReport:
-    """``num_pairs`` cropped pairs cycling over ``photos``; PNGs under ``out_dir/images``, manifest last."""
+    """``num_pairs`` cropped pairs over ``photos`` as :func:`pair_plan` assigns them; PNGs under
+    ``out_dir/images``, manifest last."""
     report = SynthesisReport(manifest=out_dir / "manifest.jsonl")
-    for index in range(num_pairs):
-        name, photo = photos[index % len(photos)]
+    for index, (photo_index, restoration) in enumerate(pair_plan(num_pairs, len(photos), restoration_fraction)):
+        name, photo = photos[photo_index]
         outcome = _synthesise_pair(
-            photo, name, is_restoration_slot(index, restoration_fraction), _pair_rng(seed, split, index),
+            photo, name, restoration, _pair_rng(seed, split, index),
             image_size, out_dir / "images", f"{split}-{index:05d}-{task_id_for(name)}", None)
         (report.tasks if isinstance(outcome, PhotoTask) else report.rejected).append(outcome)
     write_manifest(report.manifest, report.tasks)

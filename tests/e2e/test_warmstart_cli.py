@@ -42,12 +42,47 @@ def test_sft_then_enhance_then_evaluate(tmp_path, capsys, embedded_models):
     table = (out / "table.md").read_text()
     for method in ("identity", "auto-retouch", "oracle", "SFT-only", "RL-a"):
         assert f"| {method} |" in table
-    # Two held-out photos: the baselines are measured once each, the model rows once per noise seed.
-    results = json.loads((out / "results.json").read_text())
-    counts = {row["method"]: row["count"] for row in results["rows"]}
-    assert counts == {"identity": 2, "auto-retouch": 2, "oracle": 2, "SFT-only": 4, "RL-a": 4, "RL-b": 4}
-    assert len(results["per_photo"]["RL-a"]["photometric"]) == 2
+    for section in ("## The critic alone", "## The artist alone", "gap closed"):
+        assert section in table
+    # Two held-out pairs of two scenes: every row counts pairs, the model rows averaging their two noise draws.
+    from rollout.evaluation import HeldOutResults
+
+    results = HeldOutResults.read(out / "results.json")
+    assert len(results.task_ids) == 2 and len(set(results.scenes)) == 2
+    assert {m: (s.pairs, s.draws) for m in results.methods for s in [results.summary(m)]} == {
+        "identity": (2, 1), "auto-retouch": (2, 1), "oracle": (2, 1), "SFT-only": (2, 2), "RL-a": (2, 2),
+        "RL-b": (2, 2)}
+    model = results.summary("RL-a")
+    assert model.format_rate is not None and model.suggestion_rate is not None
+    assert model.annotated_photometric is not None and model.draw_spread is not None
+    assert results.groups == {"RL": ["RL-a", "RL-b"]}
     # The same models under the same noise seeds: the paired difference is exactly zero.
     comparison = (out / "comparison.md").read_text()
-    assert "RL* (2 rows: RL-a, RL-b) against SFT-only" in comparison and "+0.0000 [+0.0000, +0.0000]" in comparison
+    assert "RL-a, RL-b against SFT-only" in comparison and "+0.0000 [+0.0000, +0.0000]" in comparison
     assert (out / "metrics.png").is_file() and (out / "samples.png").is_file()
+
+
+def test_a_critique_given_as_text_conditions_the_artist_as_the_generated_one_does(embedded_models):
+    """Teacher-forcing the critic's own greedy critique reproduces its H_c exactly (the annotated-critique rows
+    of evaluate rest on this). The critic first learns one photo's annotation, so that its greedy response is a
+    whole critique ending in end-of-turn, as a warm-started critic's are."""
+    from learner.sft import CriticSFT, annotate_task
+    from rollout.pipeline import CriticRunner, PhotoPipeline
+    from rollout.records.types import EditOp, PhotoTask
+
+    photo = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    task = PhotoTask(task_id="t", input=photo, target=photo,
+                     known_ops=(EditOp(attribute="exposure", direction=1, level=2),))
+    pixels = dict(min_pixels=3136, max_pixels=12544)
+    sft = CriticSFT(embedded_models.critic, lr=3e-3, **pixels)
+    for _ in range(40):
+        sft.step([task])
+    pipeline = PhotoPipeline(embedded_models.critic, embedded_models.artist, max_new_tokens=48, **pixels)
+    pipeline.critic = CriticRunner(embedded_models.critic, max_new_tokens=48, model=sft.model,
+                                   processor=sft.processor, **pixels)
+    greedy = pipeline.critic.critique(photo)
+    assert greedy.text == annotate_task(task)
+    forced = pipeline.critic.teacher_forced(photo, greedy.text)
+    assert forced.hidden.shape == greedy.hidden.shape and np.array_equal(forced.hidden, greedy.hidden)
+    given = pipeline.edit_with_critique(photo, forced, [5])[0].edited
+    assert np.array_equal(given, pipeline.enhance_with_seeds(photo, [5])[0].edited)

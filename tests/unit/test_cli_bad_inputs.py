@@ -67,9 +67,10 @@ def test_evaluate_skips_unreadable_held_out_photos_with_a_line_each(photos, caps
     _one_line_per_bad_photo(capsys.readouterr().err, photos)
     results = json.loads((out / "results.json").read_text())
     # identity, auto-retouch and the oracle, each on the one good photo
-    assert [(row["method"], row["count"]) for row in results["rows"]] == [
+    assert [(row["method"], row["pairs"]) for row in results["summaries"]] == [
         ("identity", 1), ("auto-retouch", 1), ("oracle", 1)]
-    assert [s["record_id"] for s in results["skipped"]] == ["mixed-1", "mixed-2"]
+    assert [s["record_id"] for s in results["info"]["skipped"]] == ["mixed-1", "mixed-2"]
+    assert "[n/a]" in (out / "table.md").read_text(), "one pair: means without intervals"
     assert main(["evaluate", "--data", photos["bad"], "--out", str(out), "--no-mlflow"]) == 1
     err = capsys.readouterr().err
     _one_line_per_bad_photo(err, photos)

@@ -158,3 +158,17 @@ def test_every_packaged_photo_loads_and_the_splits_share_no_scene():
     assert not set(EMBEDDED_TRAIN_PHOTOS) & set(EMBEDDED_EVAL_PHOTOS)
     with pytest.raises(ValueError, match="unknown embedded photo"):
         embedded_photos(["lena"])
+
+
+def test_pair_plan_gives_every_photo_both_kinds_and_uses_every_photo_first():
+    from collections import Counter
+
+    from rollout.data.synthesis import is_restoration_slot, pair_plan
+
+    plan = pair_plan(48, 8, 0.25)
+    assert [restoration for _, restoration in plan] == [is_restoration_slot(i, 0.25) for i in range(48)]
+    per_photo = Counter((photo, restoration) for photo, restoration in plan)
+    assert all(4 <= per_photo[(photo, False)] <= 5 and 1 <= per_photo[(photo, True)] <= 2 for photo in range(8))
+    for pairs, photos in ((8, 8), (5, 5), (12, 5)):
+        assert {photo for photo, _ in pair_plan(pairs, photos, 0.25)[:photos]} == set(range(photos))
+    assert [photo for photo, _ in pair_plan(3, 8, 0.25)] == [0, 1, 2]

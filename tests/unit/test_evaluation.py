@@ -1,4 +1,4 @@
-"""Evaluation metrics against hand-computed values, the classical baseline and the table."""
+"""Evaluation metrics against hand-computed values, the classical baselines, and one method's per-pair records."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from rewards.attributes import compute_attributes
 from rewards.operators import apply_edit_ops
-from rollout.evaluation import (SampleMeasurement, auto_retouch, markdown_table, measure, oracle_output,
-                                paired_bootstrap, psnr, spearman, ssim, summarise)
+from rollout.evaluation import (CritiqueMeasurement, EditMeasurement, PairResult, auto_retouch, mean_edit,
+                                measure_critique, measure_edit, oracle_output, psnr, spearman, ssim, summarise)
 from rollout.records.types import EditOp, Suggestion
 
 
@@ -95,41 +95,78 @@ def test_oracle_is_the_known_inverse():
     assert oracle_output(degraded, scene, (), "restoration") is scene
 
 
-def test_paired_bootstrap_interval_covers_the_mean_difference_and_excludes_zero_only_when_it_should():
-    rng = np.random.default_rng(5)
-    base = rng.uniform(0.2, 0.6, 40)
-    better = base + 0.05 + rng.normal(0, 0.01, 40)
-    mean, low, high = paired_bootstrap(better, base, seed=0)
-    assert low < mean < high and mean == pytest.approx(np.mean(better - base))
-    assert low > 0.0
-    _, low, high = paired_bootstrap(base + rng.normal(0, 0.05, 40), base, seed=0)
-    assert low < 0.0 < high
-    with pytest.raises(ValueError, match="paired"):
-        paired_bootstrap(base, base[:5])
-
-
 def test_measure_and_summary_of_a_perfect_and_an_identity_output():
-    from rewards.operators import apply_edit_ops
-
     rng = np.random.default_rng(2)
     target = rng.integers(40, 220, (32, 32, 3), dtype=np.uint8)
     op = EditOp(attribute="exposure", direction=1, level=3)
     source = apply_edit_ops(target, [EditOp(attribute="exposure", direction=-1, level=3)])
     asked = [Suggestion(text="Increase the exposure significantly.", op=op)]
-    perfect = measure(source, target, target, lpips_distance=0.0, suggestions=asked, format_ok=True, score=40,
-                      severity=3)
-    unchanged = measure(source, source, target, lpips_distance=0.2, suggestions=asked, format_ok=False,
-                        severity=1)
+    perfect = measure_edit(source, target, target, lpips_distance=0.0, suggestions=asked)
+    unchanged = measure_edit(source, source, target, lpips_distance=0.2, suggestions=asked)
     assert perfect.photometric == pytest.approx(1.0) and perfect.compliance == 1.0
+    assert perfect.psnr == 100.0, "an exact output's PSNR is capped, so means stay finite"
     assert all(error == 0 for error in perfect.attribute_error.values())
     assert unchanged.compliance == 0.0 and unchanged.attribute_error["exposure"] > 1.0
     assert unchanged.photometric < perfect.photometric
-    row = summarise("m", [perfect, unchanged, SampleMeasurement(
-        psnr=30.0, ssim=0.9, lpips=0.1, attribute_error=dict(perfect.attribute_error), photometric=1.0,
-        format_ok=True, score=80, severity=0)])
-    assert row.format_rate == pytest.approx(2 / 3)
-    assert row.compliance_rate == pytest.approx(0.5)
+
+    def pair(index, edit, score, severity, format_ok=True):
+        return PairResult(task_id=f"p{index}", scene=f"s{index % 2}", kind="retouch", severity=severity, edit=edit,
+                          critique=CritiqueMeasurement(format_ok=format_ok, score=score, suggestion=float(format_ok)))
+
+    third = EditMeasurement(psnr=30.0, ssim=0.9, lpips=0.1, attribute_error=dict(perfect.attribute_error),
+                            photometric=1.0)
+    row = summarise("m", [pair(0, perfect, 40, 3), pair(1, unchanged, 60, 1, format_ok=False), pair(2, third, 80, 0)])
+    assert (row.pairs, row.scenes, row.draws) == (3, 2, 1)
+    assert row.format_rate == pytest.approx(2 / 3) and row.suggestion_rate == pytest.approx(2 / 3)
+    assert row.compliance_rate == pytest.approx(0.5)  # the third output was not conditioned on a critique
     assert row.score_severity_spearman == pytest.approx(1.0)  # the scores fall as severity grows
-    assert row.psnr == pytest.approx((100.0 + unchanged.psnr + 30.0) / 3)  # identical pair capped at 100 dB
-    table = markdown_table([row])
-    assert table.count("\n") == 3 and "| m | 3 |" in table and "0.667" in table
+    assert row.psnr == pytest.approx((100.0 + unchanged.psnr + 30.0) / 3)
+
+
+def test_draws_of_a_pair_are_averaged_into_one_pair():
+    a = EditMeasurement(psnr=20.0, ssim=0.5, lpips=0.2, attribute_error={k: 2.0 for k in ("exposure", "contrast",
+                        "saturation", "warmth")}, photometric=0.2, compliance=1.0)
+    b = EditMeasurement(psnr=30.0, ssim=0.7, lpips=0.0, attribute_error={k: 4.0 for k in a.attribute_error},
+                        photometric=0.6, compliance=0.0)
+    mean = mean_edit([a, b])
+    assert (mean.psnr, mean.ssim, mean.photometric, mean.compliance) == pytest.approx((25.0, 0.6, 0.4, 0.5))
+    assert mean.mean_attribute_error == pytest.approx(3.0)
+    row = summarise("m", [PairResult(task_id="p", scene="s", kind="retouch", severity=1, edit=mean, draws=2,
+                                     spread=0.5)])
+    assert row.pairs == 1 and row.draws == 2 and row.draw_spread == 0.5
+
+
+def test_critique_measurement_scores_the_suggestions_against_the_pair():
+    from rollout.records.types import ParsedCritique, PhotoTask
+
+    rng = np.random.default_rng(6)
+    target = rng.integers(40, 220, (32, 32, 3), dtype=np.uint8)
+    source = apply_edit_ops(target, [EditOp(attribute="exposure", direction=-1, level=3)])
+    brighter, darker = (EditOp(attribute="exposure", direction=d, level=3) for d in (1, -1))
+    task = PhotoTask(task_id="t", input=source, target=target, known_ops=(brighter,))
+    right = ParsedCritique(suggestions=[Suggestion(text="", op=brighter)], score=40, format_ok=True)
+    wrong = ParsedCritique(suggestions=[Suggestion(text="", op=darker)], score=40, format_ok=True)
+    assert measure_critique(task, source, target, right, "").suggestion == 1.0
+    assert measure_critique(task, source, target, wrong, "").suggestion == 0.0
+    noisy = PhotoTask(task_id="n", input=source, target=target, kind="restoration", degradations=("noise",))
+    denoise = ParsedCritique(suggestions=[Suggestion(text="", restoration="noise")], score=40, format_ok=False)
+    measured = measure_critique(noisy, source, target, denoise, "")
+    assert measured.suggestion == 1.0 and measured.format_ok is False
+
+
+def test_every_pair_and_draw_gets_its_own_noise_and_the_spread_between_draws_is_measured():
+    import torch
+
+    from artist_actor.sampler import initial_noise
+    from rollout.commands.evaluate import noise_seeds
+    from rollout.evaluation import draw_spread
+
+    seeds = [seed for pair in range(48) for seed in noise_seeds(0, pair, 48, 4)]
+    assert len(seeds) == len(set(seeds)) == 192, "no two (pair, draw) share a noise seed"
+    assert noise_seeds(7, 3, 48, 2) == [10, 58], "the stated rule: seed + pair + draw × pairs"
+    first, second = (initial_noise(seed, 16, 64) for seed in noise_seeds(0, 0, 48, 2))
+    assert not torch.equal(first, second) and torch.equal(first, initial_noise(0, 16, 64))
+    image = np.random.default_rng(0).integers(0, 250, (16, 16, 3), dtype=np.uint8)
+    assert draw_spread([image]) is None
+    assert draw_spread([image, image.copy()]) == 0.0, "draws the artist's noise did not change are reported as such"
+    assert draw_spread([image, image + 2, image + 4]) == pytest.approx(3.0)
