@@ -111,6 +111,7 @@ class Components:
         self.critic_rollout = CriticRolloutGroup(critic_path, config.critic, sync_timeout_s=timeout,
                                                  max_restarts=restarts, startup=startup)
         self.artist_samplers = ArtistSamplerGroup(config.artist, str(artist_path), lora_alpha=la.lora.alpha,
+                                                  lora_targets=la.lora.target_modules,
                                                   sync_timeout_s=timeout, max_restarts=restarts, startup=startup)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts, startup=startup)
         self._build_weight_sync(config, timeout)
