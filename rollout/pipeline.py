@@ -102,6 +102,20 @@ class CriticRunner:
                                    image_grid_thw=vision_inputs["image_grid_thw"], use_cache=False)
         return out.last_hidden_state[0].float().cpu().numpy()
 
+    def teacher_forced_hidden_states(self, image: np.ndarray, response: str) -> np.ndarray:
+        """float32 ``[T, D]`` H_c of ``response`` as if the critic had written it about ``image``: the prompt and
+        every response token (the end-of-turn token that would follow is never fed back, so it has no state),
+        the span the RL loop's prepare pass hands the artist for a sampled critique."""
+        import torch
+
+        from critic_actor.inputs import build_critic_inputs, fit_to_pixel_bounds
+
+        seen = fit_to_pixel_bounds(image, self.min_pixels, self.max_pixels)
+        inputs = {k: v.to(self.device) for k, v in build_critic_inputs(self.processor, seen).items()}
+        response_ids = self.processor.tokenizer(response, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = torch.cat([inputs["input_ids"], response_ids.to(self.device)], dim=1)
+        return self.hidden_states(ids, inputs)
+
     def text_hidden_states(self, text: str) -> np.ndarray:
         """float32 ``[T, D]`` H_c of a plain instruction text in the critic's chat format (no image)."""
         import torch
@@ -121,7 +135,7 @@ class PhotoPipeline:
 
     def __init__(self, critic_path: str | Path, artist_path: str | Path, *, min_pixels: int, max_pixels: int,
                  max_new_tokens: int = 96, resolution: int = 64, num_steps: int = 6, solver: str = "dpm2",
-                 device: str = "cpu"):
+                 drop_prefix_tokens: int = 0, device: str = "cpu"):
         from artist_actor.model import load_artist
         from artist_actor.sampler import FlowMatchSampler
 
@@ -132,7 +146,19 @@ class PhotoPipeline:
             raise ValueError(f"artist {artist_path} expects H_c width {self.artist.hidden_size} but critic "
                              f"{critic_path} has hidden size {self.critic.model.config.text_config.hidden_size}; "
                              f"pair an artist with the critic it was trained with")
-        self.sampler = FlowMatchSampler(self.artist, num_steps=num_steps, solver=solver, resolution=resolution)
+        # No exploration: the pipeline shows the artist's own deterministic edit.
+        self.sampler = FlowMatchSampler(self.artist, num_steps=num_steps, solver=solver, resolution=resolution,
+                                        drop_prefix_tokens=drop_prefix_tokens)
+
+    @classmethod
+    def from_config(cls, critic_path: str | Path, artist_path: str | Path, config, device: str = "cpu"
+                    ) -> PhotoPipeline:
+        """The pipeline a run config describes (``TrainConfig``): the critic's pixel bounds and response length,
+        the artist's resolution, ODE steps, solver and H_c prefix drop, exactly as its training used them."""
+        return cls(critic_path, artist_path, min_pixels=config.critic.min_pixels,
+                   max_pixels=config.critic.max_pixels, max_new_tokens=config.critic.max_new_tokens,
+                   resolution=config.artist.resolution, num_steps=config.artist.num_steps,
+                   solver=config.artist.solver, drop_prefix_tokens=config.artist.drop_prefix_tokens, device=device)
 
     def enhance(self, image: np.ndarray, seed: int = 0) -> EnhanceResult:
         """Critique ``image`` and edit it conditioned on that critique's H_c."""
