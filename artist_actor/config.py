@@ -40,7 +40,9 @@ class ArtistConfig(ConfigModel):
     """Classifier-free guidance; 1.0 disables it (DiffusionNFT samples CFG-free)."""
     drop_prefix_tokens: int = Field(0, ge=0, le=4096)
     """Leading H_c positions dropped before conditioning (0 as in the released SmartPhotoCrafter model; the
-    stock Qwen-Image-Edit pipeline drops 64, its system header)."""
+    stock Qwen-Image-Edit pipeline drops 64, its system header). Warm-start SFT (``photocrafter sft``), the RL
+    samplers and learner, ``evaluate`` and ``enhance`` all drop the same positions: keep it equal to the value
+    the artist was trained with."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """``auto`` = bfloat16 on GPU, float32 on CPU."""
     max_batch_size: int = Field(16, ge=1, le=1024)
