@@ -36,12 +36,6 @@ from rollout.sync.weight_transport import SyncManifest, TransferEndpoint
 SAMPLING_ADAPTER = "old"
 """Name of the LoRA adapter the sampler runs (DiffusionNFT's sampling policy v_old)."""
 
-DIT_ATTENTION_PROJECTIONS: tuple[str, ...] = (
-    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-)
-"""QwenImageTransformer2DModel's joint-attention projections (image stream, then text stream) that carry LoRA."""
-
 
 @dataclass(slots=True)
 class ArtistSampleResult:
@@ -114,7 +108,7 @@ class ArtistSamplerActor:
         config: ArtistConfig | Mapping[str, Any],
         *,
         lora_alpha: float = 64.0,
-        lora_targets: Sequence[str] = DIT_ATTENTION_PROJECTIONS,
+        lora_targets: Sequence[str] | None = None,
         device: str | None = None,
         num_threads: int | None = None,
         images_as_refs: bool = False,
@@ -136,9 +130,11 @@ class ArtistSamplerActor:
         self.model = load_artist(artist_path, dtype=cfg.dtype, device=device, codec=cfg.codec)
         self.sampler = FlowMatchSampler(self.model, num_steps=cfg.num_steps, solver=cfg.solver,
                                         guidance_scale=cfg.guidance_scale, drop_prefix_tokens=cfg.drop_prefix_tokens,
-                                        resolution=cfg.resolution, max_batch_size=cfg.max_batch_size)
+                                        resolution=cfg.resolution, max_batch_size=cfg.max_batch_size,
+                                        exploration=cfg.exploration)
         self.lora_alpha = float(lora_alpha)
-        self.lora_targets = tuple(lora_targets)
+        # The learner's adapter targets: the configured list, else the artist's own default (artist_lora_targets).
+        self.lora_targets = tuple(lora_targets or self.model.lora_targets)
         self.images_as_refs = images_as_refs
         self._version = 0
         self._lora_rank: int | None = None

@@ -40,10 +40,19 @@ class ArtistConfig(ConfigModel):
     """Classifier-free guidance; 1.0 disables it (DiffusionNFT samples CFG-free)."""
     drop_prefix_tokens: int = Field(0, ge=0, le=4096)
     """Leading H_c positions dropped before conditioning (0 as in the released SmartPhotoCrafter model; the
-    stock Qwen-Image-Edit pipeline drops 64, its system header)."""
+    stock Qwen-Image-Edit pipeline drops 64, its system header). Warm-start SFT (``photocrafter sft``), the RL
+    samplers and learner, ``evaluate`` and ``enhance`` all drop the same positions: keep it equal to the value
+    the artist was trained with."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """``auto`` = bfloat16 on GPU, float32 on CPU."""
     max_batch_size: int = Field(16, ge=1, le=1024)
     """Edits per DiT micro-batch inside a sampler (same-resolution edits are batched up to this many)."""
+    exploration: float = Field(0.0, ge=0.0, le=4.0)
+    """Exploration of training rollouts in the space the reward measures: each edit gets a seeded random global
+    change of exposure, warmth, contrast and saturation with a standard deviation of this many level-1
+    ("slightly") tone ops (``artist_actor.exploration``), and the changed edit is what is recorded and rewarded.
+    0 (the default) samples the plain ODE edit. The embedded config turns it on: its tiny DiT barely depends on
+    its initial noise, so without it the K edits of a critique score alike and DiffusionNFT has nothing to
+    compare. Only training rollouts explore; evaluation, ``enhance`` and the exported artist never do."""
     seed: int = Field(0, ge=0)
     """Base seed of edit noise; each edit's seed is derived from it, the step and its indices."""

@@ -39,6 +39,7 @@ class ArtistSamplerGroup:
         artist_path: str,
         *,
         lora_alpha: float = 64.0,
+        lora_targets: Sequence[str] = (),
         sync_timeout_s: float = 120.0,
         sample_timeout_s: float = 3600.0,
         namespace: str | None = None,
@@ -80,7 +81,7 @@ class ArtistSamplerGroup:
                     placement_group=self.placement_group, placement_group_bundle_index=bundles[index]),
                 runtime_env=foreground_runtime_env(),
             ).remote(index, str(artist_path), config.model_dump(), lora_alpha=lora_alpha,
-                     num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True,
+                     lora_targets=list(lora_targets) or None, num_threads=max(1, int(config.cpus_per_sampler)), images_as_refs=True,
                      cpu_fallback=self.startup.cpu_fallback)
             for index in range(config.num_samplers)
         ]

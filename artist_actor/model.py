@@ -24,6 +24,13 @@ import torch
 from artist_actor.codec import LatentCodec, PixelUnshuffleCodec, VaeCodec
 from artist_actor.conditioning import EDIT_PREDICTIONS, PREDICTION_ATTRIBUTE, EditPrediction
 
+DIT_ATTENTION_PROJECTIONS: tuple[str, ...] = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+)
+"""QwenImageTransformer2DModel's joint-attention projections (image stream, then text stream): the modules
+DiffusionNFT's LoRA adapts on a real checkpoint."""
+
 PROJECT_FILE = "photocrafter_artist.json"
 """File in an artist directory written by :func:`build_tiny_artist`: which codec the directory's DiT expects."""
 
@@ -49,6 +56,15 @@ TINY_ARTIST_RECIPE: dict[str, Any] = {
     # The DiT predicts the edited photo as the condition photo plus a correction: a 2-layer DiT cannot carry a
     # photo's detail through its own output, and with this prediction it does not have to (docs/results.md).
     "prediction": "input_residual",
+    # The output projection starts at zero, so the fresh DiT's edit is exactly its input (the identity edit)
+    # whatever the noise and conditioning: training starts from "leave the photo alone", the edit that already
+    # collects r_photo's credit on every attribute the target did not change, not from random noise 57 grey
+    # levels away (DiT's adaLN-Zero initialisation does the same for its final layer).
+    "zero_output": True,
+    # ... which also means no gradient reaches anything before the output projection until it moves, so the
+    # DiffusionNFT LoRA adapts it too (rank 8 of its 128 → 48 map); real checkpoints keep the 8 attention
+    # projections DiffusionNFT adapts.
+    "lora_targets": [*DIT_ATTENTION_PROJECTIONS, "proj_out"],
     "transformer": {
         "patch_size": 2,
         # 48 features per token (4×4 RGB pixels) into an inner width of 4 × 32 = 128: no bottleneck.
@@ -87,6 +103,8 @@ class ArtistModel:
     """Flow-matching scheduler config (``scheduler/scheduler_config.json``)."""
     path: Path
     """The directory it was loaded from."""
+    lora_targets: tuple[str, ...] = DIT_ATTENTION_PROJECTIONS
+    """Modules a LoRA adapts when the config names none (:func:`artist_lora_targets`)."""
     prediction: EditPrediction = "velocity"
     """What the DiT's output means (``velocity`` for real checkpoints; see ``predict_velocity``); also set on
     ``transformer`` so every caller of ``predict_velocity`` reads it from the network it runs."""
@@ -142,6 +160,17 @@ def artist_prediction(path: str | Path) -> EditPrediction:
     return "velocity"
 
 
+def artist_lora_targets(path: str | Path) -> tuple[str, ...]:
+    """The modules a LoRA of this artist adapts by default: the project file's list (the embedded artist adds
+    its zero-initialised output projection), else the 8 attention projections (real checkpoints)."""
+    project = Path(path) / PROJECT_FILE
+    if project.is_file():
+        targets = json.loads(project.read_text()).get("recipe", {}).get("lora_targets")
+        if targets:
+            return tuple(targets)
+    return DIT_ATTENTION_PROJECTIONS
+
+
 def load_artist(
     path: str | Path,
     dtype: str | torch.dtype = "auto",
@@ -188,7 +217,7 @@ def load_artist(
     prediction = artist_prediction(root)
     setattr(transformer, PREDICTION_ATTRIBUTE, prediction)
     return ArtistModel(transformer=transformer, codec=latent_codec, scheduler_config=scheduler_config, path=root,
-                       prediction=prediction)
+                       lora_targets=artist_lora_targets(root), prediction=prediction)
 
 
 def build_tiny_artist(
@@ -216,6 +245,10 @@ def build_tiny_artist(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = QwenImageTransformer2DModel(**transformer_config)
+        if TINY_ARTIST_RECIPE.get("zero_output"):
+            with torch.no_grad():
+                transformer.proj_out.weight.zero_()
+                transformer.proj_out.bias.zero_()
         torch.manual_seed(seed + 1)
         vae = AutoencoderKLQwenImage(**vae_config)
     transformer.save_pretrained(out / "transformer")

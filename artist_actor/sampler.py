@@ -17,6 +17,10 @@ Both take one DiT call per step. CFG is off at guidance 1.0; above it, the uncon
 all-zero H_c token and the guided velocity is renormalised per token to the conditional one's norm, as the
 Qwen-Image-Edit pipeline does (``artist_actor.conditioning.guided_velocity``, which the learner shares).
 
+With ``exploration`` > 0 each edit then gets a small seeded global tone change (:mod:`artist_actor.exploration`)
+and is re-encoded: the recorded x0 decodes to exactly the photo returned, so a likelihood-free learner trains on
+the very edit its reward scored. At 0 (the default) nothing after the ODE changes.
+
 It must not know about Ray, records or rewards: ``ArtistSamplerActor`` adapts records to requests.
 """
 
@@ -38,9 +42,11 @@ from artist_actor.conditioning import (
     build_conditioning,
     flow_match_sigmas,
     guided_velocity,
+    pack_latents,
     pad_hidden_states,
     unpack_latents,
 )
+from artist_actor.exploration import apply_tone_changes, draw_tone_change
 from artist_actor.model import ArtistModel
 
 Solver = Literal["euler", "dpm2"]
@@ -68,7 +74,8 @@ class SampledEdit:
     image: np.ndarray
     """uint8 ``[H, W, 3]`` edit at the condition photo's size."""
     x0: np.ndarray
-    """float32 ``[L, F]`` packed clean latent the ODE ended on (at the artist resolution)."""
+    """float32 ``[L, F]`` packed clean latent of the edit (at the artist resolution): where the ODE ended, or
+    with exploration on, the latent of the tone-changed photo (``image`` is its decoding)."""
     sigmas: np.ndarray
     """float64 ``[N + 1]`` schedule the edit was integrated over."""
     seed: int
@@ -144,6 +151,7 @@ class FlowMatchSampler:
         drop_prefix_tokens: int = 0,
         resolution: int = 512,
         max_batch_size: int = 16,
+        exploration: float = 0.0,
     ):
         if resolution % 16:
             raise ValueError(f"artist resolution must be a multiple of 16; got {resolution}")
@@ -154,6 +162,9 @@ class FlowMatchSampler:
         self.drop_prefix_tokens = drop_prefix_tokens
         self.resolution = resolution
         self.max_batch_size = max(1, max_batch_size)
+        if exploration < 0:
+            raise ValueError(f"exploration scale must be ≥ 0; got {exploration}")
+        self.exploration = exploration
 
     def schedule(self, size: tuple[int, int]) -> np.ndarray:
         """The σ schedule for an artist image of ``size`` (H, W) pixels."""
@@ -188,7 +199,8 @@ class FlowMatchSampler:
                     results[index] = edit
         return results  # type: ignore[return-value]
 
-    def _sample_batch(self, requests: Sequence[EditRequest], size: tuple[int, int]) -> list[SampledEdit]:
+    def conditioning(self, requests: Sequence[EditRequest], size: tuple[int, int]) -> ArtistConditioning:
+        """The DiT conditioning of same-size ``requests`` edited at ``size``: H_c and condition-photo latents."""
         model = self.model
         # The K edits of a critique (and the G critiques of a photo) share one condition photo: encode it once.
         slots: dict[int, int] = {}
@@ -199,15 +211,21 @@ class FlowMatchSampler:
                 unique.append(resize_image(request.condition_image, size))
         encoded = model.codec.encode(images_to_pixels(unique).to(model.device))
         condition_latents = encoded[[slots[id(r.condition_image)] for r in requests]]
-        cond = build_conditioning([r.hidden for r in requests], condition_latents, hidden_size=model.hidden_size,
+        return build_conditioning([r.hidden for r in requests], condition_latents, hidden_size=model.hidden_size,
                                   drop_prefix_tokens=self.drop_prefix_tokens, masks=[r.mask for r in requests],
                                   device=model.device, dtype=model.dtype)
+
+    def _sample_batch(self, requests: Sequence[EditRequest], size: tuple[int, int]) -> list[SampledEdit]:
+        model = self.model
+        cond = self.conditioning(requests, size)
         sigmas = self.schedule(size)
-        features = 4 * condition_latents.shape[1]
+        features = cond.image_latents.shape[2]
         noise = torch.stack([initial_noise(r.seed, cond.num_image_tokens, features) for r in requests])
         velocity = self._velocity_fn(cond)
         x0 = solve_flow_ode(velocity, noise.to(model.device), sigmas, self.solver)
         decoded = model.codec.decode(unpack_latents(x0.to(model.dtype), cond.grid))
+        if self.exploration > 0:
+            x0, decoded = self._explore(decoded, [r.seed for r in requests])
         images = pixels_to_images(decoded)
         x0_cpu = x0.float().cpu().numpy()
         return [
@@ -215,6 +233,15 @@ class FlowMatchSampler:
                         sigmas=sigmas.copy(), seed=int(r.seed))
             for i, (image, r) in enumerate(zip(images, requests))
         ]
+
+    def _explore(self, decoded: torch.Tensor, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, decoded photos) after each edit's seeded tone change: the changed photos are encoded, and the
+        latents decoded once more, so the returned x0 decodes to exactly the returned photos."""
+        codec, dtype = self.model.codec, self.model.dtype
+        changes = [draw_tone_change(seed, self.exploration) for seed in seeds]
+        changed = apply_tone_changes(decoded.float(), changes)
+        latents = codec.encode(changed.to(decoded.dtype))
+        return pack_latents(latents).float(), codec.decode(latents.to(dtype))
 
     def _velocity_fn(self, cond: ArtistConditioning) -> VelocityFn:
         transformer, scale = self.model.transformer, self.guidance_scale

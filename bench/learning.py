@@ -407,4 +407,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rollout.commands.entry import run_main
+
+    run_main(main, "bench.learning")

@@ -327,11 +327,18 @@ def _verdict_table(checks: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.learning_report", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="the measurement folder bench.learning wrote")
     parser.add_argument("--docs", help="also write this markdown file and its figures")
-    arguments = parser.parse_args()
+    arguments = parser.parse_args(argv)
     print(write_report(Path(arguments.out), Path(arguments.docs) if arguments.docs else None))
+    return 0
+
+
+if __name__ == "__main__":
+    from rollout.commands.entry import run_main
+
+    run_main(main, "bench.learning_report")

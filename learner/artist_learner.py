@@ -137,7 +137,8 @@ class ArtistLearner:
         # The adapters' Gaussian init comes from the run seed: the same on every rank and in every world size.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.transformer = attach_nft_adapters(self.artist.transformer, self.config.lora)
+            self.transformer = attach_nft_adapters(self.artist.transformer, self.config.lora,
+                                                   default_targets=self.artist.lora_targets)
         if use_gradient_checkpointing(self.config.gradient_checkpointing,
                                       sum(p.numel() for p in self.transformer.parameters())):
             self.transformer.enable_gradient_checkpointing()
@@ -355,15 +356,22 @@ class ArtistLearner:
             logger.warning("non-finite NFT loss terms at step %d: %s", self.step, totals)
         return totals
 
+    def conditioning(self, groups: Sequence[ArtistGroup]):
+        """The DiT conditioning of ``groups``, one item per group, exactly as an update builds it for their edits."""
+        prepared = self._prepare_conditioning(groups, range(len(groups)))
+        return self._condition_on([prepared[index] for index in range(len(groups))])
+
     def _conditioning(self, items: list[_TrainingSample], prepared: dict[int, tuple]):
         """The DiT conditioning of one micro-batch: its edits' H_c and condition-image latents."""
+        return self._condition_on([prepared[s.group_index] for s in items])
+
+    def _condition_on(self, entries: list[tuple]):
         from artist_actor.conditioning import build_conditioning
 
-        latents = torch.cat([prepared[s.group_index][2] for s in items])
         return build_conditioning(
-            [prepared[s.group_index][0] for s in items], latents, hidden_size=self.artist.hidden_size,
-            drop_prefix_tokens=self.artist_config.drop_prefix_tokens,
-            masks=[prepared[s.group_index][1] for s in items], device=self.parallel.device, dtype=self.artist.dtype)
+            [entry[0] for entry in entries], torch.cat([entry[2] for entry in entries]),
+            hidden_size=self.artist.hidden_size, drop_prefix_tokens=self.artist_config.drop_prefix_tokens,
+            masks=[entry[1] for entry in entries], device=self.parallel.device, dtype=self.artist.dtype)
 
     def _unit_terms(self, unit: _Unit, items: list[_TrainingSample], timesteps: list[torch.Tensor], cond,
                     sampling_policy):

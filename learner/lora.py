@@ -27,11 +27,7 @@ TRAINED_ADAPTER = "default"
 SAMPLING_ADAPTER = "old"
 """The adapter the samplers run (v_old); a slow copy of the trained one."""
 
-DIT_ATTENTION_PROJECTIONS: tuple[str, ...] = (
-    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-)
-"""The eight joint-attention projections DiffusionNFT adapts (image stream and text stream)."""
+from artist_actor.model import DIT_ATTENTION_PROJECTIONS  # noqa: F401  (the eight projections DiffusionNFT adapts)
 
 
 def peft_lora_config(config: LoraConfig, default_targets: Sequence[str] = DIT_ATTENTION_PROJECTIONS):
@@ -43,8 +39,12 @@ def peft_lora_config(config: LoraConfig, default_targets: Sequence[str] = DIT_AT
                           target_modules=targets)
 
 
-def attach_nft_adapters(model: nn.Module, config: LoraConfig) -> nn.Module:
+def attach_nft_adapters(model: nn.Module, config: LoraConfig,
+                        default_targets: Sequence[str] = DIT_ATTENTION_PROJECTIONS) -> nn.Module:
     """Inject the trained and sampling adapters into ``model`` in place; return it.
+
+    ``default_targets`` are adapted when ``config`` names no target modules (the artist's own default,
+    ``ArtistModel.lora_targets``).
 
     The base weights are frozen, the adapters are kept in float32 whatever the base dtype, the sampling adapter starts as an exact copy of the trained one (so the first
     rollouts come from the base model plus a zero update), and the trained adapter is the active, trainable one.
@@ -56,7 +56,7 @@ def attach_nft_adapters(model: nn.Module, config: LoraConfig) -> nn.Module:
     if not config.enabled:
         raise ValueError("learner.artist.lora.enabled is false, but DiffusionNFT trains the artist through "
                          "its LoRA adapters; set it to true")
-    peft_config = peft_lora_config(config)
+    peft_config = peft_lora_config(config, default_targets)
     try:
         inject_adapter_in_model(peft_config, model, adapter_name=TRAINED_ADAPTER)
         with warnings.catch_warnings():

@@ -8,8 +8,10 @@ Owns the three warm-start stages that precede the coordinated RL (ALGORITHMS.md,
   severity of the degradation;
 * :class:`CriticSFT` — teacher-forced cross-entropy on the annotation tokens (prompt tokens masked);
 * :class:`ArtistSFT` — flow-matching regression of the DiT's velocity onto ε − x0 for (degraded → target)
-  pairs, conditioned on the critic's H_c of an instruction text (stage ``artist``) or of the critic's own
-  greedy critique of the photo (stage ``adapt``).
+  pairs, conditioned on the critic's H_c of an instruction text (stage ``artist``), of the annotation critique
+  teacher-forced under the photo (stage ``annotated``: the conditioning the RL loop gives the artist when the
+  critic is right, and one that always agrees with the target it regresses to), or of the critic's own greedy
+  critique of the photo (stage ``adapt``).
 
 Each trainer writes complete model directories (transformers layout for the critic, diffusers layout for the
 artist) so ``critic.model`` / ``artist.model`` can point at them directly. It must not run rollouts or
@@ -31,7 +33,8 @@ import torch
 from learner.export import write_artist_dir, write_critic_dir
 from rollout.records.types import EditOp, PhotoTask, Suggestion
 
-ArtistStage = Literal["artist", "adapt"]
+ArtistStage = Literal["artist", "annotated", "adapt"]
+ARTIST_STAGES: tuple[str, ...] = ("artist", "annotated", "adapt")
 
 _DEFECT_WORDS: dict[tuple[str, int], str] = {
     ("exposure", 1): "too dark", ("exposure", -1): "too bright",
@@ -203,25 +206,29 @@ class CriticSFT:
 class ArtistSFT:
     """Flow-matching SFT of the artist's DiT on (degraded → target) pairs; a plain class (no Ray).
 
-    Stage ``artist`` conditions on the critic's H_c of :func:`instruction_text`; stage ``adapt`` on H_c of the
-    critic's own greedy critique of the input (the conditioning the RL loop will feed it). H_c is computed once
-    per task with the critic frozen and cached.
+    Stage ``artist`` conditions on the critic's H_c of :func:`instruction_text`; stage ``annotated`` on H_c of the
+    photo's annotation critique (:func:`annotate_task`) teacher-forced by the critic under the photo, as the RL
+    loop's prepare pass computes H_c of a sampled critique; stage ``adapt`` on H_c of the critic's own greedy
+    critique of the input. H_c is computed once per task with the critic frozen and cached, and the DiT sees it
+    through ``artist_actor.conditioning.build_conditioning`` with the run's ``drop_prefix_tokens``, as the
+    samplers and the DiffusionNFT learner do.
     """
 
     def __init__(self, artist_path: str | Path, critic_path: str | Path, *, stage: ArtistStage = "artist",
                  min_pixels: int, max_pixels: int, resolution: int = 64, lr: float = 3e-4,
-                 max_new_tokens: int = 96, device: str = "cpu", seed: int = 0):
+                 max_new_tokens: int = 96, drop_prefix_tokens: int = 0, device: str = "cpu", seed: int = 0):
         from artist_actor.model import load_artist
         from rollout.pipeline import CriticRunner
 
-        if stage not in ("artist", "adapt"):
-            raise ValueError(f"artist SFT stage must be 'artist' or 'adapt', got {stage!r}")
+        if stage not in ARTIST_STAGES:
+            raise ValueError(f"artist SFT stage must be one of {', '.join(ARTIST_STAGES)}; got {stage!r}")
         if resolution % 16:
             raise ValueError(f"artist resolution must be a multiple of 16; got {resolution}")
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.stage = stage
         self.resolution = resolution
+        self.drop_prefix_tokens = drop_prefix_tokens
         self.device = device
         self.source = Path(artist_path)
         self.artist = load_artist(artist_path, dtype="float32", device=device)
@@ -247,6 +254,8 @@ class ArtistSFT:
             raise ValueError(f"task {task.task_id}: input {source.shape} and target {target.shape} differ in size")
         if self.stage == "artist":
             hidden = self.critic.text_hidden_states(instruction_text(task))
+        elif self.stage == "annotated":
+            hidden = self.critic.teacher_forced(source, annotate_task(task)).hidden
         else:
             critique = self.critic.critique(source)
             hidden = critique.hidden
@@ -269,13 +278,11 @@ class ArtistSFT:
         network grows as 1/σ and would let the few smallest σ of a batch dominate it. All ``tasks`` must
         share one artist resolution (the embedded data do).
         """
-        from artist_actor.conditioning import build_conditioning, pack_latents, predict_velocity
+        from artist_actor.conditioning import pack_latents, predict_velocity
 
         prepared = [self._prepared(task) for task in tasks]
-        condition = torch.stack([p[1] for p in prepared])
         clean = pack_latents(torch.stack([p[2] for p in prepared]))
-        cond = build_conditioning([p[0] for p in prepared], condition, hidden_size=self.artist.hidden_size,
-                                  device=self.device, dtype=self.artist.dtype)
+        cond = self.conditioning(tasks)
         batch = clean.shape[0]
         residual = self.artist.prediction == "input_residual"
         if sigmas is None:
@@ -290,6 +297,15 @@ class ArtistSFT:
         if residual:
             return torch.nn.functional.mse_loss(noisy - sigmas[:, None, None] * predicted, clean)
         return torch.nn.functional.mse_loss(predicted, noise - clean)
+
+    def conditioning(self, tasks: Sequence[PhotoTask]):
+        """The DiT conditioning of a batch of ``tasks``: their H_c and condition-photo latents."""
+        from artist_actor.conditioning import build_conditioning
+
+        prepared = [self._prepared(task) for task in tasks]
+        return build_conditioning([p[0] for p in prepared], torch.stack([p[1] for p in prepared]),
+                                  hidden_size=self.artist.hidden_size, drop_prefix_tokens=self.drop_prefix_tokens,
+                                  device=self.device, dtype=self.artist.dtype)
 
     def step(self, tasks: Sequence[PhotoTask]) -> float:
         """One optimiser step on ``tasks``; returns the loss before the step."""
@@ -335,10 +351,11 @@ def write_warmstart_manifest(out_dir: str | Path, **fields) -> Path:
 def build_warm_start(critic_dir: str | Path, artist_dir: str | Path, tasks: Sequence[PhotoTask],
                      out_dir: str | Path, *, critic_steps: int, critic_batch_size: int, critic_lr: float,
                      artist_steps: int, artist_batch_size: int, artist_lr: float, resolution: int,
-                     max_new_tokens: int, min_pixels: int, max_pixels: int, seed: int = 0, log=print) -> Path:
+                     max_new_tokens: int, min_pixels: int, max_pixels: int, artist_stage: ArtistStage = "annotated",
+                     drop_prefix_tokens: int = 0, seed: int = 0, log=print) -> Path:
     """A complete warm start in ``out_dir`` (``critic/``, ``artist/``, ``warmstart.json``): critic SFT on the
-    annotation targets of ``tasks``, then stage-``adapt`` artist SFT conditioned on that critic's own
-    critiques — the two commands ``photocrafter sft --stage critic`` and ``--stage adapt`` run in a row."""
+    annotation targets of ``tasks``, then artist SFT of ``artist_stage`` with that critic's H_c — the commands
+    ``photocrafter sft --stage critic`` and ``--stage ARTIST_STAGE`` run in a row."""
     out = Path(out_dir)
     pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
     annotated = [task for task in tasks if task.known_ops or task.degradations]
@@ -347,18 +364,23 @@ def build_warm_start(critic_dir: str | Path, artist_dir: str | Path, tasks: Sequ
                                  log_every=max(1, critic_steps // 4), log=log)
     critic.save(out / "critic")
     del critic
-    artist = ArtistSFT(artist_dir, out / "critic", stage="adapt", lr=artist_lr, seed=seed, resolution=resolution,
-                       max_new_tokens=max_new_tokens, **pixels)
-    artist_losses = run_sft_loop(artist, tasks, steps=artist_steps, batch_size=artist_batch_size, seed=seed,
+    artist_tasks = annotated if artist_stage == "annotated" else tasks
+    artist = ArtistSFT(artist_dir, out / "critic", stage=artist_stage, lr=artist_lr, seed=seed,
+                       resolution=resolution, max_new_tokens=max_new_tokens, drop_prefix_tokens=drop_prefix_tokens,
+                       **pixels)
+    artist_losses = run_sft_loop(artist, artist_tasks, steps=artist_steps, batch_size=artist_batch_size, seed=seed,
                                  log_every=max(1, artist_steps // 4), log=log)
     artist.save(out / "artist")
 
-    def summary(losses: list[float], steps: int, batch_size: int, source: Path) -> dict:
+    def summary(losses: list[float], steps: int, batch_size: int, source: Path, count: int) -> dict:
         window = max(1, min(10, len(losses) // 4))
-        return {"steps": steps, "batch_size": batch_size, "seed": seed, "tasks": len(tasks), "source": str(source),
+        return {"steps": steps, "batch_size": batch_size, "seed": seed, "tasks": count, "source": str(source),
                 "loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window}
 
-    write_warmstart_manifest(out, critic_sft=summary(critic_losses, critic_steps, critic_batch_size, Path(critic_dir)),
-                             adapt_sft={**summary(artist_losses, artist_steps, artist_batch_size, Path(artist_dir)),
-                                        "critique_format_rate": sum(artist.format_ok.values()) / max(1, len(artist.format_ok))})
+    artist_summary = summary(artist_losses, artist_steps, artist_batch_size, Path(artist_dir), len(artist_tasks))
+    if artist.format_ok:
+        artist_summary["critique_format_rate"] = sum(artist.format_ok.values()) / len(artist.format_ok)
+    write_warmstart_manifest(out, critic_sft=summary(critic_losses, critic_steps, critic_batch_size,
+                                                     Path(critic_dir), len(annotated)),
+                             **{f"{artist_stage}_sft": {**artist_summary, "drop_prefix_tokens": drop_prefix_tokens}})
     return out

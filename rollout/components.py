@@ -129,8 +129,8 @@ class Components:
             critic_path, config.critic, sync_timeout_s=timeout, max_restarts=restarts, startup=startup,
             shared=self.critic_learner.shared_bundles() if self.critic_colocated else None)
         self.artist_samplers = ArtistSamplerGroup(
-            config.artist, str(artist_path), lora_alpha=la.lora.alpha, sync_timeout_s=timeout,
-            max_restarts=restarts, startup=startup,
+            config.artist, str(artist_path), lora_alpha=la.lora.alpha, lora_targets=la.lora.target_modules,
+            sync_timeout_s=timeout, max_restarts=restarts, startup=startup,
             shared=self.artist_learner.shared_bundles() if self.artist_colocated else None)
         self.rewards = RewardPool(config.rewards, max_restarts=restarts, startup=startup)
         self.critic_gpus = (ColocatedGpus("critic", self.critic_learner, self.critic_rollout,

@@ -136,7 +136,8 @@ def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edi
     ``mask_std_threshold`` > 0 when the group whose mean defines the advantage — the photo under ``group_by:
     photo`` — barely varies, as in the learner: a critique whose edits score alike still carries signal when they
     differ from its photo's mean. Also returns the shares of groups with zero variance, with std ≤ 0.05 (Edit-R1's
-    mask threshold, logged whatever the setting) and banned for their mean.
+    mask threshold, logged whatever the setting) and banned for their mean, and the mean in-group reward std
+    (how different the K edits of one critique were: the artist's exploration, on the step line).
     """
     from learner.nft import low_variance_groups, normalisation_key, optimality_probabilities
 
@@ -152,9 +153,10 @@ def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edi
             for e in edits]
     optimality = np.asarray(optimality_probabilities(totals, keys, adv_clip_max), dtype=np.float32)
     masked = low_variance_groups(totals, keys, mask_std_threshold)
-    groups, zero_var, low_std, banned = [], 0, 0, 0
+    groups, zero_var, low_std, banned, spreads = [], 0, 0, 0, []
     for (task_id, critique_index), indices in by_key.items():
         spread, mean = float(np.std(totals[indices])), float(np.mean(totals[indices]))
+        spreads.append(spread)
         zero_var += len(indices) > 1 and spread == 0.0
         low_std += len(indices) > 1 and spread <= EDIT_R1_STD_THRESHOLD
         solved = ban_mean_threshold > 0 and mean >= ban_mean_threshold
@@ -166,7 +168,8 @@ def artist_groups(tasks: list[PhotoTask], conditionings: list[Conditioning], edi
             valid=not (masked[indices].all() or solved)))
     count = max(1, len(by_key))
     return groups, {"groups/artist/zero_variance_frac": zero_var / count,
-                    "groups/artist/low_std_frac": low_std / count, "groups/artist/banned_frac": banned / count}
+                    "groups/artist/low_std_frac": low_std / count, "groups/artist/banned_frac": banned / count,
+                    "groups/artist/reward_std_mean": float(np.mean(spreads)) if spreads else 0.0}
 
 
 def sample_rows(records: StepRecords, max_photos: int = 4) -> list:

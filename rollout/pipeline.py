@@ -144,7 +144,7 @@ class PhotoPipeline:
 
     def __init__(self, critic_path: str | Path, artist_path: str | Path, *, min_pixels: int, max_pixels: int,
                  max_new_tokens: int = 96, resolution: int = 64, num_steps: int = 6, solver: str = "dpm2",
-                 device: str = "cpu"):
+                 drop_prefix_tokens: int = 0, device: str = "cpu"):
         from artist_actor.model import load_artist
         from artist_actor.sampler import FlowMatchSampler
 
@@ -155,7 +155,19 @@ class PhotoPipeline:
             raise ValueError(f"artist {artist_path} expects H_c width {self.artist.hidden_size} but critic "
                              f"{critic_path} has hidden size {self.critic.model.config.text_config.hidden_size}; "
                              f"pair an artist with the critic it was trained with")
-        self.sampler = FlowMatchSampler(self.artist, num_steps=num_steps, solver=solver, resolution=resolution)
+        # No exploration: the pipeline shows the artist's own deterministic edit.
+        self.sampler = FlowMatchSampler(self.artist, num_steps=num_steps, solver=solver, resolution=resolution,
+                                        drop_prefix_tokens=drop_prefix_tokens)
+
+    @classmethod
+    def from_config(cls, critic_path: str | Path, artist_path: str | Path, config, device: str = "cpu"
+                    ) -> PhotoPipeline:
+        """The pipeline a run config describes (``TrainConfig``): the critic's pixel bounds and response length,
+        the artist's resolution, ODE steps, solver and H_c prefix drop, exactly as its training used them."""
+        return cls(critic_path, artist_path, min_pixels=config.critic.min_pixels,
+                   max_pixels=config.critic.max_pixels, max_new_tokens=config.critic.max_new_tokens,
+                   resolution=config.artist.resolution, num_steps=config.artist.num_steps,
+                   solver=config.artist.solver, drop_prefix_tokens=config.artist.drop_prefix_tokens, device=device)
 
     def enhance(self, image: np.ndarray, seed: int = 0) -> EnhanceResult:
         """Critique ``image`` and edit it conditioned on that critique's H_c."""

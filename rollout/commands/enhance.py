@@ -46,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except ImageRejected as error:
         print(f"photocrafter enhance: {error.reason}", file=sys.stderr)
         return 1
-    pipeline = PhotoPipeline(critic_dir, artist_dir, min_pixels=config.critic.min_pixels,
-                             max_pixels=config.critic.max_pixels, max_new_tokens=config.critic.max_new_tokens,
-                             resolution=config.artist.resolution, num_steps=config.artist.num_steps,
-                             solver=config.artist.solver)
+    pipeline = PhotoPipeline.from_config(critic_dir, artist_dir, config)
     result = pipeline.enhance(image, seed=args.seed)
     parsed = result.critique.parsed
     print("critique:", result.critique.text)

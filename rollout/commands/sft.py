@@ -1,4 +1,4 @@
-"""``photocrafter sft --stage critic|artist|adapt``: warm-start supervised fine-tuning before the RL loop.
+"""``photocrafter sft --stage critic|artist|annotated|adapt``: warm-start supervised fine-tuning before the RL loop.
 
 Owns the command-line surface of the warm start. Models and data come from the run config (``critic.model``,
 ``artist.model``, ``data``: the embedded default trains on the embedded training split only, never on the
@@ -18,9 +18,11 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", required=True, choices=("critic", "artist", "adapt"),
-                        help="critic: grammar SFT; artist: edits conditioned on instruction text; adapt: edits "
-                             "conditioned on the critic's own critique")
+    parser.add_argument("--stage", required=True, choices=("critic", "artist", "annotated", "adapt"),
+                        help="critic: grammar SFT; artist: edits conditioned on instruction text; annotated: edits "
+                             "conditioned on the annotation critique teacher-forced under the photo (what the "
+                             "embedded warm start trains); adapt: edits conditioned on the critic's own greedy "
+                             "critique")
     parser.add_argument("--config", metavar="YAML", help="run config (default: configs/embedded.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--out", required=True, metavar="DIR", help="warm-start directory to write")
@@ -87,19 +89,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pixels = dict(min_pixels=config.critic.min_pixels, max_pixels=config.critic.max_pixels)
+    annotated = [task for task in tasks if task.known_ops or task.degradations]
     if args.stage == "critic":
         trainer = CriticSFT(critic_dir, lr=args.lr or 2e-3, seed=args.seed, **pixels)
-        annotated = []
-        for task in tasks:
-            if task.known_ops or task.degradations:
-                annotated.append(task)
         losses = run_sft_loop(trainer, annotated, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
         trainer.save(out / "critic")
     else:
         trainer = ArtistSFT(artist_dir, critic_dir, stage=args.stage, lr=args.lr or 3e-4, seed=args.seed,
                             resolution=config.artist.resolution, max_new_tokens=config.critic.max_new_tokens,
-                            **pixels)
-        losses = run_sft_loop(trainer, tasks, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+                            drop_prefix_tokens=config.artist.drop_prefix_tokens, **pixels)
+        losses = run_sft_loop(trainer, annotated if args.stage == "annotated" else tasks, steps=args.steps,
+                              batch_size=args.batch_size, seed=args.seed)
         trainer.save(out / "artist")
         if not (out / "critic").exists() and critic_dir.resolve() != (out / "critic").resolve():
             # The artist's H_c width and meaning belong to this critic: keep the pair together.

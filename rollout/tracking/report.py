@@ -19,7 +19,8 @@ from typing import TextIO
 
 # (console label, metric key, format) in display order; each group below is printed only if one of its
 # keys is present.
-_REWARDS = (("r_artist", "reward/artist/total/mean", ".3f"), ("r_critic", "reward/critic/total/mean", ".3f"))
+_REWARDS = (("r_artist", "reward/artist/total/mean", ".3f"), ("σ_group", "groups/artist/reward_std_mean", ".3f"),
+            ("r_critic", "reward/critic/total/mean", ".3f"))
 _KL = (("kl", "learner/grpo/kl", ".4f"),)
 _LOSSES = (("L_grpo", "learner/grpo/loss", ".3f"), ("L_nft", "learner/nft/loss", ".3g"))
 _STAGES = (("data", "time/stage/data_s"), ("crit", "time/stage/critic_rollout_s"),
@@ -60,7 +61,7 @@ def _pairs(metrics: Mapping[str, float], fields) -> list[str]:
 def format_step_line(step: int, total_steps: int, metrics: Mapping[str, float]) -> str:
     """One console line for a finished step, e.g.
 
-    ``step 3/5 | r_artist 0.412 r_critic 0.250 | kl 0.0012 | L_grpo -0.013 L_nft 0.97 |
+    ``step 3/5 | r_artist 0.412 σ_group 0.083 r_critic 0.250 | kl 0.0012 | L_grpo -0.013 L_nft 0.97 |
     t 12.3s (crit 4.1 prep 0.6 art 3.2 rew 1.1 upd_c 1.4 upd_a 1.5 sync 0.4) | 5.2 edits/s 310 tok/s``
 
     Groups whose metrics are absent are left out; non-finite values are shown as ``nan``/``inf`` so a

@@ -12,6 +12,7 @@ from rollout.records.types import Conditioning, PhotoTask
 
 HIDDEN = 64
 INNER = 128  # the tiny DiT's attention width (4 heads × 32)
+OUT = 48  # its output projection's width (2 × 2 patches of 4 × 4 RGB pixels)
 CONFIG = {"num_steps": 3, "solver": "dpm2", "resolution": 64, "edits_per_critique": 2, "dtype": "float32"}
 
 
@@ -36,7 +37,8 @@ def records(tokens=(7, 4)):
 
 
 def lora_state(actor_or_rank, scale: float, seed: int = 0):
-    """Adapter-free peft names for rank 4 on every attention projection of the tiny DiT."""
+    """Adapter-free peft names for rank 4 on the tiny DiT's LoRA targets: every attention projection and the
+    output projection (128 → 48)."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for block in range(2):
@@ -44,6 +46,8 @@ def lora_state(actor_or_rank, scale: float, seed: int = 0):
             prefix = f"transformer_blocks.{block}.attn.{proj}"
             state[f"{prefix}.lora_A.weight"] = torch.randn(4, INNER, generator=generator) * scale
             state[f"{prefix}.lora_B.weight"] = torch.randn(INNER, 4, generator=generator) * scale
+    state["proj_out.lora_A.weight"] = torch.randn(4, INNER, generator=generator) * scale
+    state["proj_out.lora_B.weight"] = torch.randn(OUT, 4, generator=generator) * scale
     return state
 
 
@@ -78,7 +82,7 @@ def test_set_weights_changes_the_policy_and_bad_state_is_refused(artist_path):
     base = actor.sample(tasks, conditioning, k=1).edits[0]
     zero = {name: torch.zeros_like(value) if "lora_B" in name else value
             for name, value in lora_state(actor, 0.5).items()}
-    assert actor.set_weights(1, zero) == 32
+    assert actor.set_weights(1, zero) == 34
     same = actor.sample(tasks, conditioning, k=1).edits[0]
     np.testing.assert_allclose(same.x0, base.x0, atol=1e-6)  # B = 0: the adapter adds nothing
     assert same.artist_version == 1
@@ -100,7 +104,7 @@ def test_learner_adapter_state_loads_and_reproduces_the_learner_velocity(artist_
     from learner.lora import SAMPLING_ADAPTER, active_adapter, adapter_state, attach_nft_adapters
 
     learner_model = load_artist(artist_path)
-    attach_nft_adapters(learner_model.transformer, LoraConfig(rank=4, alpha=8.0))
+    attach_nft_adapters(learner_model.transformer, LoraConfig(rank=4, alpha=8.0), learner_model.lora_targets)
     with torch.no_grad():
         for name, param in learner_model.transformer.named_parameters():
             if ".lora_" in name:
@@ -125,7 +129,7 @@ def test_bf16_sampler_serves_exactly_the_learners_float32_sampling_adapter(artis
     from learner.lora import SAMPLING_ADAPTER, active_adapter, adapter_state, attach_nft_adapters, load_adapter_state
 
     learner_model = load_artist(artist_path, dtype="bfloat16")
-    attach_nft_adapters(learner_model.transformer, LoraConfig(rank=4, alpha=8.0))
+    attach_nft_adapters(learner_model.transformer, LoraConfig(rank=4, alpha=8.0), learner_model.lora_targets)
     # Values with more mantissa than bf16 holds: what a soft-updated old adapter looks like.
     sent_values = {name: value * (1 + 1e-3) for name, value in lora_state(None, 0.3, seed=5).items()}
     load_adapter_state(learner_model.transformer, SAMPLING_ADAPTER, sent_values)
@@ -169,6 +173,9 @@ def test_embedded_artist_is_conditioned_by_the_embedded_critic_states(embedded_m
     hidden = [states[i][ids["attention_mask"][i].bool()].numpy() for i in range(2)]
     actor = ArtistSamplerActor(3, str(embedded_models.artist), CONFIG)
     assert actor.ready()["hidden_size"] == hidden[0].shape[1]  # joint_attention_dim = critic hidden size
+    # The fresh DiT's output projection is zero (its edit is the identity whatever the text); give it one.
+    with torch.no_grad():
+        actor.model.transformer.proj_out.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     tasks = [PhotoTask(task_id="p", input=image, target=image)]
     conditioning = [Conditioning(task_id="p", critique_index=i, hidden=h) for i, h in enumerate(hidden)]

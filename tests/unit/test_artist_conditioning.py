@@ -67,7 +67,12 @@ def test_wrong_width_is_rejected_naming_the_expected_shape():
 
 @pytest.fixture(scope="module")
 def artist(tmp_path_factory):
-    return load_artist(build_tiny_artist(tmp_path_factory.mktemp("artist"), critic_hidden_size=HIDDEN))
+    model = load_artist(build_tiny_artist(tmp_path_factory.mktemp("artist"), critic_hidden_size=HIDDEN))
+    # The fresh DiT's output projection is zero (the identity edit whatever the conditioning): give it one, so the
+    # velocities below depend on what they are conditioned on.
+    with torch.no_grad():
+        model.transformer.proj_out.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    return model
 
 
 def test_right_padded_batch_gives_the_same_velocities_as_singles(artist):

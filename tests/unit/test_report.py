@@ -7,7 +7,7 @@ import io
 from rollout.tracking.report import StepProgress, format_step_line
 
 FULL = {
-    "reward/artist/total/mean": 0.4123, "reward/critic/total/mean": 0.25, "learner/grpo/kl": 0.00123,
+    "reward/artist/total/mean": 0.4123, "groups/artist/reward_std_mean": 0.0834, "reward/critic/total/mean": 0.25, "learner/grpo/kl": 0.00123,
     "learner/grpo/loss": -0.0131, "learner/nft/loss": 0.9712, "time/stage/step_s": 12.34,
     "time/stage/critic_rollout_s": 4.1, "time/stage/prepare_s": 0.6, "time/stage/artist_sample_s": 3.2,
     "time/stage/rewards_s": 1.1, "time/stage/critic_update_s": 1.4, "time/stage/artist_update_s": 1.5,
@@ -18,7 +18,7 @@ FULL = {
 
 def test_full_line_shows_every_group_in_order():
     line = format_step_line(3, 5, FULL)
-    assert line == ("step 3/5 | r_artist 0.412 r_critic 0.250 | kl 0.0012 | L_grpo -0.013 L_nft 0.971 | "
+    assert line == ("step 3/5 | r_artist 0.412 σ_group 0.083 r_critic 0.250 | kl 0.0012 | L_grpo -0.013 L_nft 0.971 | "
                     "t 12.3s (crit 4.1 prep 0.6 art 3.2 rew 1.1 upd_c 1.4 upd_a 1.5 sync 0.4) | "
                     "5.2 edits/s 310 tok/s")
     assert "\n" not in line

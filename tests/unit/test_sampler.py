@@ -49,9 +49,19 @@ def test_artist_size_keeps_aspect_on_the_16_grid():
     assert artist_size(10, 1000, 64) == (16, 64)
 
 
+def with_trained_output(model):
+    """A fresh tiny artist's output projection is zero (its edit is the input whatever the seed); give it a
+    seeded default ``nn.Linear`` init, so that edits depend on noise and conditioning as a trained DiT's do."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        model.transformer.proj_out.reset_parameters()
+    return model
+
+
 @pytest.fixture(scope="module")
 def artist(tmp_path_factory):
-    return load_artist(build_tiny_artist(tmp_path_factory.mktemp("artist"), critic_hidden_size=HIDDEN))
+    return with_trained_output(load_artist(build_tiny_artist(tmp_path_factory.mktemp("artist"),
+                                                             critic_hidden_size=HIDDEN)))
 
 
 def requests(count: int, size=(64, 64), seed0: int = 0) -> list[EditRequest]:
@@ -134,15 +144,67 @@ def test_a_shared_condition_photo_is_encoded_once_per_batch(artist):
     assert CountingCodec.encoded == 1 and len({e.x0.tobytes() for e in edits}) == 4
 
 
-def test_an_input_residual_artist_with_zero_change_returns_the_photo(tmp_path):
-    """Identity edit: when the DiT's correction is zero, every seed and both solvers give back the input."""
+def test_a_fresh_tiny_artist_makes_the_identity_edit(tmp_path):
+    """The tiny artist starts at the identity edit: its DiT's output (the correction to the input) is zero at
+    initialisation, so every seed, critique and both solvers give back the input photo exactly."""
     artist = load_artist(build_tiny_artist(tmp_path / "artist", critic_hidden_size=HIDDEN))
     assert artist.prediction == "input_residual"
-    with torch.no_grad():
-        artist.transformer.proj_out.weight.zero_()
-        artist.transformer.proj_out.bias.zero_()
     photos = requests(2, size=(64, 64))
+    x_t = torch.randn(1, 256, 48)
+    cond = FlowMatchSampler(artist, resolution=64).conditioning(photos[:1], (64, 64))
+    with torch.no_grad():
+        correction = artist.transformer(hidden_states=torch.cat([x_t, cond.image_latents], 1),
+                                        encoder_hidden_states=cond.hidden, encoder_hidden_states_mask=cond.mask,
+                                        timestep=torch.tensor([0.5]), img_shapes=cond.img_shapes,
+                                        return_dict=False)[0]
+    assert torch.count_nonzero(correction) == 0
     for solver in ("euler", "dpm2"):
         edits = FlowMatchSampler(artist, num_steps=6, solver=solver, resolution=64).sample(photos)
         for edit, request in zip(edits, photos):
             assert np.array_equal(edit.image, request.condition_image), solver
+
+
+def test_exploration_off_leaves_the_ode_edit_untouched_bit_for_bit(artist):
+    """Exploration 0 (the default) returns exactly the integrated ODE edit: the same x0 and image as solving the
+    flow ODE from the request's own noise by hand."""
+    from artist_actor.codec import pixels_to_images
+    from artist_actor.conditioning import predict_velocity, unpack_latents
+    from artist_actor.sampler import initial_noise
+
+    batch = requests(2)
+    default = FlowMatchSampler(artist, num_steps=4, resolution=64).sample(batch)
+    off = FlowMatchSampler(artist, num_steps=4, resolution=64, exploration=0.0)
+    explicit = off.sample(batch)
+    cond = off.conditioning(batch, (64, 64))
+    noise = torch.stack([initial_noise(r.seed, cond.num_image_tokens, cond.image_latents.shape[2]) for r in batch])
+    with torch.no_grad():
+        x0 = solve_flow_ode(lambda x, s: predict_velocity(artist.transformer, x, s, cond), noise,
+                            off.schedule((64, 64)), "dpm2")
+        images = pixels_to_images(artist.codec.decode(unpack_latents(x0, cond.grid)))
+    for index, (a, b) in enumerate(zip(default, explicit)):
+        assert np.array_equal(a.x0, b.x0) and np.array_equal(a.image, b.image)
+        assert np.array_equal(b.x0, x0[index].numpy()) and np.array_equal(b.image, images[index])
+
+
+def test_exploration_on_moves_the_measured_attributes_and_records_what_it_made(tmp_path):
+    """K edits of one critique from a fresh (identity) artist differ in every measured attribute by more than
+    the rewards' negligible-change tolerance across the group, and each recorded x0 decodes to its image."""
+    from artist_actor.codec import pixels_to_images
+    from artist_actor.conditioning import unpack_latents
+    from rewards.attributes import NEGLIGIBLE_CHANGE, compute_attributes
+    from rollout.data.synthesis import EMBEDDED_TRAIN_PHOTOS, embedded_photos, random_square_crop
+
+    artist = load_artist(build_tiny_artist(tmp_path / "artist", critic_hidden_size=HIDDEN))
+    photo = random_square_crop(embedded_photos(EMBEDDED_TRAIN_PHOTOS[:1])[0][1], 64, np.random.default_rng(0))
+    hidden = np.random.default_rng(1).standard_normal((7, HIDDEN)).astype(np.float32)
+    group = [EditRequest(condition_image=photo, hidden=hidden, seed=seed) for seed in range(8)]
+    edits = FlowMatchSampler(artist, num_steps=2, resolution=64, exploration=1.0).sample(group)
+    attributes = [compute_attributes(edit.image) for edit in edits]
+    for name, tolerance in NEGLIGIBLE_CHANGE.items():
+        values = [a[name] for a in attributes]
+        assert max(values) - min(values) > tolerance, (name, values)
+    for edit in edits:
+        decoded = pixels_to_images(artist.codec.decode(unpack_latents(torch.from_numpy(edit.x0)[None], (16, 16))))
+        assert np.array_equal(decoded[0], edit.image)
+    again = FlowMatchSampler(artist, num_steps=2, resolution=64, exploration=1.0).sample(group[:2])
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(edits, again))  # a pure function of the seed

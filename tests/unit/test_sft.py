@@ -66,7 +66,7 @@ def test_critic_sft_loss_decreases_on_a_tiny_batch(embedded_models):
     assert after < 0.7 * before
 
 
-@pytest.mark.parametrize("stage", ["artist", "adapt"])
+@pytest.mark.parametrize("stage", ["artist", "annotated", "adapt"])
 def test_artist_sft_loss_decreases_on_a_tiny_batch(embedded_models, stage):
     trainer = ArtistSFT(embedded_models.artist, embedded_models.critic, stage=stage, lr=2e-3,
                         max_new_tokens=16, **PIXELS)
@@ -118,3 +118,33 @@ def test_embedded_warm_start_is_built_once_and_reused(tmp_path, monkeypatch):
     config = load_config(None, ["trainer.init_from=embedded"])
     assert models.resolve_model_paths(config) == (built / "critic", built / "artist")
     assert not lines and (built / "artist" / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_sft_rl_and_evaluation_condition_the_dit_on_the_same_tokens(embedded_models):
+    """One prefix rule: with ``artist.drop_prefix_tokens`` set, the warm start's SFT, the RL learner and the
+    evaluation pipeline built from the same config hand the DiT identical H_c tokens and condition latents."""
+    from learner.artist_learner import ArtistLearner
+    from rollout.config import load_config
+    from rollout.pipeline import PhotoPipeline
+    from rollout.records.types import ArtistGroup, Conditioning
+    from artist_actor.sampler import EditRequest
+
+    config = load_config(None, ["artist.drop_prefix_tokens=12", "artist.resolution=64",
+                                f"critic.min_pixels={PIXELS['min_pixels']}", f"critic.max_pixels={PIXELS['max_pixels']}"])
+    task = _task("a", [EditOp(attribute="exposure", direction=1, level=2)])
+    sft = ArtistSFT(embedded_models.artist, embedded_models.critic, stage="annotated", resolution=64, **PIXELS,
+                    drop_prefix_tokens=config.artist.drop_prefix_tokens)
+    hidden = sft._prepared(task)[0]
+    in_sft = sft.conditioning([task])
+    pipeline = PhotoPipeline.from_config(embedded_models.critic, embedded_models.artist, config)
+    in_evaluation = pipeline.sampler.conditioning([EditRequest(condition_image=task.input, hidden=hidden, seed=0)],
+                                                  (64, 64))
+    learner = ArtistLearner(embedded_models.artist, artist_config=config.artist)
+    group = ArtistGroup(task_id="a", critique_index=0, condition_image=task.input, edits=[],
+                        conditioning=Conditioning(task_id="a", critique_index=0, hidden=hidden),
+                        rewards=np.zeros(0, np.float32), optimality=np.zeros(0, np.float32))
+    in_rl = learner.conditioning([group])
+    assert in_sft.hidden.shape[1] == hidden.shape[0] - 12
+    for other in (in_evaluation, in_rl):
+        assert torch.equal(other.hidden, in_sft.hidden) and torch.equal(other.mask, in_sft.mask)
+        assert torch.equal(other.image_latents, in_sft.image_latents)
