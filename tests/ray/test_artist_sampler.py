@@ -75,8 +75,9 @@ def test_group_samples_k_edits_per_critique_across_replicas(group, ray_local, hi
 
 
 def lora_state(artist_dir, rank: int = 4, scale: float = 0.3) -> dict[str, torch.Tensor]:
-    """Adapter-free peft names and shapes for every attention projection of the artist's DiT (all of them,
-    text-stream ones included, act on inner-dim features: txt_in has already projected H_c)."""
+    """Adapter-free peft names and shapes for the artist's LoRA targets: every attention projection of its DiT
+    (all of them, text-stream ones included, act on inner-dim features: txt_in has already projected H_c) and
+    its output projection (inner → patch² × out_channels)."""
     config = json.loads((artist_dir / "transformer" / "config.json").read_text())
     inner = config["num_attention_heads"] * config["attention_head_dim"]
     generator = torch.Generator().manual_seed(0)
@@ -86,6 +87,9 @@ def lora_state(artist_dir, rank: int = 4, scale: float = 0.3) -> dict[str, torch
             prefix = f"transformer_blocks.{block}.attn.{proj}"
             state[f"{prefix}.lora_A.weight"] = torch.randn(rank, inner, generator=generator) * scale
             state[f"{prefix}.lora_B.weight"] = torch.randn(inner, rank, generator=generator) * scale
+    out = config["patch_size"] ** 2 * config["out_channels"]
+    state["proj_out.lora_A.weight"] = torch.randn(rank, inner, generator=generator) * scale
+    state["proj_out.lora_B.weight"] = torch.randn(out, rank, generator=generator) * scale
     return state
 
 

@@ -63,7 +63,9 @@ def test_samplers_serve_the_learners_new_version_after_one_update(ray_local, emb
     tasks = [PhotoTask(task_id=c.task_id, input=ray.put(image), target=ray.put(image))
              for c, image in zip(critiques, images)]
 
-    artist = ArtistConfig(num_samplers=1, edits_per_critique=K, num_steps=3, resolution=32, dtype="float32")
+    # The identity-initialised tiny DiT gives K alike edits: exploration makes them differ, as in the embedded run.
+    artist = ArtistConfig(num_samplers=1, edits_per_critique=K, num_steps=3, resolution=32, dtype="float32",
+                          exploration=1.0)
     lora = LoraConfig(rank=4, alpha=8.0)
     samplers = ArtistSamplerGroup(artist, str(embedded_models.artist), lora_alpha=lora.alpha,
                                   sync_timeout_s=120.0, namespace="test-artist-sync")
