@@ -14,6 +14,7 @@ It loads models through ``critic_actor.model`` / ``artist_actor.model`` and samp
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,26 +68,19 @@ class CriticRunner:
         import torch
 
         from critic_actor.grammar import parse_critique
-        from critic_actor.inputs import build_critic_inputs, fit_to_pixel_bounds
 
-        seen = fit_to_pixel_bounds(image, self.min_pixels, self.max_pixels)
-        inputs = {k: v.to(self.device) for k, v in build_critic_inputs(self.processor, seen).items()}
+        seen, inputs = self._photo_inputs(image)
         prompt_length = int(inputs["input_ids"].shape[1])
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                generated = self.model.generate(
-                    **inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                    bad_words_ids=self.suppressed or None)
-                completion = generated[0, prompt_length:]
-                text = self.processor.tokenizer.decode(completion, skip_special_tokens=True)
-                # H_c spans the prompt and the first N−1 generated tokens: the states the last token was
-                # sampled from, exactly what the learner's prepare pass hands the artist.
-                context = generated[:, : prompt_length + max(0, completion.shape[0] - 1)]
-                hidden = self.hidden_states(context, inputs)
-        finally:
-            self.model.train(was_training)
+        with self._evaluating(), torch.no_grad():
+            generated = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                bad_words_ids=self.suppressed or None)
+            completion = generated[0, prompt_length:]
+            text = self.processor.tokenizer.decode(completion, skip_special_tokens=True)
+            # H_c spans the prompt and the first N−1 generated tokens: the states the last token was
+            # sampled from, exactly what the learner's prepare pass hands the artist.
+            context = generated[:, : prompt_length + max(0, completion.shape[0] - 1)]
+            hidden = self.hidden_states(context, inputs)
         return CritiqueResult(text=text, parsed=parse_critique(text), hidden=hidden, image=seen)
 
     def teacher_forced(self, image: np.ndarray, text: str) -> CritiqueResult:
@@ -98,19 +92,30 @@ class CriticRunner:
         import torch
 
         from critic_actor.grammar import parse_critique
+
+        seen, inputs = self._photo_inputs(image)
+        ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        context = torch.cat([inputs["input_ids"], ids.to(self.device)], dim=1)
+        with self._evaluating():
+            hidden = self.hidden_states(context, inputs)
+        return CritiqueResult(text=text, parsed=parse_critique(text), hidden=hidden, image=seen)
+
+    def _photo_inputs(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The photo as the critic sees it (fitted to its pixel bounds) and its prompt inputs on this device."""
         from critic_actor.inputs import build_critic_inputs, fit_to_pixel_bounds
 
         seen = fit_to_pixel_bounds(image, self.min_pixels, self.max_pixels)
-        inputs = {k: v.to(self.device) for k, v in build_critic_inputs(self.processor, seen).items()}
-        ids = self.processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        context = torch.cat([inputs["input_ids"], ids.to(self.device)], dim=1)
+        return seen, {k: v.to(self.device) for k, v in build_critic_inputs(self.processor, seen).items()}
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """The model in eval mode for the block, then back to whatever mode it was in (SFT shares the model)."""
         was_training = self.model.training
         self.model.eval()
         try:
-            hidden = self.hidden_states(context, inputs)
+            yield
         finally:
             self.model.train(was_training)
-        return CritiqueResult(text=text, parsed=parse_critique(text), hidden=hidden, image=seen)
 
     def hidden_states(self, input_ids, vision_inputs: dict) -> np.ndarray:
         """float32 ``[T, D]`` post-norm last-layer states of ``input_ids`` ``[1, T]`` with the photo's vision
