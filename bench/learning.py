@@ -65,7 +65,7 @@ class Sizes:
     seeds: int = 3
     num_train: int = 256
     num_eval: int = 48
-    critic_sft_steps: int = 300
+    critic_sft_steps: int = 1000
     critic_sft_batch: int = 4
     critic_sft_lr: float = 3e-3
     artist_sft_steps: int = 100
