@@ -13,12 +13,14 @@ Prints one table (images/s; speed-ups by wall and by CPU time), then the pool's 
 pool of 1 worker ÷ the same worker in-process (what the pool's calls cost; target ≥ 0.8) and pool of N ÷ pool of 1
 (how it scales; target ≥ 1.7 for 2 workers) — and optionally writes the numbers as JSON. LPIPS runs at the edit's
 own size up to ``--lpips-resolution``, as the embedded config does at 64².
-Each timing is the best of ``--repeats`` passes, the pass least disturbed by other processes on a shared
-machine (the JSON also has medians of the worker and pool timings). torch and OpenCV run one thread per
-worker, as in training, so the comparison with colour-science (single-threaded numpy) is like for like.
+Each timing is the best of its passes, the pass least disturbed by other processes on a shared machine (the JSON
+also has medians of the worker and pool timings): at least ``--repeats`` passes, and for the full r_PA enough to
+time each side ``--min-seconds`` in all, with the in-process worker's and the pools' passes alternating. torch and
+OpenCV run one thread per worker, as in training, so the comparison with colour-science (single-threaded numpy) is
+like for like.
 The load average is printed with the table: pool scaling needs idle cores to show.
 
-    python -m bench.reward_throughput [--sizes 64 256] [--edits 32] [--workers 2] [--json out.json]
+    python -m bench.reward_throughput [--sizes 64 256] [--edits 32] [--workers 2] [--min-seconds 2] [--json out.json]
     python bench/reward_throughput.py --sanity      # reward sanity table on real photos (edits of known size)
 """
 
@@ -31,7 +33,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -124,58 +126,65 @@ def bench_size(size: int, args: argparse.Namespace, config: RewardsConfig) -> di
         results[f"photometric_{name}_ms"], results[f"photometric_{name}_cpu_ms"] = per_item_ms(
             photometric, subset, args.repeats)
 
-    requests = [EditScoringRequest(task_id=f"t{i // 4}", critique_index=0, edit_index=i % 4, input=r["input"],
-                                   edit=r["edit"], target=r["target"], suggestions=r["suggestions"])
-                for i, r in enumerate(records)]
-    worker = RewardWorker(config)
-    results["lpips_backbone"] = worker.lpips.backbone_source
-    worker.score_edits(requests[:config.batch_size])
-    batches = [requests[i:i + config.batch_size] for i in range(0, len(requests), config.batch_size)]
-    passes = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            worker.score_edits(batch)
-        passes.append((time.perf_counter() - started) / len(requests) * 1e3)
-    results["full_worker_ms"] = min(passes)
-    results["full_worker_median_ms"] = statistics.median(passes)
-    results["requests"] = requests
+    results["requests"] = [EditScoringRequest(task_id=f"t{i // 4}", critique_index=0, edit_index=i % 4,
+                                              input=r["input"], edit=r["edit"], target=r["target"],
+                                              suggestions=r["suggestions"]) for i, r in enumerate(records)]
     return results
 
 
-def bench_pools(requests: list[EditScoringRequest], sizes: Sequence[int], config: RewardsConfig,
-                repeats: int) -> dict[int, tuple[float, float]]:
-    """{pool size: (best, median) ms per edit} for RewardPools of each size (images in the object store).
+def bench_scoring(requests: list[EditScoringRequest], worker: RewardWorker, pool_sizes: Sequence[int],
+                  config: RewardsConfig, repeats: int, min_seconds: float) -> dict[str, tuple[float, float]]:
+    """{side: (best, median) ms per edit} for the full r_PA of ``requests``: ``"worker"`` (``worker`` in this
+    process, fed ``config.batch_size`` edits per call) and ``"pool_<n>"`` for a RewardPool of each size in
+    ``pool_sizes`` (images in the object store, every request in one ``score_edits`` call, as the training loop
+    sends a step's edits).
 
-    All pools exist at once and their passes alternate (1, N, 1, N, …), so a burst of load from other
-    processes hits both sides of the comparison alike.
+    Everything exists at once and the passes alternate (worker, pool 1, pool N, worker, …), so a burst of load from
+    other processes hits every side of a comparison alike. Passes go on until each side ran ``repeats`` of them and
+    for at least ``min_seconds`` in all: a pass of 32 small edits lasts well under 0.1 s, and a best of three such
+    passes says more about the machine's other processes than about the pool.
     """
-    import ray
+    batches = [requests[i:i + config.batch_size] for i in range(0, len(requests), config.batch_size)]
 
-    from rewards.pool import RewardPool
+    def in_process() -> None:
+        for batch in batches:
+            worker.score_edits(batch)
 
-    refs: dict[int, object] = {}
+    sides: dict[str, Callable[[], None]] = {"worker": in_process}
+    pools = {}
+    if pool_sizes:
+        import ray
 
-    def ref(image):
-        if id(image) not in refs:
-            refs[id(image)] = ray.put(image)
-        return refs[id(image)]
+        from rewards.pool import RewardPool
 
-    remote_requests = [EditScoringRequest(task_id=r.task_id, critique_index=r.critique_index, edit_index=r.edit_index,
-                                          input=ref(r.input), edit=ref(r.edit), target=ref(r.target),
-                                          suggestions=r.suggestions) for r in requests]
-    pools = {n: RewardPool(config.model_copy(update={"num_workers": n}), name_prefix=f"bench{n}-") for n in sizes}
-    try:
-        passes: dict[int, list[float]] = {n: [] for n in sizes}
-        for n, pool in pools.items():
-            list(pool.score_edits(remote_requests[:n * config.batch_size]))  # warm every worker
-        for _ in range(repeats):
-            for n, pool in pools.items():
-                started = time.perf_counter()
+        refs: dict[int, object] = {}
+
+        def ref(image):
+            if id(image) not in refs:
+                refs[id(image)] = ray.put(image)
+            return refs[id(image)]
+
+        remote_requests = [EditScoringRequest(task_id=r.task_id, critique_index=r.critique_index,
+                                              edit_index=r.edit_index, input=ref(r.input), edit=ref(r.edit),
+                                              target=ref(r.target), suggestions=r.suggestions) for r in requests]
+        for n in pool_sizes:
+            pools[n] = RewardPool(config.model_copy(update={"num_workers": n}), name_prefix=f"bench{n}-")
+
+            def through_pool(pool=pools[n]) -> None:
                 results = list(pool.score_edits(remote_requests))
-                passes[n].append((time.perf_counter() - started) / len(requests) * 1e3)
-                assert len(results) == len(requests) and not any(r.error for r in results)
-        return {n: (min(p), statistics.median(p)) for n, p in passes.items()}
+                assert len(results) == len(requests) and not any(r.error for r in results), results
+
+            sides[f"pool_{n}"] = through_pool
+    try:
+        for side in sides.values():  # warm every worker, caches and lazy imports; untimed
+            side()
+        passes: dict[str, list[float]] = {name: [] for name in sides}
+        while any(len(p) < repeats or sum(p) * len(requests) < min_seconds * 1e3 for p in passes.values()):
+            for name, side in sides.items():
+                started = time.perf_counter()
+                side()
+                passes[name].append((time.perf_counter() - started) / len(requests) * 1e3)
+        return {name: (min(p), statistics.median(p)) for name, p in passes.items()}
     finally:
         for pool in pools.values():
             pool.shutdown()
@@ -219,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="square edit sizes (64 256)")
     parser.add_argument("--edits", type=int, default=32, help="edits per size (32)")
     parser.add_argument("--workers", type=int, default=2, help="pool size compared with one worker (2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported (3)")
+    parser.add_argument("--repeats", type=int, default=3, help="fewest timed passes; the best is reported (3)")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="r_PA passes go on until each side was timed this long in all (2)")
     parser.add_argument("--lpips-resolution", type=int, default=256, help="LPIPS long side (256, the default)")
     parser.add_argument("--no-pool", action="store_true", help="skip the Ray pool measurements")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
@@ -248,9 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         sized = config.model_copy(update={"lpips_resolution": min(args.lpips_resolution, size)})
         row = bench_size(size, args, sized)
         requests = row.pop("requests")
+        worker = RewardWorker(sized)
+        row["lpips_backbone"] = worker.lpips.backbone_source
+        timings = bench_scoring(requests, worker, () if args.no_pool else (1, args.workers), sized, args.repeats,
+                                args.min_seconds)
+        row["full_worker_ms"], row["full_worker_median_ms"] = timings.pop("worker")
+        for name, (best, median) in timings.items():
+            row[f"{name}_ms"], row[f"{name}_median_ms"] = best, median
         if not args.no_pool:
-            for n, (best, median) in bench_pools(requests, (1, args.workers), sized, args.repeats).items():
-                row[f"pool_{n}_ms"], row[f"pool_{n}_median_ms"] = best, median
             row["pool_1_over_in_process"] = row["full_worker_ms"] / row["pool_1_ms"]
             row[f"pool_{args.workers}_over_pool_1"] = row["pool_1_ms"] / row[f"pool_{args.workers}_ms"]
         table[size] = row

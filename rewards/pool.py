@@ -134,9 +134,6 @@ class RewardPool:
         import ray
 
         limit = self.config.max_inflight_per_worker
-        for worker in range(len(self.workers)):  # a restart no call noticed (the worker was idle) is still told
-            if self.recovery.restarted_unseen(worker):
-                self.recovery.recover(worker, "it was restarted between calls", restore=False)
         sizes = call_sizes(len(requests), len(self.workers), limit, self.config.batch_size)
         pending: list[list[Request]] = []
         start = 0
@@ -161,14 +158,18 @@ class RewardPool:
                 inflight[self.recovery.submit(worker, method, batch)] = (worker, batch)
                 load[worker] += 1
 
-        def lost(worker: int, batch: list[Request], cause: BaseException) -> list[Result]:
-            """Wait for the lost worker and queue its batch again; error results once it was redone too often
-            or no worker is left."""
+        def recover(worker: int, cause: BaseException | str, redo: int = 0) -> None:
+            """Wait for a restarted worker; one that will not come back leaves the pool."""
             try:
-                self.recovery.recover(worker, cause, redo=len(batch))
+                self.recovery.recover(worker, cause, redo=redo, restore=False)
             except (ActorLostForGood, TimeoutError) as exc:
                 gone.add(worker)
                 logger.warning("%s leaves the pool: %s", self.recovery.names[worker], exc)
+
+        def lost(worker: int, batch: list[Request], cause: BaseException) -> list[Result]:
+            """Wait for the lost worker and queue its batch again; error results once it was redone too often
+            or no worker is left."""
+            recover(worker, cause, redo=len(batch))
             redos[id(batch)] = redos.get(id(batch), 0) + 1
             if redos[id(batch)] > self.recovery.max_redos or len(gone) == len(self.workers):
                 reason = f"reward worker {self.recovery.names[worker]} was lost ({cause})".splitlines()[0]
@@ -177,6 +178,14 @@ class RewardPool:
             return []
 
         def drain() -> Iterator[Result]:
+            # A restart no call noticed (the worker was idle when it was lost) is still told and counted. Asking
+            # Ray's control store costs a round trip per worker (~1 ms here, as long as a few 64 px edits), so it is
+            # asked once the first calls are on their way, not before any work starts. Waiting for such a worker
+            # to answer then lasts until its queued calls are done: a rare loss pays that, not every call. A call
+            # that reached the worker while it restarted fails and is redone below, counted with the same restart.
+            for worker in range(len(self.workers)):
+                if self.recovery.restarted_unseen(worker):
+                    recover(worker, "it was restarted between calls")
             while inflight:
                 (ref,), _ = ray.wait(list(inflight), num_returns=1)
                 worker, batch = inflight.pop(ref)

@@ -108,6 +108,23 @@ def test_a_worker_lost_mid_call_is_waited_for_and_its_records_scored_once(pool, 
     assert pool.restarts == before[0] + 1 and pool.retried_items == before[1] + 2
 
 
+def test_a_worker_restarted_while_idle_is_counted_once_and_redoes_nothing(pool, triples, ray_local):
+    from rollout.cluster.recovery import actor_restarts, actor_state
+
+    worker = pool.workers[1]
+    before, restarts = (pool.restarts, pool.retried_items), actor_restarts(worker)
+    ray_local.kill(worker, no_restart=False)
+    deadline = time.monotonic() + 60
+    while (actor_restarts(worker) == restarts or actor_state(worker) != "ALIVE") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray_local.get(worker.ready.remote(), timeout=60)["index"] == 1  # back before the pool calls it
+    results = list(pool.score_edits(_requests(triples, ["target", "half", "target", "half"])))
+    assert len(results) == 4 and all(r.error == "" for r in results)
+    assert (pool.restarts, pool.retried_items) == (before[0] + 1, before[1])
+    assert list(pool.score_edits(_requests(triples, ["target"])))[0].error == ""
+    assert pool.restarts == before[0] + 1
+
+
 def test_edits_and_critiques_run_together_and_empty_requests_yield_nothing(pool, triples):
     edits = pool.score_edits(_requests(triples, ["target", "half"]))
     critiques = pool.score_critiques([CritiqueScoringRequest(
