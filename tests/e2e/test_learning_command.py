@@ -20,7 +20,7 @@ from rollout.config import PROJECT_ROOT
 TINY = ["--seeds", "1", "--num-train", "4", "--num-eval", "4", "--critic-sft-steps", "2", "--critic-sft-batch", "2",
         "--artist-sft-steps", "2", "--artist-sft-batch", "2", "--rl-steps", "2", "--rl-batch", "1",
         "--checkpoint-every", "1", "--curve-pairs", "2", "--set", "critic.max_new_tokens=24",
-        "--set", "artist.resolution=32"]
+        "--set", "artist.resolution=32", "--set", "artist.edits_per_critique=2"]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
