@@ -36,16 +36,22 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.set)
         if args.checkpoint:
             critic_dir, artist_dir = checkpoint_model_dirs(args.checkpoint, "--checkpoint")
-        else:
-            critic_dir, artist_dir = resolve_model_paths(config)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"photocrafter enhance: {error}", file=sys.stderr)
         return 2
+    # The photo is read before the models are found: on first use the embedded warm start is trained (minutes),
+    # and an unreadable photo must not wait for that.
     try:
         image = read_image(args.image, image_limits(config.data))
     except ImageRejected as error:
         print(f"photocrafter enhance: {error.reason}", file=sys.stderr)
         return 1
+    if not args.checkpoint:
+        try:
+            critic_dir, artist_dir = resolve_model_paths(config)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"photocrafter enhance: {error}", file=sys.stderr)
+            return 2
     pipeline = PhotoPipeline.from_config(critic_dir, artist_dir, config)
     result = pipeline.enhance(image, seed=args.seed)
     parsed = result.critique.parsed
