@@ -11,4 +11,4 @@ train: setup
 	.venv/bin/photocrafter train --config configs/embedded.yaml
 
 test: setup
-	.venv/bin/python -m pytest tests
+	.venv/bin/python -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder

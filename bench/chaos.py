@@ -54,7 +54,9 @@ BASE = ["critic.num_replicas=1", f"critic.group_size={GROUP}", "artist.num_sampl
         f"artist.edits_per_critique={EDITS}", "artist.resolution=32", "rewards.num_workers=1",
         f"trainer.batch_size={BATCH}", f"trainer.checkpoint_every={CHECKPOINT_EVERY}", "trainer.init_from=",
         "data.num_eval=2", "tracking.sample_grid_every=0", "cluster.actor_max_restarts=20",
-        "cluster.num_cpus=6", "trainer.sync_timeout_s=60"]
+        "cluster.num_cpus=6", "trainer.sync_timeout_s=60",
+        # 4 vision tokens per photo (56 px): recovery does not depend on how much of the photo the critic sees.
+        "critic.min_pixels=3136", "critic.max_pixels=3136"]
 
 
 def overrides(steps: int, out: Path, name: str, engine: str) -> list[str]:

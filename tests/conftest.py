@@ -1,7 +1,8 @@
 """Session-wide test setup: runtime environment defaults, the embedded tiny models, a local Ray cluster.
 
 Heavy resources are created once per test session and shared: the tiny models are built (or found in the
-cache) once, and one local Ray cluster serves every test under tests/ray and tests/e2e that asks for it.
+cache) once, and one local Ray cluster serves every test under tests/ray and tests/e2e that asks for it. Under
+``make test``'s two pytest-xdist workers each worker is its own session: two private clusters on their own ports.
 """
 
 from __future__ import annotations

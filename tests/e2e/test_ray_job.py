@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from rollout.config import PROJECT_ROOT
+from run_sizes import PLUMBING, cli_sets
 
 RAY = str(Path(sys.executable).with_name("ray"))
 EXPECTED_ACTORS = {"critic-rollout-0", "artist-sampler-0", "reward-0", "reward-1", "critic-learner-0",
@@ -113,7 +114,7 @@ def test_job_submit_runs_and_names_its_actors(head):
     address, env, home = head
     name = _run_name("job")
     job_id = _submit(address, env, "--set", "trainer.steps=3", "--set", f"trainer.run_name={name}",
-                     "--set", "tracking.sample_grid_every=0", "--set", "artist.resolution=32")
+                     "--set", "tracking.sample_grid_every=0", "--set", "artist.resolution=32", *cli_sets(PLUMBING))
     seen: set[str] = set()
     deadline = time.monotonic() + 900
     while (status := _status(address, env, job_id)) in ("PENDING", "RUNNING"):
@@ -137,7 +138,7 @@ def test_job_stop_writes_a_final_checkpoint_and_resume_continues_the_run(head):
     address, env, home = head
     name = _run_name("stopped")
     job_id = _submit(address, env, "--set", "trainer.steps=500", "--set", f"trainer.run_name={name}",
-                     "--set", "tracking.sample_grid_every=0", "--set", "artist.resolution=32")
+                     "--set", "tracking.sample_grid_every=0", "--set", "artist.resolution=32", *cli_sets(PLUMBING))
     deadline = time.monotonic() + 900
     while "step 1/500" not in _logs(address, env, job_id):
         assert _status(address, env, job_id) in ("PENDING", "RUNNING"), _logs(address, env, job_id)[-3000:]

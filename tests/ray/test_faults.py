@@ -20,6 +20,7 @@ import pytest
 
 from rollout.config import load_config
 from rollout.controller import Controller
+from run_sizes import PLUMBING
 
 STEPS = 3
 
@@ -27,7 +28,7 @@ STEPS = 3
 def _controller(tmp_path, name: str, overrides: list[str]) -> Controller:
     config = load_config(None, [f"trainer.steps={STEPS}", "data.num_train=4", "data.num_eval=2",
                                 "tracking.sample_grid_every=0", f"trainer.output_dir={tmp_path}",
-                                "critic.group_size=2", "artist.edits_per_critique=2", *overrides])
+                                "critic.group_size=2", *PLUMBING, *overrides])
     run_dir = tmp_path / name
     run_dir.mkdir()
     return Controller(config, run_dir=run_dir, run_name=name)
