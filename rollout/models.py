@@ -28,7 +28,7 @@ EMBEDDED = "embedded"
 EMBEDDED_WARM_START_RECIPE: dict = {
     "version": 1,
     # The embedded default's own training split (configs/embedded.yaml's data section): built once, shared with
-    # the run. 256 pairs: on 32, 1000 critic steps memorise the critiques (loss 0.001) and the G samples of a
+    # the run. 256 pairs: on 32, 1000 critic steps memorise the critiques (loss 0.002) and the G samples of a
     # prompt come out identical, so GRPO has no reward spread to learn from.
     "data": {"image_size": 64, "num_train": 256, "num_eval": 8, "restoration_fraction": 0.25, "seed": 0},
     # 1000 critic steps: below ~500 the tiny critic learns the grammar's marginal, not the photo (its loss sits

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: tests/ for run_sizes
-from run_sizes import SMALL_CRITIC_INPUT  # noqa: E402
+from run_sizes import PLUMBING  # noqa: E402
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node address resolves to 127.0.0.1
 # Four raylets and their agents start on two shared cores: give each node's agent longer to report its ports
@@ -53,7 +53,7 @@ OVERRIDES = [
     "critic.engine=transformers", "critic.num_replicas=2", "critic.gpus_per_replica=1", "critic.cpus_per_replica=1",
     "critic.group_size=2",
     "artist.num_samplers=2", "artist.gpus_per_sampler=1", "artist.cpus_per_sampler=1",
-    "artist.edits_per_critique=2", "artist.resolution=32", *SMALL_CRITIC_INPUT,
+    "artist.resolution=32", *PLUMBING,
     "rewards.num_workers=1", "learner.critic.gpus=2", "learner.artist.gpus=1",
     "trainer.batch_size=2", "trainer.steps=100", "data.num_train=4", "data.num_eval=2",
     "tracking.sample_grid_every=0",
@@ -66,7 +66,7 @@ COLOCATED = [
     "critic.engine=transformers", "critic.num_replicas=2", "critic.gpus_per_replica=1", "critic.cpus_per_replica=1",
     "critic.group_size=2", "learner.critic.gpus=2", "placement.critic=colocated",
     "artist.num_samplers=2", "artist.gpus_per_sampler=1", "artist.cpus_per_sampler=1", "learner.artist.gpus=2",
-    "placement.artist=colocated", "artist.edits_per_critique=2", "artist.resolution=32", *SMALL_CRITIC_INPUT,
+    "placement.artist=colocated", "artist.resolution=32", *PLUMBING,
     "rewards.num_workers=1", "trainer.batch_size=2", "trainer.steps=100", "data.num_train=4", "data.num_eval=2",
     "tracking.sample_grid_every=0", "cluster.cpu_fallback=true", "cluster.num_gpus=4",
     f"cluster.progress_every_s={PROGRESS_EVERY_S}", "cluster.placement_timeout_s=180",
