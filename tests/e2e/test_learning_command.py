@@ -16,12 +16,12 @@ import sys
 import pytest
 
 from rollout.config import PROJECT_ROOT
-from run_sizes import PLUMBING, cli_sets
+from run_sizes import SMALL, cli_sets
 
 TINY = ["--seeds", "1", "--num-train", "4", "--num-eval", "4", "--critic-sft-steps", "2", "--critic-sft-batch", "2",
         "--artist-sft-steps", "2", "--artist-sft-batch", "2", "--rl-steps", "2", "--rl-batch", "1",
         "--checkpoint-every", "1", "--curve-pairs", "2", "--set", "critic.max_new_tokens=24",
-        "--set", "artist.resolution=32", *cli_sets(PLUMBING)]
+        "--set", "artist.resolution=32", *cli_sets(SMALL)]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:

@@ -27,11 +27,11 @@ from run_sizes import PLUMBING, cli_sets
 
 STEPS = 4
 # The artist edits at 32 px (8 × 8 tokens): the loop is the same, each step four times cheaper than at 64 px.
-# The loop starts from the random-initialised tiny models (no warm start): this file tests the loop's plumbing,
-# resume and export; tests/unit/test_sft.py covers the embedded warm start.
+# The loop starts from the random-initialised tiny models (PLUMBING: no warm start): this file tests the loop's
+# plumbing, resume and export; tests/unit/test_sft.py covers the embedded warm start.
 COMMON = ["--set", f"trainer.steps={STEPS}", "--set", "data.num_train=4", "--set", "data.num_eval=2",
-          "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32", "--set", "trainer.init_from=",
-          "--set", "sync.backend=collective", *cli_sets(PLUMBING)]
+          "--set", "tracking.sample_grid_every=2", "--set", "artist.resolution=32", "--set", "sync.backend=collective",
+          *cli_sets(PLUMBING)]
 TWO_RANKS_PER_LEARNER = ["--set", "learner.critic.gpus=2", "--set", "learner.artist.gpus=2",
                          "--set", "cluster.num_gpus=4", "--set", "cluster.num_cpus=10", "--set", "cluster.cpu_fallback=true"]
 
