@@ -37,15 +37,15 @@ This page is written by `python -m bench.learning` from the files it measured; o
 prose. The measurement builds the warm start once (critic SFT, then artist SFT), runs the coordinated RL loop from
 it for several seeds with checkpoints along the way, runs a compute-matched control that continues SFT from the
 warm start for as many optimiser steps as RL took (with as many samples per step as an RL update trains on), and
-evaluates every model on held-out pairs cropped from eight photos of scenes the training split never sees.
+evaluates every model on held-out pairs cropped from photos of scenes the training split never sees (docs/data.md).
 
 How to read the numbers:
 
 - **A pair counts once.** Model rows use the deterministic artist (no exploration) with one stated noise draw per
   pair unless the table says otherwise; with several draws they are averaged per pair first.
 - **Intervals are clustered by scene.** Pairs cropped from one photo share its content, so every 95 % interval
-  resamples the eight scenes, not the pairs. With eight scenes a percentile interval is a little optimistic; the
-  "scenes better" column shows how many scenes moved the better way.
+  resamples the scenes, not the pairs. With a handful of scenes a percentile interval is a little optimistic;
+  the "scenes better" column shows how many scenes moved the better way.
 - **Seeds are repeats of one recipe.** `SFT+RL` is the mean over the seeds on each pair; the comparisons give each
   seed's mean, their spread, and the paired difference of the seed-mean against the reference.
 - **End to end, the critic alone, the artist alone.** The end-to-end rows chain the critic's greedy critique into
