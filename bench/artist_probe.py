@@ -189,4 +189,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from rollout.commands.entry import run_main
+
+    run_main(main, "bench.artist_probe", supervise=True)
