@@ -52,13 +52,24 @@ def _annotated_conditionings(critic, tasks):
     return out
 
 
-def _evaluate(sampler, tasks, conditionings, resolution: int) -> dict[str, float]:
+def _edit_scores(suggestions, before, after, goal) -> tuple[float, dict[str, float]]:
+    """(r_comp · r_photo, per-attribute photometric scores) of one edit: the artist's reward without its perceptual
+    term, composed by :func:`rewards.artist.artist_reward`."""
+    from rewards.artist import artist_reward
+
+    reward = artist_reward(task_id="", critique_index=0, edit_index=0, input_attrs=before, edit_attrs=after,
+                           target_attrs=goal, suggestions=suggestions, lpips_distance=0.0, perceptual_weight=0.0)
+    return reward.total, reward.attribute_scores
+
+
+def _evaluate(sampler, tasks, conditionings, endpoints, resolution: int) -> dict[str, float]:
     """Mean r_photo and |Δattr| of the deterministic artist's edits (exploration off, edit seed of step 0), and
     r_photo's two parts: the score of the attributes the degradation left alone (kept within τ or not) and of
-    those it changed (progress toward the target)."""
-    from rewards.artist import photometric_scores
+    those it changed (progress toward the target). ``endpoints`` maps a task id to its (input, target)
+    attributes."""
+    from rewards.artist import compliance_reward
     from rewards.attributes import NEGLIGIBLE_CHANGE, compute_attributes
-    from rollout.evaluation.metrics import measure_edit
+    from rollout.records.types import TONE_ATTRIBUTES
 
     exploring = sampler.sampler.exploration
     sampler.sampler.exploration = 0.0
@@ -67,21 +78,22 @@ def _evaluate(sampler, tasks, conditionings, resolution: int) -> dict[str, float
     finally:
         sampler.sampler.exploration = exploring
     by_task = {edit.task_id: edit.image for edit in result.edits}
-    measured = [measure_edit(task.input, by_task[task.task_id], task.target, lpips_distance=0.0,
-                             suggestions=suggestions, attribute_resolution=resolution)
-                for task, (_, suggestions) in zip(tasks, conditionings)]
-    kept, progress = [], []
-    for task in tasks:
-        before, after, goal = (compute_attributes(image, resolution)
-                               for image in (task.input, by_task[task.task_id], task.target))
-        for attribute, score in photometric_scores(before, after, goal).items():
+    photometric, errors, complied, kept, progress = [], [], [], [], []
+    for task, (_, suggestions) in zip(tasks, conditionings):
+        before, goal = endpoints[task.task_id]
+        after = compute_attributes(by_task[task.task_id], resolution)
+        _, scores = _edit_scores(suggestions, before, after, goal)
+        photometric.append(np.mean(list(scores.values())))
+        errors.append(np.mean([abs(after[k] - goal[k]) for k in TONE_ATTRIBUTES]))
+        complied.append(compliance_reward(suggestions, before, after) == 1.0)
+        for attribute, score in scores.items():
             touched = abs(before[attribute] - goal[attribute]) >= NEGLIGIBLE_CHANGE[attribute]
             (progress if touched else kept).append(score)
-    return {"r_photo": float(np.mean([m.photometric for m in measured])),
+    return {"r_photo": float(np.mean(photometric)),
             "untouched_kept": float(np.mean(kept)) if kept else None,
             "touched_progress": float(np.mean(progress)) if progress else None,
-            "mean_abs_dattr": float(np.mean([m.mean_attribute_error for m in measured])),
-            "compliance": float(np.mean([m.compliance for m in measured]))}
+            "mean_abs_dattr": float(np.mean(errors)),
+            "compliance": float(np.mean(complied))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from artist_actor.actor import ArtistSamplerActor
     from learner.artist_learner import ArtistLearner
-    from rewards.artist import compliance_reward, photometric_reward
     from rewards.attributes import compute_attributes
     from rollout.config import load_config
     from rollout.data.sources import image_limits, manifest_paths
@@ -118,27 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     train = [load_task_images(t, limits) for t in PhotoTaskStream.from_manifest(train_manifest, shuffle=False).tasks]
     held_out = [load_task_images(t, limits) for t in PhotoTaskStream.from_manifest(eval_manifest, shuffle=False).tasks]
     rng = np.random.default_rng(args.seed)
-    probe_train = [train[i] for i in sorted(rng.choice(len(train), size=min(args.probe_train, len(train)),
-                                                       replace=False))]
+    probe_indices = sorted(rng.choice(len(train), size=min(args.probe_train, len(train)), replace=False))
+    probe_train = [train[i] for i in probe_indices]
+    resolution = config.rewards.attribute_resolution
+    endpoints = {task.task_id: (compute_attributes(task.input, resolution), compute_attributes(task.target, resolution))
+                 for task in train + held_out}
 
     critic = CriticRunner(warm / "critic", min_pixels=config.critic.min_pixels, max_pixels=config.critic.max_pixels)
     started = time.perf_counter()
     train_conditionings = _annotated_conditionings(critic, train)
-    probe_conditionings = _annotated_conditionings(critic, probe_train)
+    probe_conditionings = [train_conditionings[i] for i in probe_indices]
     held_conditionings = _annotated_conditionings(critic, held_out)
     artist_config = config.artist.model_copy(update={"seed": args.seed})
     learner = ArtistLearner(str(warm / "artist"), config.learner.artist, artist_config, seed=args.seed)
     sampler = ArtistSamplerActor(0, str(warm / "artist"), artist_config, lora_alpha=config.learner.artist.lora.alpha)
     learner.ready()
-    resolution = config.rewards.attribute_resolution
     print(json.dumps({"event": "start", "train_pairs": len(train), "held_out_pairs": len(held_out),
                       "critiques_s": round(time.perf_counter() - started, 1), "lr": config.learner.artist.lr,
                       "exploration": artist_config.exploration, "k": artist_config.edits_per_critique}), flush=True)
 
     def evaluate(step: int) -> dict:
         record = {"event": "eval", "step": step,
-                  "train": _evaluate(sampler, probe_train, probe_conditionings, resolution),
-                  "held_out": _evaluate(sampler, held_out, held_conditionings, resolution)}
+                  "train": _evaluate(sampler, probe_train, probe_conditionings, endpoints, resolution),
+                  "held_out": _evaluate(sampler, held_out, held_conditionings, endpoints, resolution)}
         print(json.dumps(record), flush=True)
         return record
 
@@ -153,12 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         groups = []
         for task, (conditioning, suggestions) in zip(tasks, conditionings):
             edits = [e for e in result.edits if e.task_id == task.task_id]
-            before = compute_attributes(task.input, resolution)
-            goal = compute_attributes(task.target, resolution)
-            rewards = []
-            for edit in edits:
-                after = compute_attributes(edit.image, resolution)
-                rewards.append(compliance_reward(suggestions, before, after) * photometric_reward(before, after, goal))
+            before, goal = endpoints[task.task_id]
+            rewards = [_edit_scores(suggestions, before, compute_attributes(edit.image, resolution), goal)[0]
+                       for edit in edits]
             groups.append(ArtistGroup(task_id=task.task_id, critique_index=0, conditioning=conditioning,
                                       condition_image=task.input, edits=edits,
                                       rewards=np.asarray(rewards, np.float32),
